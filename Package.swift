@@ -1,0 +1,51 @@
+// swift-tools-version: 6.1
+// RDMAMemory: a device-driver style memory registration layer for RDMA applications.
+// One module per layer (see DESIGN.md): a lower module never imports a higher one.
+import PackageDescription
+
+let package = Package(
+    name: "RDMAMemory",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "RDMAMemory", targets: ["RDMAMemory"]),
+        .library(name: "Verbs", targets: ["Verbs"]),
+        .library(name: "MMUNotifier", targets: ["MMUNotifier"]),
+        .executable(name: "stale-registration", targets: ["StaleRegistration"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        // libibverbs + librdmacm as a system library (Debian: libibverbs-dev, librdmacm-dev).
+        .systemLibrary(
+            name: "CVerbs",
+            path: "CVerbs",
+            pkgConfig: "libibverbs",
+            providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
+        ),
+        // Only what Swift cannot call: syscall(), ioctl request macros, compat-ABI verbs.
+        .target(name: "CShims"),
+        .target(
+            name: "Verbs",
+            dependencies: [
+                "CVerbs",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        .target(name: "MMUNotifier", dependencies: ["CShims"]),
+        .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
+
+        .executableTarget(
+            name: "StaleRegistration",
+            dependencies: ["RDMAMemory"],
+            path: "Examples/StaleRegistration"
+        ),
+
+        .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
+        .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["RDMAMemory"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+// C that Swift cannot call directly: variadic syscall(), ioctl request macros built from
+// _IOWR(), and the userfaultfd ABI. Nothing here knows about verbs.
+#pragma once
+#include "userfaultfd_shim.h"

@@ -1,0 +1,24 @@
+#pragma once
+// <sys/ioctl.h> must come before <linux/userfaultfd.h>: the UFFDIO_* macros use _IOWR.
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
+#include <stdint.h>
+
+/// syscall(SYS_userfaultfd, flags): -1 with errno set on failure.
+int cshims_userfaultfd(int flags);
+
+/// The ioctl request numbers; the macros expand to expressions Swift does not import.
+extern const unsigned long CSHIMS_UFFDIO_API;
+extern const unsigned long CSHIMS_UFFDIO_REGISTER;
+extern const unsigned long CSHIMS_UFFDIO_UNREGISTER;
+extern const unsigned long CSHIMS_UFFDIO_WAKE;
+extern const unsigned long CSHIMS_UFFDIO_WRITEPROTECT;
+/// ioctl(USERFAULTFD_IOC_NEW) on /dev/userfaultfd: the root-only route when the syscall is
+/// refused (vm.unprivileged_userfaultfd = 0).
+extern const unsigned long CSHIMS_USERFAULTFD_IOC_NEW;
+
+/// ioctl(fd, request, arg) with a pointer argument (ioctl is variadic in C).
+int cshims_ioctl_pointer(int fd, unsigned long request, void *argument);
+
+/// A raw munmap system call, bypassing libc (and any hook a peer library may install).
+long cshims_raw_munmap(void *address, unsigned long length);

@@ -1,0 +1,1 @@
+// Placeholder until the notifier engine lands (issue 4).

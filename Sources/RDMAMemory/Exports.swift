@@ -1,0 +1,3 @@
+// What users import: `import RDMAMemory` brings every layer they need.
+@_exported import MMUNotifier
+@_exported import Verbs
