@@ -1,0 +1,101 @@
+import Synchronization
+
+/// The `call_srcu` machinery: a FIFO of callbacks and one reclaim thread that takes everything
+/// queued, waits one grace period for the whole batch, then runs it in order. Batching makes
+/// the grace-period cost per callback small under load.
+final class GracePeriodReclaimer: Sendable {
+    private struct State {
+        var queue: [@Sendable () -> Void] = []
+        var enqueued: UInt64 = 0
+        var completed: UInt64 = 0
+        var threadStarted = false
+        var threadWaiting = false
+        var stopping = false
+    }
+
+    private let counters: SRCUCounters
+    private let state = Mutex(State())
+    private let events = WaitQueue()
+    /// Set on the reclaim thread itself, so `barrier()` from a callback can refuse.
+    private let reclaimThreadID = Atomic<UInt>(0)
+
+    init(counters: SRCUCounters) { self.counters = counters }
+
+    func enqueue(_ callback: @escaping @Sendable () -> Void) {
+        let (start, wake) = state.withLock { s -> (Bool, Bool) in
+            s.queue.append(callback)
+            s.enqueued += 1
+            let start = !s.threadStarted
+            s.threadStarted = true
+            return (start, s.threadWaiting)
+        }
+        if start { startThread() }
+        if wake { events.wakeAll() }
+    }
+
+    func barrier() throws(NotifierError) {
+        if reclaimThreadID.load(ordering: .relaxed) == currentThreadID() {
+            throw .wouldDeadlock("barrier() on the reclaim thread")
+        }
+        let target = state.withLock { $0.enqueued }
+        events.wait { state.withLock { $0.completed >= target } }
+    }
+
+    /// Lets the thread finish what is queued and exit (the domain is going away).
+    func stop() {
+        state.withLock { $0.stopping = true }
+        events.wakeAll()
+    }
+
+    private func startThread() {
+        do {
+            try startDetachedThread { [self] in run() }
+        } catch {
+            // No thread: run callbacks inline after a grace period, still in order.
+            runBatchesInline()
+        }
+    }
+
+    private func runBatchesInline() {
+        while true {
+            let (batch, upTo) = state.withLock { s in (s.queue, s.enqueued) }
+            if batch.isEmpty { return }
+            state.withLock { $0.queue.removeFirst(batch.count) }
+            counters.synchronize()
+            for callback in batch { callback() }
+            state.withLock { $0.completed = max($0.completed, upTo) }
+            events.wakeAll()
+        }
+    }
+
+    private func run() {
+        reclaimThreadID.store(currentThreadID(), ordering: .relaxed)
+        while true {
+            events.wait {
+                state.withLock { s in
+                    let ready = !s.queue.isEmpty || s.stopping
+                    s.threadWaiting = !ready
+                    return ready
+                }
+            }
+            let (batch, upTo, stopping) = state.withLock { s in
+                let batch = s.queue
+                s.queue = []
+                return (batch, s.enqueued, s.stopping)
+            }
+            if batch.isEmpty && stopping { return }
+            counters.synchronize()
+            for callback in batch { callback() }
+            state.withLock { $0.completed = upTo }
+            events.wakeAll()
+        }
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+func currentThreadID() -> UInt { UInt(pthread_self()) }
+#elseif canImport(Darwin)
+import Darwin
+func currentThreadID() -> UInt { UInt(bitPattern: pthread_self()) }
+#endif
