@@ -210,6 +210,7 @@ public final class AddressSpace: Sendable {
                                      blockable: Bool = true) throws(NotifierError) -> RangeInvalidation {
         let r = InvalidationRange(range: range, event: event, blockable: blockable)
         try itreeStart(r)
+        if range.isEmpty { return RangeInvalidation(space: self, range: r, entries: []) }
         guard let entries = notifiersStart(r) else {
             itreeEnd(closingWindow: false)
             throw .wouldBlock
@@ -217,8 +218,10 @@ public final class AddressSpace: Sendable {
         return RangeInvalidation(space: self, range: r, entries: entries)
     }
 
-    /// Start and end at once, blockable: for a change that already happened.
+    /// Start and end at once, blockable: for a change that already happened. An empty range
+    /// reaches nobody.
     public func invalidate(_ range: AddressRange, event: InvalidationEvent) {
+        if range.isEmpty { return }
         let r = InvalidationRange(range: range, event: event)
         try? itreeStart(r)  // blockable: cannot fail
         let entries = notifiersStart(r) ?? []
@@ -422,6 +425,7 @@ public struct InvalidationWindow: ~Copyable, Sendable {
     /// then end: the change already happened). Blockable. Callbacks may allocate and block,
     /// so a monitor calls this only after it has read the kernel's events.
     public func invalidate(_ range: AddressRange, event: InvalidationEvent) {
+        if range.isEmpty { return }
         let r = InvalidationRange(range: range, event: event)
         space.itreeInvalidateInWindow(r)
         let entries = space.notifiersStart(r) ?? []

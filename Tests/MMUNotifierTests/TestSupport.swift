@@ -1,0 +1,127 @@
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import MMUNotifier
+
+/// A joinable OS thread (tests need real threads, not tasks: readers block).
+struct JoinHandle {
+    let thread: pthread_t
+    func join() { pthread_join(thread, nil) }
+}
+
+private final class ThreadBody: Sendable {
+    let body: @Sendable () -> Void
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+}
+
+func spawn(_ body: @escaping @Sendable () -> Void) -> JoinHandle {
+    let context = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, nil, { raw in
+        guard let raw else { return nil }
+        Unmanaged<ThreadBody>.fromOpaque(raw).takeRetainedValue().body()
+        return nil
+    }, context)
+    precondition(rc == 0, "pthread_create failed")
+    return JoinHandle(thread: thread)
+}
+
+/// Runs `body(i)` on `count` threads at once and joins them.
+func runConcurrently(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let handles = (0..<count).map { i in spawn { body(i) } }
+    for h in handles { h.join() }
+}
+
+func sleepMicroseconds(_ us: Int) { usleep(UInt32(us)) }
+
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// SplitMix64: a small seeded generator so a failing schedule can be replayed.
+struct SeededRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Stress configuration from the environment: MMU_STRESS_SECONDS (default 1),
+/// MMU_STRESS_SEED (default: random, printed so the run can be replayed).
+struct StressConfig {
+    let seconds: Double
+    let seed: UInt64
+
+    init(_ name: String) {
+        let env = ProcessInfoLite.environment
+        seconds = env["MMU_STRESS_SECONDS"].flatMap(Double.init) ?? 1.0
+        seed = env["MMU_STRESS_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
+        print("[\(name)] seed \(seed) (replay: MMU_STRESS_SEED=\(seed)) for \(seconds)s")
+    }
+
+    var deadline: UInt64 { monotonicNanoseconds() + UInt64(seconds * 1e9) }
+
+    func random(thread: Int) -> SeededRandom {
+        SeededRandom(seed: seed &+ UInt64(thread) &* 0x9E37_79B9)
+    }
+}
+
+enum ProcessInfoLite {
+    static var environment: [String: String] {
+        var result: [String: String] = [:]
+        var p = environ
+        while let entry = p.pointee {
+            let s = String(cString: entry)
+            if let eq = s.firstIndex(of: "=") {
+                result[String(s[..<eq])] = String(s[s.index(after: eq)...])
+            }
+            p += 1
+        }
+        return result
+    }
+}
+
+/// Fails loudly (with the seed) if a stress test does not finish: a deadlock would otherwise
+/// hang the run without saying which schedule did it.
+final class Watchdog: Sendable {
+    private let done = Atomic<Bool>(false)
+    init(name: String, seed: UInt64, limitSeconds: Double) {
+        let deadline = monotonicNanoseconds() + UInt64(limitSeconds * 1e9)
+        _ = spawn { [self] in
+            while !done.load(ordering: .acquiring) {
+                if monotonicNanoseconds() > deadline {
+                    fatalError("[\(name)] no progress after \(limitSeconds)s: deadlock? seed \(seed)")
+                }
+                usleep(20_000)
+            }
+        }
+    }
+    func finish() { done.store(true, ordering: .releasing) }
+}
+
+/// Counts violations and keeps the first description.
+final class Violations: Sendable {
+    private let state = Mutex<(count: Int, first: String?)>((0, nil))
+    func record(_ what: @autoclosure () -> String) {
+        let text = what()
+        state.withLock { s in
+            s.count += 1
+            if s.first == nil { s.first = text }
+        }
+    }
+    var count: Int { state.withLock { $0.count } }
+    var first: String { state.withLock { $0.first ?? "none" } }
+}
+
+func range(_ start: UInt, _ length: UInt) -> AddressRange {
+    // Test ranges are chosen small; a bad one is a test bug.
+    (try? AddressRange(start: start, length: length)) ?? AddressRange(unchecked: 0, last: 0)
+}
