@@ -32,8 +32,8 @@ public final class AddressSpace: Sendable {
         var released = false
     }
 
-    let notifiers = Mutex(NotifierState())
-    let intervals = Mutex(IntervalState())
+    let notifiers = Locked(NotifierState())
+    let intervals = Locked(IntervalState())
     /// Copy of `IntervalState.sequence` for waiters that test it under the wait queue's lock.
     let intervalSequence = Atomic<UInt64>(2)
     let intervalEvents = WaitQueue()

@@ -14,7 +14,7 @@ final class GracePeriodReclaimer: Sendable {
     }
 
     private let counters: SRCUCounters
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let events = WaitQueue()
     /// Set on the reclaim thread itself, so `barrier()` from a callback can refuse.
     private let reclaimThreadID = Atomic<UInt>(0)

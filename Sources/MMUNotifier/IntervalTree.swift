@@ -2,8 +2,8 @@
 /// (start, handle) where each node also keeps the largest `last` of its subtree, so an overlap
 /// query visits O(log n + k) nodes. Nodes live in one array addressed by handle (no per-node
 /// allocation or reference counting); removed handles are reused.
-struct IntervalTree<Value> {
-    private struct Node {
+struct IntervalTree<Value: Sendable>: Sendable {
+    private struct Node: Sendable {
         var start: UInt
         var last: UInt
         var maxLast: UInt
@@ -126,3 +126,4 @@ struct IntervalTree<Value> {
         }
     }
 }
+

@@ -9,7 +9,7 @@ final class RecordingNotifier: MMUNotifier {
         var ends: [InvalidationRange] = []
         var releases = 0
     }
-    let log = Mutex(Log())
+    let log = Locked(Log())
     let refuseNonBlocking: Bool
     let young = Atomic<Bool>(false)
     let onStart: (@Sendable (AddressSpace) -> Void)?
@@ -189,8 +189,8 @@ struct AddressSpaceTests {
 
     @Test func unregisterInsideACallbackRefusesAndNoReleaseWorks() throws {
         let space = AddressSpace()
-        let errors = Mutex<[NotifierError]>([])
-        let box = Mutex<RecordingNotifier?>(nil)
+        let errors = Locked<[NotifierError]>([])
+        let box = Locked<RecordingNotifier?>(nil)
         let n = RecordingNotifier(onStart: { space in
             guard let me = box.withLock({ $0 }) else { return }
             do throws(NotifierError) { try space.unregister(me) } catch { errors.withLock { $0.append(error) } }

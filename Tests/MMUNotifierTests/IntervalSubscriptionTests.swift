@@ -4,7 +4,7 @@ import Testing
 
 /// A subscriber in the shape of a registration cache: a lock, and a published "MR".
 final class CacheLikeSubscriber: IntervalNotifierOps {
-    let lock = Mutex<Int?>(nil)   // published value, nil when invalidated
+    let lock = Locked<Int?>(nil)   // published value, nil when invalidated
     let calls = Atomic<Int>(0)
     let blockMicroseconds: Int
     let refuseNonBlocking: Bool
@@ -174,7 +174,7 @@ struct IntervalSubscriptionTests {
 
     @Test func removeInsideACallbackRefuses() throws {
         let space = AddressSpace()
-        let failure = Mutex<NotifierError?>(nil)
+        let failure = Locked<NotifierError?>(nil)
         let sub = try space.insertInterval(range(0, 0x1000)) { s, _, seq in
             s.setSequence(seq)
             do throws(NotifierError) { try s.remove() } catch { failure.withLock { $0 = error } }
@@ -237,7 +237,7 @@ struct IntervalSubscriptionTests {
 
     @Test func releaseInvalidatesEverySubscription() throws {
         let space = AddressSpace()
-        let events = Mutex<[InvalidationEvent]>([])
+        let events = Locked<[InvalidationEvent]>([])
         let sub = try space.insertInterval(try AddressRange(start: UInt.max - 100, length: 101)) { s, r, seq in
             s.setSequence(seq)
             events.withLock { $0.append(r.event) }

@@ -76,7 +76,7 @@ struct SRCUDomainTests {
 
     @Test func callbacksRunInOrderAfterAGracePeriod() throws {
         let srcu = SRCUDomain()
-        let order = Mutex<[Int]>([])
+        let order = Locked<[Int]>([])
         let readerInside = Atomic<Bool>(true)
         let ranEarly = Atomic<Bool>(false)
         let token = srcu.readLock()
@@ -112,7 +112,7 @@ struct SRCUDomainTests {
 
     @Test func barrierFromACallbackRefuses() throws {
         let srcu = SRCUDomain()
-        let result = Mutex<NotifierError?>(nil)
+        let result = Locked<NotifierError?>(nil)
         srcu.call {
             do throws(NotifierError) { try srcu.barrier() } catch { result.withLock { $0 = error } }
         }

@@ -28,7 +28,7 @@ struct StressTests {
         let watchdog = Watchdog(name: "srcu-call", seed: config.seed, limitSeconds: config.seconds + 30)
         defer { watchdog.finish() }
         let srcu = SRCUDomain()
-        let current = Mutex(Object())
+        let current = Locked(Object())
         let violations = Violations()
         let deadline = config.deadline
         let sections = Atomic<Int>(0)
@@ -197,7 +197,7 @@ struct StressTests {
         }
         let range: AddressRange
         let version = Atomic<Int>(0)   // bumped before each invalidation: "the memory changed"
-        let state = Mutex(State())
+        let state = Locked(State())
         init(range: AddressRange) { self.range = range }
     }
 
@@ -335,8 +335,8 @@ struct StressTests {
         let config = StressConfig("speculative-ref")
         let watchdog = Watchdog(name: "speculative-ref", seed: config.seed, limitSeconds: config.seconds + 30)
         defer { watchdog.finish() }
-        let current = Mutex(Entry())
-        let evictedEntries = Mutex<[Entry]>([])
+        let current = Locked(Entry())
+        let evictedEntries = Locked<[Entry]>([])
         let violations = Violations()
         let deadline = config.deadline
         let hits = Atomic<Int>(0), evictions = Atomic<Int>(0)

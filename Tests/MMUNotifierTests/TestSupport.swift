@@ -8,6 +8,7 @@ import Glibc
 struct JoinHandle {
     let thread: pthread_t
     func join() { pthread_join(thread, nil) }
+    func detach() { pthread_detach(thread) }
 }
 
 private final class ThreadBody: Sendable {
@@ -95,21 +96,21 @@ final class Watchdog: Sendable {
     private let done = Atomic<Bool>(false)
     init(name: String, seed: UInt64, limitSeconds: Double) {
         let deadline = monotonicNanoseconds() + UInt64(limitSeconds * 1e9)
-        _ = spawn { [self] in
+        spawn { [self] in
             while !done.load(ordering: .acquiring) {
                 if monotonicNanoseconds() > deadline {
                     fatalError("[\(name)] no progress after \(limitSeconds)s: deadlock? seed \(seed)")
                 }
                 usleep(20_000)
             }
-        }
+        }.detach()
     }
     func finish() { done.store(true, ordering: .releasing) }
 }
 
 /// Counts violations and keeps the first description.
 final class Violations: Sendable {
-    private let state = Mutex<(count: Int, first: String?)>((0, nil))
+    private let state = Locked<(count: Int, first: String?)>((0, nil))
     func record(_ what: @autoclosure () -> String) {
         let text = what()
         state.withLock { s in
