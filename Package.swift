@@ -35,17 +35,22 @@ let package = Package(
             ]
         ),
         .target(name: "MMUNotifier", dependencies: ["CShims"]),
+        // Anonymous mappings that tests, examples and benchmarks unmap and remap on purpose.
+        .target(
+            name: "MemoryMapping",
+            dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
 
         .executableTarget(
             name: "StaleRegistration",
-            dependencies: ["RDMAMemory"],
+            dependencies: ["Verbs", "MemoryMapping"],
             path: "Examples/StaleRegistration"
         ),
 
-        .testTarget(name: "VerbsTests", dependencies: ["Verbs"]),
+        .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["RDMAMemory"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -18,7 +18,3 @@ const unsigned long CSHIMS_USERFAULTFD_IOC_NEW = USERFAULTFD_IOC_NEW;
 int cshims_ioctl_pointer(int fd, unsigned long request, void *argument) {
     return ioctl(fd, request, argument);
 }
-
-long cshims_raw_munmap(void *address, unsigned long length) {
-    return syscall(SYS_munmap, address, length);
-}

@@ -19,6 +19,3 @@ extern const unsigned long CSHIMS_USERFAULTFD_IOC_NEW;
 
 /// ioctl(fd, request, arg) with a pointer argument (ioctl is variadic in C).
 int cshims_ioctl_pointer(int fd, unsigned long request, void *argument);
-
-/// A raw munmap system call, bypassing libc (and any hook a peer library may install).
-long cshims_raw_munmap(void *address, unsigned long length);

@@ -1,0 +1,8 @@
+#pragma once
+// Memory-mapping calls Swift cannot make directly.
+
+/// mremap(old, old_length, new_length, MREMAP_MAYMOVE): glibc declares mremap variadic.
+void *cshims_mremap_maymove(void *address, unsigned long old_length, unsigned long new_length);
+
+/// A raw munmap system call, bypassing libc (and any hook a peer library may install in it).
+long cshims_raw_munmap(void *address, unsigned long length);

@@ -1,0 +1,13 @@
+#define _GNU_SOURCE
+#include "mapping_shim.h"
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+void *cshims_mremap_maymove(void *address, unsigned long old_length, unsigned long new_length) {
+    return mremap(address, old_length, new_length, MREMAP_MAYMOVE);
+}
+
+long cshims_raw_munmap(void *address, unsigned long length) {
+    return syscall(SYS_munmap, address, length);
+}

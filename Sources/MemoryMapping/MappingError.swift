@@ -1,0 +1,16 @@
+import SystemPackage
+
+/// A failed memory-mapping system call: which call, on what, and the errno with its text.
+public struct MappingError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var call: String
+    public var argument: String
+    public var errno: Errno
+
+    public init(call: String, argument: String, errno: Errno) {
+        self.call = call
+        self.argument = argument
+        self.errno = errno
+    }
+
+    public var description: String { "\(call)(\(argument)): \(errno)" }
+}
