@@ -1,4 +1,7 @@
 import CVerbs
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// An RDMA device as the device list names it, before it is opened.
 public struct DeviceInfo: Sendable, Hashable {
@@ -117,6 +120,9 @@ public final class DeviceContext: @unchecked Sendable {
         var count: Int32 = 0
         clearErrno()
         guard let list = ibv_get_device_list(&count) else {
+            // ENOSYS: the kernel has no RDMA subsystem at all. That is a host with no devices
+            // (the caller then reports which device it missed), not a failure to list them.
+            if currentErrno() == ENOSYS { return try body([]) }
             throw VerbsError.fromErrno("ibv_get_device_list")
         }
         defer { ibv_free_device_list(list) }

@@ -48,6 +48,7 @@ public struct VerbsError: Error, Equatable, CustomStringConvertible, Sendable {
         case .notSupported: "EOPNOTSUPP"
         case .connectionRefused: "ECONNREFUSED"
         case .badFileDescriptor: "EBADF"
+        case .noFunction: "ENOSYS"
         default: "errno \(errno.rawValue)"
         }
     }
