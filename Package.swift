@@ -47,6 +47,7 @@ let package = Package(
             dependencies: ["Verbs", "MemoryMapping"],
             path: "Examples/StaleRegistration"
         ),
+        .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier"], path: "Benchmarks/EngineBenchmark"),
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),

@@ -61,7 +61,9 @@ struct IntervalTree<Value: Sendable>: Sendable {
 
     /// Calls `body` for every stored interval overlapping `start...last`.
     func forEachOverlap(start: UInt, last: UInt, _ body: (Value) -> Void) {
-        visit(root, start, last, body)
+        nodes.withUnsafeBufferPointer { buffer in
+            Self.visit(buffer, root, start, last, body)
+        }
     }
 
     func overlaps(start: UInt, last: UInt) -> [Value] {
@@ -70,15 +72,18 @@ struct IntervalTree<Value: Sendable>: Sendable {
         return result
     }
 
-    private func visit(_ t: Int32, _ qs: UInt, _ ql: UInt, _ body: (Value) -> Void) {
+    /// Reads node fields through the buffer (no copy of a node, so no retain of its value
+    /// for nodes that are only passed through).
+    private static func visit(_ nodes: UnsafeBufferPointer<Node>, _ t: Int32, _ qs: UInt, _ ql: UInt,
+                              _ body: (Value) -> Void) {
         var t = t
         while t >= 0 {
-            let n = nodes[Int(t)]
-            if n.maxLast < qs { return }  // nothing below reaches the query
-            visit(n.left, qs, ql, body)
-            if n.start > ql { return }    // this node and everything right start after it
-            if n.last >= qs, let v = n.value { body(v) }
-            t = n.right
+            let i = Int(t)
+            if nodes[i].maxLast < qs { return }  // nothing below reaches the query
+            visit(nodes, nodes[i].left, qs, ql, body)
+            if nodes[i].start > ql { return }    // this node and everything right start after it
+            if nodes[i].last >= qs, let v = nodes[i].value { body(v) }
+            t = nodes[i].right
         }
     }
 
