@@ -32,7 +32,7 @@ extension RxeIntegration {
 
         static func ip(_ arguments: String...) throws {
             let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/sbin/ip")
+            process.executableURL = systemTool("ip")
             process.arguments = arguments
             try process.run()
             process.waitUntilExit()

@@ -12,10 +12,7 @@ struct DeviceResources: Equatable, CustomStringConvertible {
     /// Parses `0: rxe0: pd 1 cq 2 qp 1 cm_id 0 mr 3 ctx 1 srq 0` for `device`.
     static func current(device: String) throws -> DeviceResources {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/sbin/rdma")
-        if !FileManager.default.fileExists(atPath: "/usr/sbin/rdma") {
-            process.executableURL = URL(fileURLWithPath: "/sbin/rdma")
-        }
+        process.executableURL = systemTool("rdma")
         process.arguments = ["resource", "show"]
         let pipe = Pipe()
         process.standardOutput = pipe

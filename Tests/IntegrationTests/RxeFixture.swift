@@ -64,3 +64,10 @@ final class BackgroundThread<Value: Sendable>: Sendable {
 
     struct JoinTimeout: Error {}
 }
+
+/// Where iproute2 put a tool (`/usr/bin/rdma` on Debian 12, `/sbin/ip` on others).
+func systemTool(_ name: String) -> URL {
+    let folders = ["/usr/bin", "/usr/sbin", "/sbin", "/bin"]
+    let found = folders.first { FileManager.default.isExecutableFile(atPath: "\($0)/\(name)") } ?? "/usr/bin"
+    return URL(fileURLWithPath: "\(found)/\(name)")
+}
