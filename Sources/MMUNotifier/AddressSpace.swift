@@ -269,17 +269,21 @@ public final class AddressSpace: Sendable {
     /// The interval half of an end: the last active invalidation makes the sequence even,
     /// applies deferred inserts/removes and wakes `readBegin` and `remove` waiters.
     func itreeEnd(closingWindow: Bool) {
-        let wake = intervals.withLock { s -> Bool in
+        // What the lock replaced is released after it is dropped (see `IntervalTree`).
+        let (wake, _, _) = intervals.withLock {
+            s -> (Bool, IntervalTree<IntervalSubscription>.Retired, [IntervalSubscription]) in
+            var retired = IntervalTree<IntervalSubscription>.Retired()
             s.activeInvalidations -= 1
             if closingWindow { s.openWindows -= 1 }
-            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return false }
+            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return (false, retired, []) }
             s.sequence += 1
-            for sub in s.deferred {
+            let pending = s.deferred  // keeps every deferred subscription alive past the lock
+            for sub in pending {
                 switch sub.membership {
                 case .pendingInsert:
-                    sub.treeHandle.store(
-                        s.tree.insert(start: sub.range.start, last: sub.range.last, value: sub),
-                        ordering: .relaxed)
+                    let handle = s.tree.insert(start: sub.range.start, last: sub.range.last,
+                                               value: sub, retired: &retired)
+                    sub.treeHandle.store(handle, ordering: .relaxed)
                     sub.membership = .inTree
                 case .pendingRemove:
                     s.tree.remove(handle: sub.treeHandle.load(ordering: .relaxed))
@@ -288,9 +292,9 @@ public final class AddressSpace: Sendable {
                     break
                 }
             }
-            s.deferred.removeAll(keepingCapacity: true)
+            if !pending.isEmpty { s.deferred.removeAll(keepingCapacity: true) }  // copies: `pending` shares it
             intervalSequence.store(s.sequence, ordering: .releasing)
-            return true
+            return (true, retired, pending)
         }
         if wake { intervalEvents.wakeAll() }
     }
@@ -329,26 +333,31 @@ public final class AddressSpace: Sendable {
     {
         if range.isEmpty { throw .emptyRange }
         let sub = IntervalSubscription(space: self, range: range, ops: ops)
-        try intervals.withLock { s throws(NotifierError) in
+        _ = try intervals.withLock {
+            s throws(NotifierError) -> (IntervalTree<IntervalSubscription>.Retired, [IntervalSubscription]?) in
+            var retired = IntervalTree<IntervalSubscription>.Retired()
+            var retiredDeferred: [IntervalSubscription]? = nil
             if s.released { throw .spaceReleased }
             if s.activeInvalidations > 0 {
                 if s.sequence & 1 == 1 {
+                    if s.deferred.count == s.deferred.capacity { retiredDeferred = s.deferred }  // grow without freeing
                     s.deferred.append(sub)
                     sub.membership = .pendingInsert
                 } else {
                     s.sequence |= 1
                     intervalSequence.store(s.sequence, ordering: .releasing)
-                    sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub),
-                                         ordering: .relaxed)
+                    sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub,
+                                                       retired: &retired), ordering: .relaxed)
                     sub.membership = .inTree
                 }
                 sub.sequence.store(s.sequence, ordering: .releasing)
             } else {
                 sub.sequence.store(s.sequence - 1, ordering: .releasing)
-                sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub),
-                                     ordering: .relaxed)
+                sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub,
+                                                   retired: &retired), ordering: .relaxed)
                 sub.membership = .inTree
             }
+            return (retired, retiredDeferred)
         }
         return sub
     }
@@ -368,24 +377,27 @@ public final class AddressSpace: Sendable {
     public func removeInterval(_ sub: IntervalSubscription) throws(NotifierError) {
         guard sub.space === self else { throw .foreignSubscription }
         let insideCallback = srcu.isInsideReadSection
-        let waitFor = try intervals.withLock { s throws(NotifierError) -> UInt64? in
+        // `sub` is held by the caller, so dropping it from the tree or list frees nothing here.
+        let (waitFor, _) = try intervals.withLock {
+            s throws(NotifierError) -> (UInt64?, [IntervalSubscription]?) in
             switch sub.membership {
             case .removed, .pendingRemove:
                 throw .alreadyRemoved
             case .pendingInsert:
                 s.deferred.removeAll { $0 === sub }
                 sub.membership = .removed
-                return nil
+                return (nil, nil)
             case .inTree:
                 if s.sequence & 1 == 1 {
                     if insideCallback { throw .wouldDeadlock("removeInterval() inside a callback") }
+                    let retired = s.deferred.count == s.deferred.capacity ? s.deferred : nil
                     s.deferred.append(sub)
                     sub.membership = .pendingRemove
-                    return s.sequence
+                    return (s.sequence, retired)
                 }
                 s.tree.remove(handle: sub.treeHandle.load(ordering: .relaxed))
                 sub.membership = .removed
-                return nil
+                return (nil, nil)
             }
         }
         if let waitFor {

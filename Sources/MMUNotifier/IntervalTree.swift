@@ -2,8 +2,19 @@
 /// (start, handle) where each node also keeps the largest `last` of its subtree, so an overlap
 /// query visits O(log n + k) nodes. Nodes live in one array addressed by handle (no per-node
 /// allocation or reference counting); removed handles are reused.
+///
+/// Nothing here calls `free()`: when an array must grow, its old buffer is handed to the
+/// caller's `Retired` to be released after the caller drops its lock. `free()` can trim the
+/// heap with `madvise`/`munmap` on memory a userfaultfd monitor watches and then wait for that
+/// monitor, which may itself be waiting for the lock (DESIGN.md, monitor deadlocks).
 struct IntervalTree<Value: Sendable>: Sendable {
-    private struct Node: Sendable {
+    /// Buffers replaced under a lock, released when this goes out of scope (after unlocking).
+    struct Retired {
+        fileprivate var nodes: [Node]? = nil
+        fileprivate var handles: [Int32]? = nil
+    }
+
+    fileprivate struct Node: Sendable {
         var start: UInt
         var last: UInt
         var maxLast: UInt
@@ -21,8 +32,26 @@ struct IntervalTree<Value: Sendable>: Sendable {
 
     var isEmpty: Bool { count == 0 }
 
+    /// Grows the node array (and the free-handle array, kept at the same capacity so that
+    /// `remove` never reallocates it) without freeing the old buffers here.
+    private mutating func growIfFull(_ retired: inout Retired) {
+        guard freeHandles.isEmpty, nodes.count == nodes.capacity else { return }
+        let capacity = max(16, nodes.capacity * 2)
+        var grownNodes: [Node] = []
+        grownNodes.reserveCapacity(capacity)
+        grownNodes.append(contentsOf: nodes)
+        var grownHandles: [Int32] = []
+        grownHandles.reserveCapacity(grownNodes.capacity)  // never less than the nodes: remove must not regrow it
+        grownHandles.append(contentsOf: freeHandles)
+        retired.nodes = nodes
+        retired.handles = freeHandles
+        nodes = grownNodes
+        freeHandles = grownHandles
+    }
+
     /// Inserts `start...last` and returns a handle for `remove`.
-    mutating func insert(start: UInt, last: UInt, value: Value) -> Int {
+    mutating func insert(start: UInt, last: UInt, value: Value, retired: inout Retired) -> Int {
+        growIfFull(&retired)
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
         let node = Node(start: start, last: last, maxLast: last, left: -1, right: -1,
                         priority: UInt32(truncatingIfNeeded: rng >> 32), value: value)
@@ -59,6 +88,12 @@ struct IntervalTree<Value: Sendable>: Sendable {
         return true
     }
 
+    /// `insert` for callers without a lock to respect (tests).
+    mutating func insert(start: UInt, last: UInt, value: Value) -> Int {
+        var retired = Retired()
+        return insert(start: start, last: last, value: value, retired: &retired)
+    }
+
     /// Calls `body` for every stored interval overlapping `start...last`.
     func forEachOverlap(start: UInt, last: UInt, _ body: (Value) -> Void) {
         nodes.withUnsafeBufferPointer { buffer in
@@ -66,8 +101,14 @@ struct IntervalTree<Value: Sendable>: Sendable {
         }
     }
 
+    /// The overlapping values, in one exactly sized allocation (counted first): no buffer is
+    /// regrown, so nothing is freed while the caller holds its lock.
     func overlaps(start: UInt, last: UInt) -> [Value] {
+        var count = 0
+        forEachOverlap(start: start, last: last) { _ in count += 1 }
+        if count == 0 { return [] }
         var result: [Value] = []
+        result.reserveCapacity(count)
         forEachOverlap(start: start, last: last) { result.append($0) }
         return result
     }

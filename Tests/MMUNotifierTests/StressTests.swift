@@ -292,6 +292,9 @@ struct StressTests {
                             violations.record("seed \(config.seed): a registration of memory older than version \(v) survived an invalidation of \(r)")
                         }
                     }
+                    // Leave gaps: back-to-back overlapping invalidations keep the sequence odd and
+                    // (by design, as in the kernel) starve readBegin.
+                    sleepMicroseconds(Int(rng.next() % 100))
                 }
             default:  // subscription churn: remove and re-insert during invalidations
                 while monotonicNanoseconds() < deadline {
