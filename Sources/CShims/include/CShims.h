@@ -2,4 +2,5 @@
 // _IOWR(), and the userfaultfd ABI. Nothing here knows about verbs.
 #pragma once
 #include "userfaultfd_shim.h"
+#include "srcu_counters.h"
 #include "mapping_shim.h"
