@@ -82,7 +82,7 @@ struct IntervalSubscriptionTests {
 
     @Test func readBeginWaitsForACoveringInvalidation() throws {
         let space = AddressSpace()
-        let cache = CacheLikeSubscriber(blockMicroseconds: 100_000)
+        let cache = CacheLikeSubscriber(blockMicroseconds: 400_000)
         let sub = try space.insertInterval(range(0, 0x1000), ops: cache)
         let other = try space.insertInterval(range(0x10000, 0x1000)) { _, _, _ in true }
         let invalidator = spawn { space.invalidate(range(0, 0x10), event: .unmap) }
@@ -94,8 +94,8 @@ struct IntervalSubscriptionTests {
         let waited = monotonicNanoseconds() - t0
         let check30 = !cache.inCallback.load(ordering: .acquiring)
         #expect(check30, "readBegin returned while the callback ran")
-        #expect(tOther < 50_000_000)
-        #expect(waited > 20_000_000)
+        #expect(tOther < 200_000_000, "an uncovered subscription waited")
+        #expect(waited > 100_000_000, "a covered subscription did not wait")
         #expect(!sub.readRetry(seq))
         invalidator.join()
         try sub.remove()
@@ -267,7 +267,8 @@ struct IntervalSubscriptionTests {
         #expect(space.intervalCount == n / 2)
         #expect(space.countIntervals(overlapping: range(0, 0x2000 * 10)) == 5)
         let elapsed = Double(monotonicNanoseconds() - t0) / 1e9
-        #expect(elapsed < 20, "10^5 inserts + 5*10^4 removes took \(elapsed)s")
+        // Generous: TSan and a loaded 2-core CI machine; the benchmark gives the real figures.
+        #expect(elapsed < 120, "10^5 inserts + 5*10^4 removes took \(elapsed)s")
         for i in stride(from: 1, to: n, by: 2) { try subs[i].remove() }
     }
 }

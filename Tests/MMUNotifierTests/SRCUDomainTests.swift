@@ -39,7 +39,7 @@ struct SRCUDomainTests {
         let reader = spawn {
             let token = srcu.readLock()
             readerInside.store(true, ordering: .releasing)
-            sleepMicroseconds(100_000)
+            sleepMicroseconds(300_000)
             readerLeft.store(true, ordering: .releasing)
             srcu.readUnlock(token)
         }
