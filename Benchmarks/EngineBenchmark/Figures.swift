@@ -12,6 +12,7 @@ func runAllFigures(runs: Int) {
     report("call(afterGracePeriod:) enqueue", unit: "ns", runs: runs) { callFigures().enqueueNs }
     report("call end-to-end throughput", unit: "M callbacks/s", runs: runs) { callFigures().millionsPerSecond }
     report("read-side throughput, 2 threads / 1 thread", unit: "x", runs: runs, readScaling)
+    report("baseline: private-counter loop, 2 thr / 1", unit: "x", runs: runs, baselineScaling)
     report("readBegin+readRetry pair", unit: "ns", runs: runs, readBeginRetryNs)
     report("interval query, 10^3 subscriptions", unit: "ns", runs: runs) { intervalQueryNs(count: 1_000) }
     report("interval query, 10^5 subscriptions", unit: "ns", runs: runs) { intervalQueryNs(count: 100_000) }
@@ -125,6 +126,37 @@ func readThroughput(threads: Int, srcu: SRCUDomain) -> Double {
     stop.store(true, ordering: .relaxed)
     for w in workers { w.join() }
     return Double(total.load(ordering: .relaxed)) / (Double(nowNanoseconds() - t0) / 1e9)
+}
+
+/// The machine's own scaling for a loop that shares nothing (calibrates `readScaling`: two
+/// vCPUs that are SMT siblings on the host cannot reach 2x for any tight loop).
+func privateLoopThroughput(threads: Int) -> Double {
+    let go = Atomic<Bool>(false), stop = Atomic<Bool>(false)
+    let total = Atomic<Int>(0)
+    let workers = (0..<threads).map { _ in
+        startThread {
+            while !go.load(ordering: .acquiring) { }
+            var count = 0
+            var sink = 0
+            while !stop.load(ordering: .relaxed) {
+                for i in 0..<1000 { sink &+= i; blackHoleInt(&sink) }
+                count += 1000
+            }
+            total.wrappingAdd(count, ordering: .relaxed)
+        }
+    }
+    let t0 = nowNanoseconds()
+    go.store(true, ordering: .releasing)
+    usleep(300_000)
+    stop.store(true, ordering: .relaxed)
+    for w in workers { w.join() }
+    return Double(total.load(ordering: .relaxed)) / (Double(nowNanoseconds() - t0) / 1e9)
+}
+
+@inline(never) func blackHoleInt(_ value: inout Int) { value &+= 1 }
+
+func baselineScaling() -> Double {
+    privateLoopThroughput(threads: 2) / privateLoopThroughput(threads: 1)
 }
 
 func readScaling() -> Double {
