@@ -207,6 +207,31 @@ struct AddressSpaceTests {
         box.withLock { $0 = nil }
     }
 
+    @Test func callbackDropsItselfWithNoReleaseAndCall() throws {
+        let space = AddressSpace()
+        let freed = Atomic<Bool>(false)
+        let freedWhileRunning = Atomic<Bool>(false)
+        let box = Locked<RecordingNotifier?>(nil)
+        let n = RecordingNotifier(onStart: { space in
+            guard let me = box.withLock({ $0 }) else { return }
+            if (try? space.unregisterNoRelease(me)) != nil {
+                space.srcu.call { freed.store(true, ordering: .releasing) }
+            }
+            sleepMicroseconds(20_000)  // still inside the callback: the grace period waits
+            if freed.load(ordering: .acquiring) { freedWhileRunning.store(true, ordering: .relaxed) }
+        })
+        box.withLock { $0 = n }
+        try space.register(n)
+        space.invalidate(range(0, 4096), event: .unmap)
+        try space.srcu.barrier()
+        let wasFreed = freed.load(ordering: .acquiring)
+        let early = freedWhileRunning.load(ordering: .relaxed)
+        #expect(wasFreed && !early)
+        #expect(n.releases == 0 && n.starts == 1 && n.ends == 0)
+        #expect(space.notifierCount == 0)
+        box.withLock { $0 = nil }
+    }
+
     @Test func agingQueriesEveryNotifier() throws {
         let space = AddressSpace()
         let a = RecordingNotifier(), b = RecordingNotifier()

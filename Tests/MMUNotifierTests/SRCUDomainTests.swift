@@ -159,3 +159,42 @@ struct SRCUDomainTests {
         #expect(check27)
     }
 }
+
+@Suite("SRCU counter slots")
+struct SRCUSlotTests {
+    @Test func moreDomainsThanThreadLocalCacheWays() throws {
+        let domains = (0..<20).map { _ in SRCUDomain() }
+        // Interleave so that cache entries are evicted and found again via the slow path.
+        for d in domains { d.readUnlock(d.readLock()) }
+        for round in 0..<3 {
+            for (i, d) in domains.enumerated() where (i + round) % 2 == 0 {
+                let outer = d.readLock()
+                #expect(d.isInsideReadSection)
+                for other in domains where other !== d { #expect(!other.isInsideReadSection) }
+                d.readUnlock(outer)
+            }
+        }
+        for d in domains {
+            #expect(d.readerSlotCount == 1)
+            try d.synchronize()
+        }
+    }
+
+    @Test func domainDestroyedWhileItsReaderThreadLives() {
+        let stage = Atomic<Int>(0)
+        let box = Locked<SRCUDomain?>(SRCUDomain())
+        let thread = spawn {
+            box.withLock { $0 }?.withReadLock { () }
+            stage.store(1, ordering: .releasing)
+            while stage.load(ordering: .acquiring) != 2 { sleepMicroseconds(100) }
+            // The old domain is gone; a new one takes this thread through the slow path,
+            // which frees the orphaned slot.
+            let fresh = SRCUDomain()
+            fresh.withReadLock { () }
+        }
+        while stage.load(ordering: .acquiring) != 1 { sleepMicroseconds(100) }
+        box.withLock { $0 = nil }
+        stage.store(2, ordering: .releasing)
+        thread.join()
+    }
+}
