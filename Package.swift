@@ -40,6 +40,7 @@ let package = Package(
             name: "MemoryMapping",
             dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
 
         .executableTarget(
@@ -48,9 +49,11 @@ let package = Package(
             path: "Examples/StaleRegistration"
         ),
         .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier"], path: "Benchmarks/EngineBenchmark"),
+        .executableTarget(name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping"], path: "Benchmarks/MonitorBenchmark"),
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
+        .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping"]),
     ],
     swiftLanguageModes: [.v6]

@@ -4,3 +4,4 @@
 #include "userfaultfd_shim.h"
 #include "srcu_counters.h"
 #include "mapping_shim.h"
+#include "monitor_shim.h"

@@ -1,0 +1,1 @@
+print("MonitorBenchmark: not written yet")

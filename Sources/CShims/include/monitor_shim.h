@@ -1,0 +1,33 @@
+#pragma once
+// Calls the memory monitor and its tests make that Swift cannot make directly (variadic or
+// deprecated in glibc's headers), or that must run in C because a forked child of a
+// multithreaded process may only call async-signal-safe functions.
+#include <stdint.h>
+#include <sys/types.h>
+
+/// sbrk(increment): the program break before the call, or (void *)-1 with errno set.
+void *cshims_sbrk(intptr_t increment);
+
+/// mremap(old, old_length, new_length, 0): shrink or grow in place, never move.
+void *cshims_mremap_in_place(void *address, unsigned long old_length, unsigned long new_length);
+
+/// mremap(old, old_length, new_length, MREMAP_MAYMOVE | MREMAP_FIXED, target).
+void *cshims_mremap_to(void *address, unsigned long old_length, unsigned long new_length, void *target);
+
+/// shmget(IPC_PRIVATE, size) + shmat: the attached address, or NULL with errno set. The
+/// segment is marked for removal at once, so it goes away with its last detach.
+void *cshims_shm_attach_private(unsigned long size);
+
+/// shmdt(address): 0, or -1 with errno set.
+int cshims_shmdt(void *address);
+
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK): the monitor thread's stop signal.
+int cshims_eventfd(void);
+
+/// fork(); the child writes one byte to every page of [address, address + length), unmaps
+/// it, and _exit(0)s, using only async-signal-safe calls. Returns the child's pid or -1.
+int cshims_fork_touch_unmap_exit(void *address, unsigned long length, unsigned long page_size);
+
+/// waitpid(pid) with a timeout in milliseconds: the exit status (>= 0), -2 on timeout (the
+/// child is then killed), -1 with errno set on failure.
+int cshims_wait_child(int pid, int timeout_ms);

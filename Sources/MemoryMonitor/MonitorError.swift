@@ -1,0 +1,96 @@
+import MMUNotifier
+import SystemPackage
+
+/// Every way the monitors refuse bad input or fail: which call, on what argument, and the errno
+/// where the OS said no. Nothing in the monitors traps on input.
+public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// A system call failed: `call(argument)` gave `errno`.
+    case systemCall(call: String, argument: String, errno: Errno)
+    /// userfaultfd is refused in every form this process may use. `attempts` lists each form
+    /// and its errno; the description names the two settings an administrator can change.
+    case userfaultfdUnavailable(attempts: [UserfaultfdAttempt])
+    /// The kernel lacks an event the monitor cannot work without (`missing`: UFFD_FEATURE_* bits).
+    case missingFeatures(requested: UInt64, offered: UInt64, missing: UInt64)
+    /// userfaultfd cannot watch this memory; register it uncached and report `reason`.
+    case unwatchable(range: AddressRange, reason: UnwatchableReason)
+    /// A range that is empty, wraps, or does not fit the address space.
+    case invalidRange(call: String, argument: String)
+    /// `unwatch` of a range that `watch` did not count.
+    case notWatched(range: AddressRange)
+    /// The call would wait for the monitor thread from the monitor thread itself (watch from
+    /// inside an invalidation callback): it would deadlock, so it is refused.
+    case calledFromMonitorThread(call: String)
+    /// The monitor was shut down.
+    case shutDown
+    /// The engine refused (for example, its address space was released).
+    case engine(NotifierError)
+
+    public var description: String {
+        switch self {
+        case let .systemCall(call, argument, errno):
+            return "\(call)(\(argument)): \(errno) (errno \(errno.rawValue))"
+        case let .userfaultfdUnavailable(attempts):
+            let tried = attempts.map { "\($0.method): \($0.errno)" }.joined(separator: "; ")
+            return "userfaultfd is not available to this process (\(tried)). Allow it with "
+                + "`sysctl vm.unprivileged_userfaultfd=1`, or give this user access to "
+                + "/dev/userfaultfd (root-only, mode 0600, by default); until then only explicit "
+                + "invalidation works and memory that may be unmapped must not be cached"
+        case let .missingFeatures(requested, offered, missing):
+            return "userfaultfd lacks features 0x\(String(missing, radix: 16)) "
+                + "(requested 0x\(String(requested, radix: 16)), kernel offers 0x\(String(offered, radix: 16)))"
+        case let .unwatchable(range, reason):
+            return "cannot watch \(range): \(reason)"
+        case let .invalidRange(call, argument):
+            return "\(call)(\(argument)): invalid range"
+        case let .notWatched(range):
+            return "unwatch(\(range)): the range is not watched"
+        case let .calledFromMonitorThread(call):
+            return "\(call) called from the monitor thread (inside an invalidation callback): it would deadlock"
+        case .shutDown:
+            return "the monitor was shut down"
+        case let .engine(error):
+            return "notifier engine: \(error)"
+        }
+    }
+}
+
+/// One way of obtaining a userfaultfd that was tried, and why it failed.
+public struct UserfaultfdAttempt: Error, Equatable, Sendable {
+    public var method: String
+    public var errno: Errno
+    public init(method: String, errno: Errno) {
+        self.method = method
+        self.errno = errno
+    }
+}
+
+/// Why userfaultfd cannot watch a range: the cache then registers the memory uncached and
+/// says so, instead of caching it silently.
+public enum UnwatchableReason: Equatable, Sendable, CustomStringConvertible {
+    /// A mapping of a regular file (`path`): userfaultfd watches only anonymous, shmem and
+    /// hugetlb memory (EINVAL).
+    case fileBacked(path: String)
+    /// System V shared memory (`shmat`): its mappings are not shmem to userfaultfd (EINVAL),
+    /// and `shmdt` sends no UNMAP event.
+    case sysVSharedMemory
+    /// Part of the range is registered with another userfaultfd (EBUSY).
+    case ownedByAnotherUserfaultfd
+    /// hugetlb memory on a kernel without UFFD_FEATURE_WP_HUGETLBFS_SHMEM, or a range not
+    /// aligned to the huge page size (EINVAL).
+    case hugetlbUnsupported
+    /// No mapping covers (all of) the range.
+    case notMapped
+    /// Something else: the call and errno that refused.
+    case refused(call: String, errno: Errno)
+
+    public var description: String {
+        switch self {
+        case let .fileBacked(path): return "file-backed mapping of \(path) (userfaultfd: EINVAL)"
+        case .sysVSharedMemory: return "System V shared memory (userfaultfd: EINVAL; shmdt sends no event)"
+        case .ownedByAnotherUserfaultfd: return "registered with another userfaultfd (EBUSY)"
+        case .hugetlbUnsupported: return "hugetlb memory this kernel cannot watch (EINVAL)"
+        case .notMapped: return "not (entirely) mapped"
+        case let .refused(call, errno): return "\(call): \(errno)"
+        }
+    }
+}

@@ -1,0 +1,36 @@
+import Synchronization
+
+/// What the monitor thread has seen, for tests, diagnostics and the benchmark.
+public struct MonitorStatistics: Sendable, Equatable {
+    /// poll() wake-ups that opened an invalidation window.
+    public var wakeups: Int
+    /// Wake-ups whose read() found nothing (the window closed empty).
+    public var emptyWakeups: Int
+    public var unmapEvents: Int
+    public var removeEvents: Int
+    public var remapEvents: Int
+    /// Write-protect faults; never expected (no page is ever write-protected): each is resolved.
+    public var unexpectedFaults: Int
+    /// All events read.
+    public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
+}
+
+/// Counters the monitor thread bumps with relaxed atomics (no lock, no allocation: they are
+/// updated on the path between wake-up and read()).
+final class MonitorCounters: Sendable {
+    let wakeups = Atomic<Int>(0)
+    let emptyWakeups = Atomic<Int>(0)
+    let unmapEvents = Atomic<Int>(0)
+    let removeEvents = Atomic<Int>(0)
+    let remapEvents = Atomic<Int>(0)
+    let unexpectedFaults = Atomic<Int>(0)
+
+    var snapshot: MonitorStatistics {
+        MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
+                          emptyWakeups: emptyWakeups.load(ordering: .relaxed),
+                          unmapEvents: unmapEvents.load(ordering: .relaxed),
+                          removeEvents: removeEvents.load(ordering: .relaxed),
+                          remapEvents: remapEvents.load(ordering: .relaxed),
+                          unexpectedFaults: unexpectedFaults.load(ordering: .relaxed))
+    }
+}

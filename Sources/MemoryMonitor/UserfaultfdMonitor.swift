@@ -1,0 +1,313 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import MMUNotifier
+import Synchronization
+import SystemPackage
+
+/// The userfaultfd memory monitor: feeds the notifier engine an invalidation for every
+/// `munmap`, `mmap(MAP_FIXED)` over, `mremap`, `madvise(MADV_DONTNEED / MADV_REMOVE)` and
+/// `brk` shrink of watched memory, including ones made by raw system calls that no hook sees.
+///
+/// Guarantee: once such a call on watched memory has returned, no `readBegin`/`readRetry`
+/// lookup of the engine that starts later can see the old pages (see `MonitorThread`).
+///
+/// - `watch(range)` registers the range's granules (write-protect mode, never protecting a
+///   page, so ordinary faults need no answer) and checks with the kernel that the pages
+///   mapped *now* are registered; call it on every cache miss, after `readBegin` (see
+///   `watch`). `unwatch(range)` drops the count; the last buffer of a granule unregisters it.
+/// - Unwatchable memory throws `.unwatchable(range, reason)`: file-backed, System V shared
+///   memory, another userfaultfd's range, hugetlb where unsupported, or not mapped.
+/// - fork(): the child inherits no monitoring (EVENT_FORK is not requested, so the kernel
+///   clears the child's registrations); the child's unmaps never wait for this thread and
+///   the parent's monitoring is unaffected. The descriptor is close-on-exec.
+/// - `shutdown()` (also run by deinit) unregisters everything, stops and joins the thread,
+///   closes the descriptor and invalidates the whole address space once (events between the
+///   last read and the close are lost, so nothing cached may outlive the watch). Idempotent.
+public final class UserfaultfdMonitor: Sendable {
+    public struct Configuration: Sendable {
+        /// Registration granule in bytes: a power of two, at least a page. Larger means fewer
+        /// VMAs and more neighbours invalidated on an unmap.
+        public var granuleSize: UInt = 2 << 20
+        public var strategy: UserfaultfdStrategy = .automatic
+        /// Events the thread reads per wake-up (the preallocated buffer holds this many).
+        public var eventsPerRead: Int = 64
+        public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic, eventsPerRead: Int = 64) {
+            self.granuleSize = granuleSize
+            self.strategy = strategy
+            self.eventsPerRead = eventsPerRead
+        }
+    }
+
+    public let space: AddressSpace
+    public let granuleSize: UInt
+    let pageSize: UInt
+    let descriptor: UserfaultfdDescriptor
+    let thread: MonitorThread
+    let granules = MonitorLock(GranuleTable())
+    let pthread = Atomic<UInt>(0)
+    let stopped = Atomic<Bool>(false)
+
+    /// How the descriptor was obtained.
+    public var privilege: UserfaultfdPrivilege { descriptor.privilege }
+    /// UFFD_FEATURE_* bits enabled (UNMAP, REMOVE, REMAP, and WP_HUGETLBFS_SHMEM where offered).
+    public var features: UInt64 { descriptor.features }
+    /// UFFD_FEATURE_* bits the kernel offers.
+    public var offeredFeatures: UInt64 { descriptor.offered }
+
+    public init(space: AddressSpace, configuration: Configuration = Configuration()) throws(MonitorError) {
+        let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let granule = configuration.granuleSize
+        guard granule >= page, granule & (granule - 1) == 0 else {
+            throw .invalidRange(call: "UserfaultfdMonitor.init", argument: "granuleSize: \(granule)")
+        }
+        self.space = space
+        pageSize = page
+        granuleSize = granule
+        descriptor = try UserfaultfdDescriptor.open(strategy: configuration.strategy)
+        do {
+            thread = try MonitorThread(descriptor: descriptor, space: space, eventsPerRead: configuration.eventsPerRead)
+        } catch {
+            close(descriptor.fd)
+            throw error
+        }
+        var id = pthread_t()
+        let context = Unmanaged.passRetained(thread).toOpaque()
+        let created = pthread_create(&id, nil, { monitorThreadEntry($0) }, context)
+        guard created == 0 else {
+            Unmanaged<MonitorThread>.fromOpaque(context).release()
+            close(descriptor.fd)
+            throw .systemCall(call: "pthread_create", argument: "userfaultfd monitor", errno: Errno(rawValue: created))
+        }
+        pthread.store(UInt(id), ordering: .releasing)
+    }
+
+    deinit { shutdown() }
+
+    public var statistics: MonitorStatistics { thread.counters.snapshot }
+
+    /// Granules currently registered (whole or piecewise).
+    public var watchedGranuleCount: Int { granules.withLock { $0.records.count } }
+
+    /// Buffers counted in the granules overlapping `range` (for tests and diagnostics).
+    public func watchCount(in range: AddressRange) -> Int {
+        guard let pages = try? pageRange(range, call: "watchCount") else { return 0 }
+        return granules.withLock { table in
+            granuleStarts(pages).reduce(0) { $0 + (table.records[$1]?.buffers ?? 0) }
+        }
+    }
+
+    public var isRunning: Bool { !thread.finished.load(ordering: .acquiring) && !stopped.load(ordering: .acquiring) }
+
+    // MARK: watch / unwatch
+
+    /// Watches `range`: counts it in its granules, registering those not yet registered,
+    /// and asks the kernel whether the pages mapped now are registered (a mapping made since
+    /// the last watch, e.g. `munmap` + `mmap` at the same address, is not: it is registered
+    /// again). Cheap when nothing changed: a count and one UFFDIO_WRITEPROTECT probe.
+    ///
+    /// Order on a cache miss: `readBegin`, then `watch`, then `ibv_reg_mr`, then `readRetry`.
+    /// The probe makes the watch exact at the moment it returns; any change after it is an
+    /// event of a registered mapping, which reaches the engine, so `readRetry` catches it.
+    /// (A watch *before* `readBegin` alone leaves a gap: munmap + mmap between the two gives
+    /// an unwatched mapping whose later unmap nobody reports.) Calling it before as well is
+    /// harmless: it is counted twice and needs two `unwatch` calls.
+    ///
+    /// Each successful `watch` needs one `unwatch` of the same range.
+    public func watch(_ range: AddressRange) throws(MonitorError) {
+        if thread.isCurrentThread { throw .calledFromMonitorThread(call: "watch") }
+        let pages = try pageRange(range, call: "watch")
+        performDeferredUnwatches()
+        try granules.withLock { table throws(MonitorError) in
+            if table.shutDown { throw .shutDown }
+            let starts = granuleStarts(pages)
+            var counted: [UInt] = []
+            do throws(MonitorError) {
+                for start in starts {
+                    if var record = table.records[start] {
+                        record.buffers += 1
+                        table.records[start] = record
+                    } else {
+                        var record = try registerGranule(start, piece: clip(pages, toGranule: start), existing: nil, range: range)
+                        record.buffers = 1
+                        table.records[start] = record
+                    }
+                    counted.append(start)
+                }
+                if try probe(pages) { return }
+                // Something mapped now is not registered: a new mapping since the granule was
+                // registered. Register again (the kernel skips what is registered already).
+                for start in starts {
+                    table.records[start] = try registerGranule(start, piece: clip(pages, toGranule: start),
+                                                               existing: table.records[start], range: range)
+                }
+                if try probe(pages) { return }
+                if try probeEachPage(pages) { return }
+                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                    start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
+            } catch {
+                for start in counted { release(start, in: &table) }
+                throw error
+            }
+        }
+    }
+
+    /// Drops one count of `range` (a range a successful `watch` counted); the last buffer of a
+    /// granule unregisters it. Inside an invalidation callback (on the monitor thread) the
+    /// unwatch is deferred to the next `watch`, `unwatch` or `shutdown` on another thread.
+    public func unwatch(_ range: AddressRange) throws(MonitorError) {
+        let pages = try pageRange(range, call: "unwatch")
+        if thread.isCurrentThread {
+            thread.deferredUnwatches.withLock { $0.append(range) }
+            return
+        }
+        performDeferredUnwatches()
+        try granules.withLock { table throws(MonitorError) in
+            if table.shutDown { return }
+            let starts = granuleStarts(pages)
+            for start in starts where table.records[start] == nil { throw .notWatched(range: range) }
+            for start in starts { release(start, in: &table) }
+        }
+    }
+
+    // MARK: Shutdown
+
+    /// Stops monitoring: every granule is unregistered, the thread reads what is queued and
+    /// ends, the descriptor is closed, and the whole address space is invalidated once (a
+    /// change between the last read and the close would otherwise go unreported). A second
+    /// call does nothing. Must not be called from an invalidation callback (it joins the
+    /// thread that runs callbacks): there it only requests the stop.
+    public func shutdown() {
+        if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        performDeferredUnwatches()
+        granules.withLock { table in
+            table.shutDown = true
+            for (start, record) in table.records { unregister(start, record) }
+            table.records.removeAll()
+        }
+        thread.requestStop()
+        if thread.isCurrentThread { return }
+        let id = pthread.load(ordering: .acquiring)
+        if id != 0 { pthread_join(pthread_t(id), nil) }
+        let window = space.beginInvalidation()
+        close(descriptor.fd)
+        window.invalidate(.everything, event: .explicit)
+        window.end()
+    }
+
+    // MARK: Internals (granule lock held)
+
+    private func registerGranule(_ start: UInt, piece: PageRange, existing: GranuleRecord?,
+                                 range: AddressRange) throws(MonitorError) -> GranuleRecord {
+        var record = existing ?? GranuleRecord(buffers: 0, pieces: nil)
+        if record.pieces == nil {
+            let failure = descriptor.register(start: start, length: granuleSize)
+            if failure == nil { return record }
+            if failure != .invalidArgument && failure != .resourceBusy {
+                throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(start, granuleSize),
+                                  errno: failure ?? .invalidArgument)
+            }
+            // A neighbour in the granule cannot be registered: register the buffer's pages only.
+            if existing != nil {
+                // The granule was registered whole before: keep it counted as whole, and add the piece.
+                if let failure = descriptor.register(start: piece.start, length: piece.length) {
+                    throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                        start: piece.start, end: piece.end, errno: failure))
+                }
+                return record
+            }
+            record.pieces = []
+        }
+        if let failure = descriptor.register(start: piece.start, length: piece.length) {
+            throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                start: piece.start, end: piece.end, errno: failure))
+        }
+        if record.pieces?.contains(piece) == false { record.pieces?.append(piece) }
+        return record
+    }
+
+    /// True when every page of `pages` is registered now. EAGAIN (an event is pending and not
+    /// yet read) waits for the monitor thread, which never waits for this lock.
+    private func probe(_ pages: PageRange) throws(MonitorError) -> Bool {
+        for attempt in 0... {
+            guard let failure = descriptor.isRegistered(start: pages.start, length: pages.length) else { return true }
+            if failure == .noSuchFileOrDirectory { return false }
+            if failure == .resourceTemporarilyUnavailable && attempt < 1_000_000 {
+                sched_yield()
+                continue
+            }
+            throw .systemCall(call: "ioctl(UFFDIO_WRITEPROTECT)", argument: describe(pages.start, pages.length) + ", mode: 0",
+                              errno: failure)
+        }
+        return false
+    }
+
+    /// Linux 6.1 answers the probe only for a range inside one VMA: a buffer across VMAs
+    /// is checked page by page.
+    private func probeEachPage(_ pages: PageRange) throws(MonitorError) -> Bool {
+        if pages.length == pageSize { return false }
+        var page = pages.start
+        while page < pages.end {
+            if !(try probe(PageRange(start: page, end: page + pageSize))) { return false }
+            page += pageSize
+        }
+        return true
+    }
+
+    private func release(_ start: UInt, in table: inout GranuleTable) {
+        guard var record = table.records[start] else { return }
+        record.buffers -= 1
+        if record.buffers > 0 {
+            table.records[start] = record
+            return
+        }
+        table.records[start] = nil
+        unregister(start, record)
+    }
+
+    /// Errors are ignored: the range may be unmapped already, which unregistered it.
+    private func unregister(_ start: UInt, _ record: GranuleRecord) {
+        if let pieces = record.pieces {
+            for piece in pieces { _ = descriptor.unregister(start: piece.start, length: piece.length) }
+        } else {
+            _ = descriptor.unregister(start: start, length: granuleSize)
+        }
+    }
+
+    private func performDeferredUnwatches() {
+        var pending: [AddressRange] = []
+        // Swap only: nothing is allocated or freed while the lock is held.
+        thread.deferredUnwatches.withLock { swap(&$0, &pending) }
+        if pending.isEmpty { return }
+        granules.withLock { table in
+            if table.shutDown { return }
+            for range in pending {
+                guard let pages = try? pageRange(range, call: "unwatch") else { continue }
+                for start in granuleStarts(pages) { release(start, in: &table) }
+            }
+        }
+    }
+
+    private func pageRange(_ range: AddressRange, call: String) throws(MonitorError) -> PageRange {
+        guard !range.isEmpty, let length = range.length else {
+            throw .invalidRange(call: call, argument: "\(range)")
+        }
+        let start = range.start & ~(pageSize - 1)
+        let (last, overflow) = range.last.addingReportingOverflow(pageSize)
+        guard !overflow, length > 0 else { throw .invalidRange(call: call, argument: "\(range)") }
+        return PageRange(start: start, end: last & ~(pageSize - 1))
+    }
+
+    private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> {
+        stride(from: pages.start & ~(granuleSize - 1), to: pages.end, by: Int(granuleSize))
+    }
+
+    private func clip(_ pages: PageRange, toGranule start: UInt) -> PageRange {
+        PageRange(start: max(pages.start, start), end: min(pages.end, start &+ granuleSize))
+    }
+
+    private func describe(_ start: UInt, _ length: UInt) -> String {
+        "start: 0x\(String(start, radix: 16)), length: \(length)"
+    }
+}

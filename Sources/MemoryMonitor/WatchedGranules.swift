@@ -1,0 +1,34 @@
+import MMUNotifier
+
+/// The monitor's bookkeeping of what it registered with userfaultfd.
+///
+/// Every registered sub-range splits its mapping, and `vm.max_map_count` (65,530) caps a
+/// process at a few tens of thousands of VMAs, so the monitor registers large aligned
+/// *granules* (2 MiB by default) and counts the watched buffers inside each: 10^5 buffers in
+/// a few hundred granules cost a few hundred VMAs at most. A granule whose neighbourhood
+/// cannot be registered (a file mapping or another userfaultfd's range inside it) falls back
+/// to registering exactly the buffers' pages ("pieces").
+struct GranuleRecord: Sendable {
+    /// Buffers (watch calls) counted in this granule.
+    var buffers: Int
+    /// nil: the whole granule is registered. Otherwise the page ranges registered one by one.
+    var pieces: [PageRange]?
+}
+
+/// A page-aligned byte range [start, end).
+struct PageRange: Hashable, Sendable {
+    var start: UInt
+    var end: UInt
+    var length: UInt { end - start }
+}
+
+/// The granule table, guarded by `MonitorLock`.
+///
+/// Lock rule: taken by threads calling `watch`, `unwatch` and `shutdown`, which may allocate
+/// and issue ioctls while holding it; the monitor thread never takes it (from inside
+/// callbacks, `unwatch` is deferred instead), so a thread that holds it while its allocation
+/// trims watched heap pages waits only for the monitor's read, which never waits for it.
+struct GranuleTable: Sendable {
+    var records: [UInt: GranuleRecord] = [:]
+    var shutDown = false
+}
