@@ -17,8 +17,8 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidRange(call: String, argument: String)
     /// `unwatch` of a range that `watch` did not count.
     case notWatched(range: AddressRange)
-    /// The call would wait for the monitor thread from the monitor thread itself (watch from
-    /// inside an invalidation callback): it would deadlock, so it is refused.
+    /// The call was made on the monitor's reader thread, which must never wait for anything
+    /// (it runs no user code; this guards against misuse).
     case calledFromMonitorThread(call: String)
     /// The monitor was shut down.
     case shutDown
@@ -45,7 +45,7 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
         case let .notWatched(range):
             return "unwatch(\(range)): the range is not watched"
         case let .calledFromMonitorThread(call):
-            return "\(call) called from the monitor thread (inside an invalidation callback): it would deadlock"
+            return "\(call) called from the monitor's reader thread: it would deadlock"
         case .shutDown:
             return "the monitor was shut down"
         case let .engine(error):

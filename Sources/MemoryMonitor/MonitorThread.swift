@@ -5,46 +5,43 @@ import CShims
 import MMUNotifier
 import Synchronization
 
-/// The monitor thread's loop and the state only it touches.
+/// The monitor's two threads: the *reader*, which only waits, opens windows and reads, and
+/// the *worker*, which invalidates (runs the engine's callbacks) and closes the windows.
 ///
 /// The protocol (DESIGN.md, "Closing the userfaultfd race"): the kernel lets `munmap` return
-/// once this thread has *read()* the UNMAP event, not once it has acted on it. So on every
-/// wake-up the thread first opens an invalidation window (the engine's sequence turns odd and
-/// every `readBegin` waits), then reads, then invalidates each range, then closes the window.
-/// Any lookup that starts after such a `munmap` returned therefore waits for, or sees, its
+/// once the reader has *read()* the UNMAP event, not once anyone has acted on it. So on every
+/// wake-up the reader first opens an invalidation window (the engine's sequence turns odd and
+/// every `readBegin` waits), then reads; the worker invalidates each range and closes the
+/// window. Any lookup that starts after such a `munmap` returned waits for, or sees, its
 /// invalidation.
 ///
-/// Deadlock rules this code keeps:
-/// - Between poll() returning and read() returning: no allocation, no free, no lock but the
-///   engine's short internal one (taken inside `beginInvalidation`). A thread in `munmap`,
-///   `madvise(DONTNEED)`, `mremap` or `brk` of watched memory sleeps until the read; if this
-///   thread waited for a lock that thread holds, or for malloc (which may trim watched heap
-///   pages with madvise/brk and so wait for this very thread), nothing would ever move again.
-/// - This thread never touches, unmaps or frees watched memory: `munmap` of a watched range
-///   waits for this thread's read, so doing it here would wait for itself. The read buffer and
-///   the poll set are allocated by `init`, before the thread starts, and freed after it ends.
-final class MonitorThread: Sendable {
+/// Deadlock rules:
+/// - The reader, between poll() returning and read() returning, does not allocate, free, or
+///   take a lock but the engine's short internal one and the event queue's (whose holders
+///   never block on anything). A thread in `munmap`, `madvise(DONTNEED)`, `mremap` or `brk` of
+///   watched memory sleeps until that read; if the reader waited for a lock such a thread
+///   holds, or for malloc (which may trim watched heap pages and so wait for the reader),
+///   nothing would move again. Its buffers are preallocated before it starts.
+/// - The reader never touches, unmaps or frees watched memory (it would wait for itself).
+/// - Callbacks run on the worker, so they may allocate, free, watch, unwatch, and even unmap
+///   watched memory: that waits for the reader, which never waits for the worker (except when
+///   all `EventQueue` slots are full).
+final class MonitorThreads: Sendable {
     let descriptor: UserfaultfdDescriptor
     let space: AddressSpace
     let counters = MonitorCounters()
+    let queue: EventQueue
     /// eventfd written by `requestStop()`.
     let stopFD: Int32
-    /// `pthread_self()` of the running thread, 0 before it starts.
-    let threadID = Atomic<UInt>(0)
+    /// `pthread_self()` of the worker (the thread that runs callbacks), 0 before it starts.
+    let workerID = Atomic<UInt>(0)
+    let readerID = Atomic<UInt>(0)
     let finished = Atomic<Bool>(false)
-    /// Unwatches asked for from inside invalidation callbacks (on this thread), performed later
-    /// by the next `watch`/`unwatch`/`shutdown` on another thread. Taken by this thread only
-    /// after read(), and by other threads only to swap the array out (they never allocate or
-    /// free while holding it).
-    let deferredUnwatches = MonitorLock<[AddressRange]>([])
-
-    private let bufferBytes: Int
-    /// Preallocated read buffer and poll set; only the monitor thread uses them while it runs.
-    /// Stored as bit patterns so the class is Sendable without an unchecked exception.
-    private let bufferAddress: UInt
+    private let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+    /// Preallocated poll set, only used by the reader (bit pattern: Sendable without exception).
     private let pollAddress: UInt
 
-    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, eventsPerRead: Int) throws(MonitorError) {
+    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, eventsPerRead: Int, slots: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
             throw .systemCall(call: "eventfd", argument: "EFD_CLOEXEC | EFD_NONBLOCK", errno: .init(rawValue: errno))
@@ -52,22 +49,24 @@ final class MonitorThread: Sendable {
         self.descriptor = descriptor
         self.space = space
         stopFD = stop
-        bufferBytes = max(1, eventsPerRead) * UserfaultfdEvent.size
-        bufferAddress = UInt(bitPattern: UnsafeMutableRawPointer.allocate(byteCount: bufferBytes, alignment: 16))
+        queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)
         let polls = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
         polls.initialize(repeating: pollfd(), count: 2)
         pollAddress = UInt(bitPattern: polls)
     }
 
     deinit {
-        UnsafeMutableRawPointer(bitPattern: bufferAddress)?.deallocate()
         UnsafeMutablePointer<pollfd>(bitPattern: pollAddress)?.deallocate()
         close(stopFD)
     }
 
-    var isCurrentThread: Bool {
-        let id = threadID.load(ordering: .acquiring)
-        return id != 0 && pthread_equal(pthread_self(), pthread_t(id)) != 0
+    /// True on the thread that runs invalidation callbacks.
+    var isWorkerThread: Bool { isThread(workerID) }
+    var isReaderThread: Bool { isThread(readerID) }
+
+    private func isThread(_ id: borrowing Atomic<UInt>) -> Bool {
+        let value = id.load(ordering: .acquiring)
+        return value != 0 && pthread_equal(pthread_self(), pthread_t(value)) != 0
     }
 
     func requestStop() {
@@ -75,9 +74,10 @@ final class MonitorThread: Sendable {
         _ = write(stopFD, &one, 8)
     }
 
-    /// The thread body: wait, drain, repeat; on stop, drain what is queued and return.
-    func run() {
-        threadID.store(UInt(pthread_self()), ordering: .releasing)
+    // MARK: Reader
+
+    func runReader() {
+        readerID.store(UInt(pthread_self()), ordering: .releasing)
         guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else { return }
         while true {
             polls[0] = pollfd(fd: descriptor.fd, events: Int16(POLLIN), revents: 0)
@@ -89,66 +89,88 @@ final class MonitorThread: Sendable {
             }
             if polls[1].revents != 0 { break }
             if polls[0].revents & Int16(POLLIN) != 0 {
-                _ = drainOnce()
+                _ = readOnce()
             } else if polls[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
                 break
             }
         }
         // Stop requested: events already queued still get their invalidation.
-        while drainOnce() {}
-        finished.store(true, ordering: .releasing)
+        while readOnce() {}
+        queue.stop()
     }
 
-    /// One window: open, read, invalidate, close. Returns false when read() found nothing.
-    @discardableResult
-    func drainOnce() -> Bool {
-        guard let buffer = UnsafeMutableRawPointer(bitPattern: bufferAddress) else { return false }
+    /// One wake-up: reserve a slot, open a window, read into the slot, publish it.
+    /// Returns false when read() found nothing.
+    private func readOnce() -> Bool {
         counters.wakeups.wrappingAdd(1, ordering: .relaxed)
+        let slot = queue.reserve()
+        let buffer = queue.buffer(slot)
         // --- From here to read() returning: no allocation, no free, no lock but the engine's
         // --- internal one, no access to watched memory (see the type's comment).
         let window = space.beginInvalidation()
         var count = 0
         while true {
-            let n = read(descriptor.fd, buffer, bufferBytes)
+            let n = read(descriptor.fd, buffer, queue.slotBytes)
             if n < 0 && errno == EINTR { continue }
             count = n > 0 ? n / UserfaultfdEvent.size : 0
             break
         }
-        // --- read() returned: the munmaps it reported may return now; the window is still
-        // --- open, so lookups that start from here on wait for the invalidations below.
+        // --- read() returned: the munmaps it reported may return now. The window stays open
+        // --- until the worker has invalidated them, so later lookups wait for that.
         if count == 0 {
             counters.emptyWakeups.wrappingAdd(1, ordering: .relaxed)
             window.end()
             return false
         }
-        for index in 0..<count {
-            let event = UserfaultfdEvent(at: buffer + index * UserfaultfdEvent.size)
-            switch event.kind {
-            case .unmap: counters.unmapEvents.wrappingAdd(1, ordering: .relaxed)
-            case .remove: counters.removeEvents.wrappingAdd(1, ordering: .relaxed)
-            case .remap: counters.remapEvents.wrappingAdd(1, ordering: .relaxed)
-            case .writeProtectFault:
-                // Never expected: nothing write-protects these pages. Resolve it so the
-                // faulting thread does not hang (mode 0 also wakes it).
-                counters.unexpectedFaults.wrappingAdd(1, ordering: .relaxed)
-                let page = event.start & ~UInt(sysconf(Int32(_SC_PAGESIZE)) - 1)
-                _ = descriptor.isRegistered(start: page, length: UInt(sysconf(Int32(_SC_PAGESIZE))))
-            case .other: break
-            }
-            if let range = event.range, let cause = event.invalidationEvent {
-                window.invalidate(range, event: cause)
-            }
-        }
-        window.end()
+        queue.publish(slot, window: window, count: count)
         return true
+    }
+
+    // MARK: Worker
+
+    func runWorker() {
+        workerID.store(UInt(pthread_self()), ordering: .releasing)
+        while let slot = queue.take() {
+            let window = queue.window(slot)
+            let buffer = queue.buffer(slot)
+            for index in 0..<queue.events(slot) {
+                let event = UserfaultfdEvent(at: buffer + index * UserfaultfdEvent.size)
+                count(event)
+                if let range = event.range, let cause = event.invalidationEvent {
+                    window.invalidate(range, event: cause)
+                }
+            }
+            window.end()
+            queue.release()
+        }
+        finished.store(true, ordering: .releasing)
+    }
+
+    private func count(_ event: UserfaultfdEvent) {
+        switch event.kind {
+        case .unmap: counters.unmapEvents.wrappingAdd(1, ordering: .relaxed)
+        case .remove: counters.removeEvents.wrappingAdd(1, ordering: .relaxed)
+        case .remap: counters.remapEvents.wrappingAdd(1, ordering: .relaxed)
+        case .writeProtectFault:
+            // Never expected: nothing write-protects these pages. Resolve it so the faulting
+            // thread does not hang (UFFDIO_WRITEPROTECT mode 0 also wakes it).
+            counters.unexpectedFaults.wrappingAdd(1, ordering: .relaxed)
+            _ = descriptor.isRegistered(start: event.start & ~(pageSize - 1), length: pageSize)
+        case .other: break
+        }
     }
 }
 
-/// The pthread entry point: a nonisolated C function (a closure in top-level code would be
-/// inferred @MainActor). Takes over one retain of the `MonitorThread` passed as `context`.
-func monitorThreadEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+/// pthread entry points: nonisolated C functions (a closure in top-level code would be inferred
+/// @MainActor). Each takes over one retain of the `MonitorThreads` passed as `context`.
+func monitorReaderEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
     guard let context else { return nil }
-    let thread = Unmanaged<MonitorThread>.fromOpaque(context).takeRetainedValue()
-    thread.run()
+    Unmanaged<MonitorThreads>.fromOpaque(context).takeRetainedValue().runReader()
+    return nil
+}
+
+func monitorWorkerEntry(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    guard let context else { return nil }
+    Unmanaged<MonitorThreads>.fromOpaque(context).takeRetainedValue().runWorker()
     return nil
 }

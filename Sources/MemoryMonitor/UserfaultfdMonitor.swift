@@ -31,12 +31,16 @@ public final class UserfaultfdMonitor: Sendable {
         /// VMAs and more neighbours invalidated on an unmap.
         public var granuleSize: UInt = 2 << 20
         public var strategy: UserfaultfdStrategy = .automatic
-        /// Events the thread reads per wake-up (the preallocated buffer holds this many).
+        /// Events the reader reads per wake-up (each queue slot holds this many).
         public var eventsPerRead: Int = 64
-        public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic, eventsPerRead: Int = 64) {
+        /// Wake-ups the reader may be ahead of the worker (preallocated slots).
+        public var queueSlots: Int = 256
+        public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
+                    eventsPerRead: Int = 64, queueSlots: Int = 256) {
             self.granuleSize = granuleSize
             self.strategy = strategy
             self.eventsPerRead = eventsPerRead
+            self.queueSlots = queueSlots
         }
     }
 
@@ -44,9 +48,10 @@ public final class UserfaultfdMonitor: Sendable {
     public let granuleSize: UInt
     let pageSize: UInt
     let descriptor: UserfaultfdDescriptor
-    let thread: MonitorThread
+    let threads: MonitorThreads
     let granules = MonitorLock(GranuleTable())
-    let pthread = Atomic<UInt>(0)
+    let readerPthread = Atomic<UInt>(0)
+    let workerPthread = Atomic<UInt>(0)
     let stopped = Atomic<Bool>(false)
 
     /// How the descriptor was obtained.
@@ -67,25 +72,37 @@ public final class UserfaultfdMonitor: Sendable {
         granuleSize = granule
         descriptor = try UserfaultfdDescriptor.open(strategy: configuration.strategy)
         do {
-            thread = try MonitorThread(descriptor: descriptor, space: space, eventsPerRead: configuration.eventsPerRead)
+            threads = try MonitorThreads(descriptor: descriptor, space: space,
+                                         eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots)
         } catch {
             close(descriptor.fd)
             throw error
         }
-        var id = pthread_t()
-        let context = Unmanaged.passRetained(thread).toOpaque()
-        let created = pthread_create(&id, nil, { monitorThreadEntry($0) }, context)
-        guard created == 0 else {
-            Unmanaged<MonitorThread>.fromOpaque(context).release()
+        var worker = pthread_t()
+        let workerContext = Unmanaged.passRetained(threads).toOpaque()
+        let workerCreated = pthread_create(&worker, nil, { monitorWorkerEntry($0) }, workerContext)
+        guard workerCreated == 0 else {
+            Unmanaged<MonitorThreads>.fromOpaque(workerContext).release()
             close(descriptor.fd)
-            throw .systemCall(call: "pthread_create", argument: "userfaultfd monitor", errno: Errno(rawValue: created))
+            throw .systemCall(call: "pthread_create", argument: "userfaultfd worker", errno: Errno(rawValue: workerCreated))
         }
-        pthread.store(UInt(id), ordering: .releasing)
+        workerPthread.store(UInt(worker), ordering: .releasing)
+        var reader = pthread_t()
+        let readerContext = Unmanaged.passRetained(threads).toOpaque()
+        let readerCreated = pthread_create(&reader, nil, { monitorReaderEntry($0) }, readerContext)
+        guard readerCreated == 0 else {
+            Unmanaged<MonitorThreads>.fromOpaque(readerContext).release()
+            threads.queue.stop()
+            pthread_join(worker, nil)
+            close(descriptor.fd)
+            throw .systemCall(call: "pthread_create", argument: "userfaultfd reader", errno: Errno(rawValue: readerCreated))
+        }
+        readerPthread.store(UInt(reader), ordering: .releasing)
     }
 
     deinit { shutdown() }
 
-    public var statistics: MonitorStatistics { thread.counters.snapshot }
+    public var statistics: MonitorStatistics { threads.counters.snapshot }
 
     /// Granules currently registered (whole or piecewise).
     public var watchedGranuleCount: Int { granules.withLock { $0.records.count } }
@@ -98,7 +115,7 @@ public final class UserfaultfdMonitor: Sendable {
         }
     }
 
-    public var isRunning: Bool { !thread.finished.load(ordering: .acquiring) && !stopped.load(ordering: .acquiring) }
+    public var isRunning: Bool { !threads.finished.load(ordering: .acquiring) && !stopped.load(ordering: .acquiring) }
 
     // MARK: watch / unwatch
 
@@ -116,9 +133,8 @@ public final class UserfaultfdMonitor: Sendable {
     ///
     /// Each successful `watch` needs one `unwatch` of the same range.
     public func watch(_ range: AddressRange) throws(MonitorError) {
-        if thread.isCurrentThread { throw .calledFromMonitorThread(call: "watch") }
+        if threads.isReaderThread { throw .calledFromMonitorThread(call: "watch") }
         let pages = try pageRange(range, call: "watch")
-        performDeferredUnwatches()
         try granules.withLock { table throws(MonitorError) in
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
@@ -154,15 +170,10 @@ public final class UserfaultfdMonitor: Sendable {
     }
 
     /// Drops one count of `range` (a range a successful `watch` counted); the last buffer of a
-    /// granule unregisters it. Inside an invalidation callback (on the monitor thread) the
-    /// unwatch is deferred to the next `watch`, `unwatch` or `shutdown` on another thread.
+    /// granule unregisters it. Callable from invalidation callbacks (they run on the worker).
     public func unwatch(_ range: AddressRange) throws(MonitorError) {
+        if threads.isReaderThread { throw .calledFromMonitorThread(call: "unwatch") }
         let pages = try pageRange(range, call: "unwatch")
-        if thread.isCurrentThread {
-            thread.deferredUnwatches.withLock { $0.append(range) }
-            return
-        }
-        performDeferredUnwatches()
         try granules.withLock { table throws(MonitorError) in
             if table.shutDown { return }
             let starts = granuleStarts(pages)
@@ -176,24 +187,28 @@ public final class UserfaultfdMonitor: Sendable {
     /// Stops monitoring: every granule is unregistered, the thread reads what is queued and
     /// ends, the descriptor is closed, and the whole address space is invalidated once (a
     /// change between the last read and the close would otherwise go unreported). A second
-    /// call does nothing. Must not be called from an invalidation callback (it joins the
-    /// thread that runs callbacks): there it only requests the stop.
+    /// call does nothing. From an invalidation callback (on the worker) it unregisters and
+    /// requests the stop, and the worker finishes it (closes and invalidates) when it ends.
     public func shutdown() {
         if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
-        performDeferredUnwatches()
         granules.withLock { table in
             table.shutDown = true
             for (start, record) in table.records { unregister(start, record) }
             table.records.removeAll()
         }
-        thread.requestStop()
-        if thread.isCurrentThread { return }
-        let id = pthread.load(ordering: .acquiring)
-        if id != 0 { pthread_join(pthread_t(id), nil) }
+        threads.requestStop()
+        let reader = readerPthread.load(ordering: .acquiring)
+        if reader != 0 { pthread_join(pthread_t(reader), nil) }
         let window = space.beginInvalidation()
         close(descriptor.fd)
         window.invalidate(.everything, event: .explicit)
         window.end()
+        if threads.isWorkerThread {
+            pthread_detach(pthread_t(workerPthread.load(ordering: .acquiring)))
+            return
+        }
+        let worker = workerPthread.load(ordering: .acquiring)
+        if worker != 0 { pthread_join(pthread_t(worker), nil) }
     }
 
     // MARK: Internals (granule lock held)
@@ -272,20 +287,6 @@ public final class UserfaultfdMonitor: Sendable {
             for piece in pieces { _ = descriptor.unregister(start: piece.start, length: piece.length) }
         } else {
             _ = descriptor.unregister(start: start, length: granuleSize)
-        }
-    }
-
-    private func performDeferredUnwatches() {
-        var pending: [AddressRange] = []
-        // Swap only: nothing is allocated or freed while the lock is held.
-        thread.deferredUnwatches.withLock { swap(&$0, &pending) }
-        if pending.isEmpty { return }
-        granules.withLock { table in
-            if table.shutDown { return }
-            for range in pending {
-                guard let pages = try? pageRange(range, call: "unwatch") else { continue }
-                for start in granuleStarts(pages) { release(start, in: &table) }
-            }
         }
     }
 

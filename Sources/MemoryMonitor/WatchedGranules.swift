@@ -24,10 +24,10 @@ struct PageRange: Hashable, Sendable {
 
 /// The granule table, guarded by `MonitorLock`.
 ///
-/// Lock rule: taken by threads calling `watch`, `unwatch` and `shutdown`, which may allocate
-/// and issue ioctls while holding it; the monitor thread never takes it (from inside
-/// callbacks, `unwatch` is deferred instead), so a thread that holds it while its allocation
-/// trims watched heap pages waits only for the monitor's read, which never waits for it.
+/// Lock rule: taken by threads calling `watch`, `unwatch` and `shutdown` (the worker too, from
+/// callbacks), which may allocate and issue ioctls while holding it; the *reader* thread never
+/// takes it, so a holder whose allocation trims watched heap pages waits only for the
+/// reader's read(), which never waits for this lock.
 struct GranuleTable: Sendable {
     var records: [UInt: GranuleRecord] = [:]
     var shutDown = false

@@ -1,0 +1,163 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMUNotifier
+import MemoryMapping
+import MemoryMonitor
+import Testing
+
+let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+
+/// A pthread-locked value (TSan sees pthread locking).
+final class TestLock<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched between lock and unlock of `mutex`, allocated once.
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var value: Value
+    init(_ value: Value) {
+        self.value = value
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+    }
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+    func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+}
+
+/// One address space and its userfaultfd monitor, shut down by `close()`.
+struct Harness {
+    let space = AddressSpace()
+    let monitor: UserfaultfdMonitor
+
+    init(configuration: UserfaultfdMonitor.Configuration = .init()) throws {
+        monitor = try UserfaultfdMonitor(space: space, configuration: configuration)
+    }
+
+    func close() { monitor.shutdown() }
+}
+
+/// An interval subscription that records the invalidations reaching a range, as a
+/// registration cache entry would (setSequence under the entry's lock).
+final class RangeProbe: Sendable {
+    final class Log: Sendable {
+        let events = TestLock<[InvalidationEvent]>([])
+        let ranges = TestLock<[AddressRange]>([])
+    }
+    let subscription: IntervalSubscription
+    let log: Log
+
+    init(_ space: AddressSpace, _ range: AddressRange) throws {
+        let log = Log()
+        self.log = log
+        subscription = try space.insertInterval(range) { sub, invalidation, sequence in
+            log.events.withLock {
+                sub.setSequence(sequence)
+                $0.append(invalidation.event)
+            }
+            log.ranges.withLock { $0.append(invalidation.range) }
+            return true
+        }
+    }
+
+    /// What a lookup that starts now sees: `readBegin` waits while a window is open, so this
+    /// is exactly the guarantee "after the call returned, later lookups see the invalidation".
+    var seenByNewLookup: [InvalidationEvent] {
+        _ = subscription.readBegin()
+        return log.events.withLock { $0 }
+    }
+
+    var ranges: [AddressRange] { log.ranges.withLock { $0 } }
+}
+
+func range(_ start: UInt, _ length: UInt) throws -> AddressRange {
+    try AddressRange(start: start, length: length)
+}
+
+func range(of mapping: AnonymousMapping) throws -> AddressRange {
+    try AddressRange(start: mapping.address, length: UInt(mapping.length))
+}
+
+/// mmap of fresh anonymous memory (raw, for tests that unmap it in odd ways).
+func mapAnonymous(_ length: UInt, at address: UInt = 0, shared: Bool = false) throws -> UInt {
+    var flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS
+    if address != 0 { flags |= MAP_FIXED }
+    let pointer = mmap(UnsafeMutableRawPointer(bitPattern: address), Int(length), PROT_READ | PROT_WRITE, flags, -1, 0)
+    guard let pointer, pointer != MAP_FAILED else { throw MappingError(call: "mmap", argument: "\(length)", errno: .init(rawValue: errno)) }
+    return UInt(bitPattern: pointer)
+}
+
+func unmap(_ address: UInt, _ length: UInt) {
+    _ = munmap(UnsafeMutableRawPointer(bitPattern: address), Int(length))
+}
+
+/// A bounded stress duration: seconds from `MONITOR_STRESS_SECONDS`, else `defaultSeconds`.
+func stressSeconds(_ defaultSeconds: Double) -> Double {
+    if let text = getenv("MONITOR_STRESS_SECONDS"), let value = Double(String(cString: text)) { return value }
+    return defaultSeconds
+}
+
+func now() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}
+
+/// Runs `body` on `count` real pthreads and joins them.
+func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    final class Box: @unchecked Sendable {
+        // @unchecked: immutable after init, read by the thread it is handed to.
+        let body: @Sendable (Int) -> Void
+        let index: Int
+        init(_ body: @escaping @Sendable (Int) -> Void, _ index: Int) { self.body = body; self.index = index }
+    }
+    var threads: [pthread_t] = []
+    for index in 0..<count {
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(Box(body, index)).toOpaque()
+        let created = pthread_create(&thread, nil, { context in
+            guard let context else { return nil }
+            let box = Unmanaged<Box>.fromOpaque(context).takeRetainedValue()
+            box.body(box.index)
+            return nil
+        }, box)
+        precondition(created == 0, "pthread_create: \(created)")
+        threads.append(thread)
+    }
+    for thread in threads { pthread_join(thread, nil) }
+}
+
+/// Fails the test (instead of hanging the run) if `body` does not finish within `seconds`:
+/// runs it on a thread and waits with a deadline.
+func finishes(within seconds: Double, _ body: @escaping @Sendable () -> Void) -> Bool {
+    let done = TestLock(false)
+    var thread = pthread_t()
+    final class Box: @unchecked Sendable {
+        // @unchecked: immutable after init.
+        let body: @Sendable () -> Void
+        let done: TestLock<Bool>
+        init(_ body: @escaping @Sendable () -> Void, _ done: TestLock<Bool>) { self.body = body; self.done = done }
+    }
+    let box = Unmanaged.passRetained(Box(body, done)).toOpaque()
+    pthread_create(&thread, nil, { context in
+        guard let context else { return nil }
+        let box = Unmanaged<Box>.fromOpaque(context).takeRetainedValue()
+        box.body()
+        box.done.withLock { $0 = true }
+        return nil
+    }, box)
+    let deadline = now() + seconds
+    while now() < deadline {
+        if done.withLock({ $0 }) {
+            pthread_join(thread, nil)
+            return true
+        }
+        usleep(1000)
+    }
+    pthread_detach(thread)
+    return false
+}
