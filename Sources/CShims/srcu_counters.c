@@ -161,7 +161,17 @@ static void wait_for_readers(srcu_domain *d, unsigned idx) {
 
 void srcu_synchronize(void *domain) {
     srcu_domain *d = domain;
+    // The grace-period number a full grace period that starts after this point ends at (the
+    // kernel's rcu_seq_snap). Concurrent callers share one: whoever finds it reached returns.
+    atomic_thread_fence(memory_order_seq_cst);  // our earlier updates before the snapshot
+    unsigned long snap = (atomic_load_explicit(&d->gp_seq, memory_order_acquire) + 3) & ~1UL;
     pthread_mutex_lock((pthread_mutex_t *)d->gp_mutex);
+    if ((long)(atomic_load_explicit(&d->gp_seq, memory_order_acquire) - snap) >= 0) {
+        pthread_mutex_unlock((pthread_mutex_t *)d->gp_mutex);
+        return;
+    }
+    atomic_store_explicit(&d->gp_seq, atomic_load_explicit(&d->gp_seq, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
     // After this, a reader either made its lock increment visible or sees our prior updates.
     global_barrier();
     unsigned long cur = atomic_load_explicit(&d->flip, memory_order_relaxed);
@@ -171,6 +181,8 @@ void srcu_synchronize(void *domain) {
     atomic_thread_fence(memory_order_seq_cst);
     wait_for_readers(d, (unsigned)(cur & 1));
     atomic_thread_fence(memory_order_seq_cst);  // what follows happens after the readers left
+    atomic_store_explicit(&d->gp_seq, atomic_load_explicit(&d->gp_seq, memory_order_relaxed) + 1,
+                          memory_order_release);
     pthread_mutex_unlock((pthread_mutex_t *)d->gp_mutex);
 }
 

@@ -1,3 +1,4 @@
+import CShims
 import Synchronization
 
 /// The `call_srcu` machinery: a FIFO of callbacks and one reclaim thread that takes everything
@@ -51,16 +52,28 @@ final class GracePeriodReclaimer: Sendable {
         do {
             try startDetachedThread { [self] in run() }
         } catch {
-            // No thread: run callbacks inline after a grace period, still in order.
-            runBatchesInline()
+            // No thread. Inside a read section a grace period would wait for the caller: leave
+            // the callbacks queued and try to start the thread again on the next `call`.
+            if srcu_thread_nesting(counters.domain) > 0 {
+                state.withLock { $0.threadStarted = false }
+            } else {
+                runBatchesInline()
+            }
         }
     }
 
+    /// Fallback when no thread can be started: same order, same grace period, on the caller.
     private func runBatchesInline() {
         while true {
-            let (batch, upTo) = state.withLock { s in (s.queue, s.enqueued) }
-            if batch.isEmpty { return }
-            state.withLock { $0.queue.removeFirst(batch.count) }
+            let (batch, upTo) = state.withLock { s in
+                let batch = s.queue
+                s.queue = []
+                return (batch, s.enqueued)
+            }
+            if batch.isEmpty {
+                state.withLock { $0.threadStarted = false }
+                return
+            }
             counters.synchronize()
             for callback in batch { callback() }
             state.withLock { $0.completed = max($0.completed, upTo) }

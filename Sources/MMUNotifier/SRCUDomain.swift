@@ -52,6 +52,10 @@ public final class SRCUDomain: Sendable {
         }
     }
 
+    /// Creates the calling thread's counter slot now (one allocation), so that its first read
+    /// section allocates nothing: for threads that must not allocate at some later point.
+    public func prepareCurrentThread() { _ = srcu_thread_nesting(counters.domain) }
+
     /// True when the calling thread is inside a read section of this domain.
     public var isInsideReadSection: Bool { srcu_thread_nesting(counters.domain) > 0 }
 

@@ -31,6 +31,7 @@ typedef struct srcu_domain {
     uint64_t id;                           // unique for the process lifetime, never reused
     srcu_slot *_Atomic slots;
     void *gp_mutex;                        // serialises grace periods (pthread_mutex_t *)
+    _Atomic unsigned long gp_seq;          // rcu_seq style: odd while a grace period runs
 } srcu_domain;
 
 typedef struct srcu_tls_entry {
