@@ -119,10 +119,11 @@ public final class UserfaultfdMonitor: Sendable {
 
     // MARK: watch / unwatch
 
-    /// Watches `range`: counts it in its granules, registering those not yet registered,
-    /// and asks the kernel whether the pages mapped now are registered (a mapping made since
-    /// the last watch, e.g. `munmap` + `mmap` at the same address, is not: it is registered
-    /// again). Cheap when nothing changed: a count and one UFFDIO_WRITEPROTECT probe.
+    /// Watches `range`: registers its granules (again: the kernel skips what is registered
+    /// already, registers mappings made since the last watch, e.g. `munmap` + `mmap` at the
+    /// same address, and answers EBUSY if another userfaultfd owns one), counts it, and asks
+    /// the kernel whether the pages mapped now are registered. Two ioctls and a count; no
+    /// VMA splits once a granule is registered.
     ///
     /// Order on a cache miss: `readBegin`, then `watch`, then `ibv_reg_mr`, then `readRetry`.
     /// The probe makes the watch exact at the moment it returns; any change after it is an
@@ -141,23 +142,17 @@ public final class UserfaultfdMonitor: Sendable {
             var counted: [UInt] = []
             do throws(MonitorError) {
                 for start in starts {
-                    if var record = table.records[start] {
-                        record.buffers += 1
-                        table.records[start] = record
-                    } else {
-                        var record = try registerGranule(start, piece: clip(pages, toGranule: start), existing: nil, range: range)
-                        record.buffers = 1
-                        table.records[start] = record
-                    }
+                    // Registering again is what checks ownership (EBUSY if another userfaultfd
+                    // took a mapping here since) and registers mappings made since the last
+                    // watch; the kernel skips VMAs registered already, so nothing splits.
+                    var record = try registerGranule(start, piece: clip(pages, toGranule: start),
+                                                     existing: table.records[start], range: range)
+                    record.buffers += 1
+                    table.records[start] = record
                     counted.append(start)
                 }
-                if try probe(pages) { return }
-                // Something mapped now is not registered: a new mapping since the granule was
-                // registered. Register again (the kernel skips what is registered already).
-                for start in starts {
-                    table.records[start] = try registerGranule(start, piece: clip(pages, toGranule: start),
-                                                               existing: table.records[start], range: range)
-                }
+                // Registration succeeds over holes: ask whether the buffer's pages are
+                // registered now (a hole, or a mapping made after the register, is not).
                 if try probe(pages) { return }
                 if try probeEachPage(pages) { return }
                 throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(

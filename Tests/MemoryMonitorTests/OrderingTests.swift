@@ -9,90 +9,92 @@ import Testing
 
 /// The ordering guarantee (DESIGN.md, "Closing the userfaultfd race"), end to end.
 ///
-/// Thread A unmaps and maps again at the same address in a loop; each mapping is a new
-/// *generation*. Threads B..n look the range up like a registration cache: `readBegin`, a hit
-/// returns the cached generation; a miss does `watch`, "registers" the generation mapped now,
-/// and publishes it only if `readRetry` allows. The invalidate callback clears the entry. A
-/// lookup that starts after the munmap of generation g returned and still returns g (or
-/// older) is a violation.
-@Suite("Ordering: after munmap returns, no later lookup sees the old generation", .serialized)
-struct OrderingTests {
-    final class Shared: Sendable {
-        let unmapped = Atomic<Int>(0)      // generations whose munmap has returned
-        let mapped = Atomic<Int>(0)        // generation mapped now; -1 while none
-        let done = Atomic<Bool>(false)
-        let cached = TestLock<Int>(-1)     // the "cache entry": a generation, or -1
-        let violations = Atomic<Int>(0)
-        let hits = Atomic<Int>(0)
-        let misses = Atomic<Int>(0)
-        let samples = TestLock<[String]>([])
-    }
+extension MemoryMonitorTests {
+    /// Thread A unmaps and maps again at the same address in a loop; each mapping is a new
+    /// *generation*. Threads B..n look the range up like a registration cache: `readBegin`, a hit
+    /// returns the cached generation; a miss does `watch`, "registers" the generation mapped now,
+    /// and publishes it only if `readRetry` allows. The invalidate callback clears the entry. A
+    /// lookup that starts after the munmap of generation g returned and still returns g (or
+    /// older) is a violation.
+    @Suite("Ordering: after munmap returns, no later lookup sees the old generation")
+        struct OrderingTests {
+        final class Shared: Sendable {
+            let unmapped = Atomic<Int>(0)      // generations whose munmap has returned
+            let mapped = Atomic<Int>(0)        // generation mapped now; -1 while none
+            let done = Atomic<Bool>(false)
+            let cached = TestLock<Int>(-1)     // the "cache entry": a generation, or -1
+            let violations = Atomic<Int>(0)
+            let hits = Atomic<Int>(0)
+            let misses = Atomic<Int>(0)
+            let samples = TestLock<[String]>([])
+        }
 
-    @Test("unmap/map loop against concurrent lookups: zero violations")
-    func orderingGuarantee() throws {
-        let iterations = Int(getenv("MONITOR_ORDERING_ITERATIONS").map { String(cString: $0) } ?? "") ?? 100_000
-        let readers = Int(getenv("MONITOR_ORDERING_READERS").map { String(cString: $0) } ?? "") ?? 2
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 4 * pageSize
-        let base = try mapAnonymous(length)
-        defer { unmap(base, length) }
-        let watched = try range(base, length)
-        let shared = Shared()
-        let subscription = try harness.space.insertInterval(watched) { sub, _, sequence in
-            shared.cached.withLock {
-                sub.setSequence(sequence)
-                $0 = -1
-            }
-            return true
-        }
-        let monitor = harness.monitor
-        let started = now()
-        runThreads(readers + 1) { index in
-            if index == 0 {
-                for generation in 0..<iterations {
-                    // Give the readers a chance to cache this generation (and so watch its
-                    // mapping) before it goes: that is the case the guarantee is about.
-                    for _ in 0..<200 where shared.cached.withLock({ $0 }) != generation { sched_yield() }
-                    shared.mapped.store(-1, ordering: .sequentiallyConsistent)
-                    unmap(base, length)
-                    shared.unmapped.store(generation + 1, ordering: .sequentiallyConsistent)
-                    _ = try? mapAnonymous(length, at: base)
-                    shared.mapped.store(generation + 1, ordering: .sequentiallyConsistent)
+        @Test("unmap/map loop against concurrent lookups: zero violations")
+        func orderingGuarantee() throws {
+            let iterations = Int(getenv("MONITOR_ORDERING_ITERATIONS").map { String(cString: $0) } ?? "") ?? 100_000
+            let readers = Int(getenv("MONITOR_ORDERING_READERS").map { String(cString: $0) } ?? "") ?? 2
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 4 * pageSize
+            let base = try mapAnonymous(length)
+            defer { unmap(base, length) }
+            let watched = try range(base, length)
+            let shared = Shared()
+            let subscription = try harness.space.insertInterval(watched) { sub, _, sequence in
+                shared.cached.withLock {
+                    sub.setSequence(sequence)
+                    $0 = -1
                 }
-                shared.done.store(true, ordering: .releasing)
-                return
+                return true
             }
-            while !shared.done.load(ordering: .acquiring) {
-                let start = shared.unmapped.load(ordering: .sequentiallyConsistent)
-                let sequence = subscription.readBegin()
-                let hit = shared.cached.withLock { $0 }
-                if hit >= 0 {
-                    shared.hits.wrappingAdd(1, ordering: .relaxed)
-                    if hit < start {
-                        shared.violations.wrappingAdd(1, ordering: .relaxed)
-                        shared.samples.withLock { if $0.count < 10 { $0.append("lookup from \(start) saw \(hit)") } }
+            let monitor = harness.monitor
+            let started = now()
+            runThreads(readers + 1) { index in
+                if index == 0 {
+                    for generation in 0..<iterations {
+                        // Give the readers a chance to cache this generation (and so watch its
+                        // mapping) before it goes: that is the case the guarantee is about.
+                        for _ in 0..<200 where shared.cached.withLock({ $0 }) != generation { sched_yield() }
+                        shared.mapped.store(-1, ordering: .sequentiallyConsistent)
+                        unmap(base, length)
+                        shared.unmapped.store(generation + 1, ordering: .sequentiallyConsistent)
+                        _ = try? mapAnonymous(length, at: base)
+                        shared.mapped.store(generation + 1, ordering: .sequentiallyConsistent)
                     }
-                    sched_yield()  // two cores: let A and the monitor run
-                    continue
+                    shared.done.store(true, ordering: .releasing)
+                    return
                 }
-                // Miss: readBegin, watch, register what is mapped now, readRetry under the lock.
-                shared.misses.wrappingAdd(1, ordering: .relaxed)
-                guard (try? monitor.watch(watched)) != nil else { continue }  // between munmap and mmap
-                let generation = shared.mapped.load(ordering: .sequentiallyConsistent)
-                if generation < 0 { continue }  // "ibv_reg_mr" would fail: nothing mapped
-                shared.cached.withLock { if !subscription.readRetry(sequence) { $0 = generation } }
+                while !shared.done.load(ordering: .acquiring) {
+                    let start = shared.unmapped.load(ordering: .sequentiallyConsistent)
+                    let sequence = subscription.readBegin()
+                    let hit = shared.cached.withLock { $0 }
+                    if hit >= 0 {
+                        shared.hits.wrappingAdd(1, ordering: .relaxed)
+                        if hit < start {
+                            shared.violations.wrappingAdd(1, ordering: .relaxed)
+                            shared.samples.withLock { if $0.count < 10 { $0.append("lookup from \(start) saw \(hit)") } }
+                        }
+                        sched_yield()  // two cores: let A and the monitor run
+                        continue
+                    }
+                    // Miss: readBegin, watch, register what is mapped now, readRetry under the lock.
+                    shared.misses.wrappingAdd(1, ordering: .relaxed)
+                    guard (try? monitor.watch(watched)) != nil else { continue }  // between munmap and mmap
+                    let generation = shared.mapped.load(ordering: .sequentiallyConsistent)
+                    if generation < 0 { continue }  // "ibv_reg_mr" would fail: nothing mapped
+                    shared.cached.withLock { if !subscription.readRetry(sequence) { $0 = generation } }
+                }
             }
+            let seconds = now() - started
+            let violations = shared.violations.load(ordering: .relaxed)
+            let hits = shared.hits.load(ordering: .relaxed)
+            let misses = shared.misses.load(ordering: .relaxed)
+            print("ordering: \(iterations) iterations, \(readers) readers, \(hits) hits, \(misses) misses, "
+                  + "\(violations) violations in \((seconds * 10).rounded() / 10) s; events \(monitor.statistics)")
+            #expect(violations == 0, "violations: \(shared.samples.withLock { $0 })")
+            #expect(shared.unmapped.load(ordering: .relaxed) == iterations)
+            #expect(hits > 0)
+            #expect(monitor.statistics.unmapEvents > 0)
         }
-        let seconds = now() - started
-        let violations = shared.violations.load(ordering: .relaxed)
-        let hits = shared.hits.load(ordering: .relaxed)
-        let misses = shared.misses.load(ordering: .relaxed)
-        print("ordering: \(iterations) iterations, \(readers) readers, \(hits) hits, \(misses) misses, "
-              + "\(violations) violations in \((seconds * 10).rounded() / 10) s; events \(monitor.statistics)")
-        #expect(violations == 0, "violations: \(shared.samples.withLock { $0 })")
-        #expect(shared.unmapped.load(ordering: .relaxed) == iterations)
-        #expect(hits > 0)
-        #expect(monitor.statistics.unmapEvents > 0)
     }
 }

@@ -161,3 +161,8 @@ func finishes(within seconds: Double, _ body: @escaping @Sendable () -> Void) ->
     pthread_detach(thread)
     return false
 }
+
+/// Every monitor test runs in this one serialized suite: each test has its own userfaultfd,
+/// and two monitors registering neighbouring granules at once would answer each other EBUSY.
+@Suite("MemoryMonitorTests", .serialized)
+struct MemoryMonitorTests {}

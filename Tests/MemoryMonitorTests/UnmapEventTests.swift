@@ -7,207 +7,209 @@ import MemoryMapping
 import MemoryMonitor
 import Testing
 
-/// Every way memory can go away under a registration: once the call returns, a lookup that
-/// starts later sees the invalidation (`RangeProbe.seenByNewLookup` starts such a lookup).
-@Suite("Unmap events reach the engine", .serialized)
-struct UnmapEventTests {
-    @Test("munmap of a whole watched mapping")
-    func munmapWhole() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let mapping = try AnonymousMapping(length: 64 << 10)
-        let watched = try range(of: mapping)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        #expect(probe.seenByNewLookup.isEmpty)
-        try mapping.unmap()
-        #expect(probe.seenByNewLookup == [.unmap])
-        #expect(harness.monitor.statistics.unmapEvents == 1)
-    }
-
-    @Test("munmap of one page in the middle: only that page is invalidated")
-    func munmapPartial() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let base = try mapAnonymous(4 * pageSize)
-        defer { unmap(base, 4 * pageSize) }
-        try harness.monitor.watch(range(base, 4 * pageSize))
-        let probes = try (0..<4).map { try RangeProbe(harness.space, range(base + UInt($0) * pageSize, pageSize)) }
-        unmap(base + 2 * pageSize, pageSize)
-        #expect(probes[2].seenByNewLookup == [.unmap])
-        #expect(probes[0].seenByNewLookup.isEmpty)
-        #expect(probes[1].seenByNewLookup.isEmpty)
-        #expect(probes[3].seenByNewLookup.isEmpty)
-        #expect(probes[2].ranges == [try range(base + 2 * pageSize, pageSize)])
-    }
-
-    @Test("mmap(MAP_FIXED) over a watched range")
-    func mapFixedOver() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let mapping = try AnonymousMapping(length: 16 << 10)
-        let watched = try range(of: mapping)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        _ = try mapAnonymous(UInt(mapping.length), at: mapping.address)
-        #expect(probe.seenByNewLookup == [.unmap])
-    }
-
-    @Test("mremap moved (MREMAP_FIXED): the old range is invalid")
-    func mremapMoved() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 8 * pageSize
-        let source = try mapAnonymous(length)
-        let target = try mapAnonymous(length)
-        let watched = try range(source, length)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        let moved = cshims_mremap_to(UnsafeMutableRawPointer(bitPattern: source), length, length,
-                                     UnsafeMutableRawPointer(bitPattern: target))
-        #expect(UInt(bitPattern: moved) == target)
-        defer { unmap(target, length) }
-        #expect(probe.seenByNewLookup.contains(.remap))
-        #expect(harness.monitor.statistics.remapEvents == 1)
-    }
-
-    @Test("mremap grown (the kernel had to move it): the old range is invalid")
-    func mremapGrown() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 8 * pageSize
-        // One more page, made PROT_NONE: a separate VMA right after, so growing must move.
-        let base = try mapAnonymous(length + pageSize)
-        #expect(mprotect(UnsafeMutableRawPointer(bitPattern: base + length), Int(pageSize), PROT_NONE) == 0)
-        defer { unmap(base + length, pageSize) }
-        let watched = try range(base, length)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        let grown = cshims_mremap_maymove(UnsafeMutableRawPointer(bitPattern: base), length, 4 * length)
-        let newAddress = UInt(bitPattern: grown)
-        #expect(grown != MAP_FAILED && newAddress != base)
-        defer { unmap(newAddress, 4 * length) }
-        #expect(probe.seenByNewLookup.contains(.remap))
-    }
-
-    @Test("mremap shrunk in place: the cut-off tail is invalid, the head is not")
-    func mremapShrunk() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 8 * pageSize
-        let base = try mapAnonymous(length)
-        defer { unmap(base, length / 2) }
-        try harness.monitor.watch(range(base, length))
-        let head = try RangeProbe(harness.space, range(base, length / 2))
-        let tail = try RangeProbe(harness.space, range(base + length / 2, length / 2))
-        let shrunk = cshims_mremap_in_place(UnsafeMutableRawPointer(bitPattern: base), length, length / 2)
-        #expect(UInt(bitPattern: shrunk) == base)
-        #expect(tail.seenByNewLookup == [.unmap])
-        #expect(head.seenByNewLookup.isEmpty)
-    }
-
-    @Test("madvise(MADV_DONTNEED): the pages are gone, the mapping stays")
-    func madviseDontNeed() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let mapping = try AnonymousMapping(length: 64 << 10)
-        let watched = try range(of: mapping)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        try mapping.advise(MADV_DONTNEED)
-        #expect(probe.seenByNewLookup == [.remove])
-        // Still watched: a second discard is reported too, and touching needs no answer.
-        mapping.fill { _ in 7 }
-        try mapping.advise(MADV_DONTNEED)
-        #expect(probe.seenByNewLookup == [.remove, .remove])
-    }
-
-    @Test("madvise(MADV_REMOVE) of shared anonymous (shmem) memory")
-    func madviseRemove() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        try #require(harness.monitor.features & UserfaultfdFeature.wpHugetlbfsShmem != 0,
-                     "kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM")
-        let length = 16 * pageSize
-        let base = try mapAnonymous(length, shared: true)
-        defer { unmap(base, length) }
-        let watched = try range(base, length)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        #expect(madvise(UnsafeMutableRawPointer(bitPattern: base), Int(pageSize), MADV_REMOVE) == 0)
-        #expect(probe.seenByNewLookup == [.remove])
-    }
-
-    @Test("brk/sbrk shrink of watched heap pages")
-    func brkShrink() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let grow = Int(16 * pageSize)
-        guard let old = cshims_sbrk(grow), UInt(bitPattern: old) != UInt.max else {
-            Issue.record("sbrk(+\(grow)) failed: errno \(errno)")
-            return
-        }
-        let start = (UInt(bitPattern: old) + pageSize - 1) & ~(pageSize - 1)
-        let watched = try range(start, 8 * pageSize)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        // Shrink only if malloc did not move the break meanwhile (it would lose its memory).
-        let top = UInt(bitPattern: cshims_sbrk(0))
-        try #require(top == UInt(bitPattern: old) + UInt(grow), "the break moved under the test")
-        _ = cshims_sbrk(-grow)
-        #expect(probe.seenByNewLookup == [.unmap])
-    }
-
-    @Test("free() of a large malloc block (glibc returns it with munmap)")
-    func freeLargeBlock() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let size = 64 << 20  // above glibc's largest mmap threshold (32 MiB): always mmapped
-        guard let block = malloc(size) else {
-            Issue.record("malloc(\(size)) failed")
-            return
-        }
-        let start = (UInt(bitPattern: block) + pageSize - 1) & ~(pageSize - 1)
-        let watched = try range(start, 1 << 20)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        free(block)
-        #expect(probe.seenByNewLookup == [.unmap])
-    }
-
-    @Test("raw syscall(SYS_munmap): no libc hook sees it, userfaultfd does")
-    func rawSyscallMunmap() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 32 * pageSize
-        let base = try mapAnonymous(length)
-        let watched = try range(base, length)
-        try harness.monitor.watch(watched)
-        let probe = try RangeProbe(harness.space, watched)
-        #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), length) == 0)
-        #expect(probe.seenByNewLookup == [.unmap])
-    }
-
-    @Test("shmdt: System V shared memory is refused by watch (never cached silently); explicit invalidation covers it")
-    func shmdtSysV() throws {
-        let harness = try Harness()
-        defer { harness.close() }
-        let length = 16 * pageSize
-        guard let segment = cshims_shm_attach_private(length) else {
-            Issue.record("shmget/shmat failed: errno \(errno)")
-            return
-        }
-        let base = UInt(bitPattern: segment)
-        let watched = try range(base, length)
-        #expect(throws: MonitorError.unwatchable(range: watched, reason: .sysVSharedMemory)) {
+extension MemoryMonitorTests {
+    /// Every way memory can go away under a registration: once the call returns, a lookup that
+    /// starts later sees the invalidation (`RangeProbe.seenByNewLookup` starts such a lookup).
+    @Suite("Unmap events reach the engine")
+        struct UnmapEventTests {
+        @Test("munmap of a whole watched mapping")
+        func munmapWhole() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let mapping = try AnonymousMapping(length: 64 << 10)
+            let watched = try range(of: mapping)
             try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            #expect(probe.seenByNewLookup.isEmpty)
+            try mapping.unmap()
+            #expect(probe.seenByNewLookup == [.unmap])
+            #expect(harness.monitor.statistics.unmapEvents == 1)
         }
-        #expect(harness.monitor.watchedGranuleCount == 0)
-        let probe = try RangeProbe(harness.space, watched)
-        let detached = ExplicitInvalidator(space: harness.space).invalidateAround(watched, cause: .unmapped) {
-            cshims_shmdt(segment)
+
+        @Test("munmap of one page in the middle: only that page is invalidated")
+        func munmapPartial() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(4 * pageSize)
+            defer { unmap(base, 4 * pageSize) }
+            try harness.monitor.watch(range(base, 4 * pageSize))
+            let probes = try (0..<4).map { try RangeProbe(harness.space, range(base + UInt($0) * pageSize, pageSize)) }
+            unmap(base + 2 * pageSize, pageSize)
+            #expect(probes[2].seenByNewLookup == [.unmap])
+            #expect(probes[0].seenByNewLookup.isEmpty)
+            #expect(probes[1].seenByNewLookup.isEmpty)
+            #expect(probes[3].seenByNewLookup.isEmpty)
+            #expect(probes[2].ranges == [try range(base + 2 * pageSize, pageSize)])
         }
-        #expect(detached == 0)
-        #expect(probe.seenByNewLookup == [.unmap])
+
+        @Test("mmap(MAP_FIXED) over a watched range")
+        func mapFixedOver() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let mapping = try AnonymousMapping(length: 16 << 10)
+            let watched = try range(of: mapping)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            _ = try mapAnonymous(UInt(mapping.length), at: mapping.address)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
+
+        @Test("mremap moved (MREMAP_FIXED): the old range is invalid")
+        func mremapMoved() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 8 * pageSize
+            let source = try mapAnonymous(length)
+            let target = try mapAnonymous(length)
+            let watched = try range(source, length)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            let moved = cshims_mremap_to(UnsafeMutableRawPointer(bitPattern: source), length, length,
+                                         UnsafeMutableRawPointer(bitPattern: target))
+            #expect(UInt(bitPattern: moved) == target)
+            defer { unmap(target, length) }
+            #expect(probe.seenByNewLookup.contains(.remap))
+            #expect(harness.monitor.statistics.remapEvents == 1)
+        }
+
+        @Test("mremap grown (the kernel had to move it): the old range is invalid")
+        func mremapGrown() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 8 * pageSize
+            // One more page, made PROT_NONE: a separate VMA right after, so growing must move.
+            let base = try mapAnonymous(length + pageSize)
+            #expect(mprotect(UnsafeMutableRawPointer(bitPattern: base + length), Int(pageSize), PROT_NONE) == 0)
+            defer { unmap(base + length, pageSize) }
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            let grown = cshims_mremap_maymove(UnsafeMutableRawPointer(bitPattern: base), length, 4 * length)
+            let newAddress = UInt(bitPattern: grown)
+            #expect(grown != MAP_FAILED && newAddress != base)
+            defer { unmap(newAddress, 4 * length) }
+            #expect(probe.seenByNewLookup.contains(.remap))
+        }
+
+        @Test("mremap shrunk in place: the cut-off tail is invalid, the head is not")
+        func mremapShrunk() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 8 * pageSize
+            let base = try mapAnonymous(length)
+            defer { unmap(base, length / 2) }
+            try harness.monitor.watch(range(base, length))
+            let head = try RangeProbe(harness.space, range(base, length / 2))
+            let tail = try RangeProbe(harness.space, range(base + length / 2, length / 2))
+            let shrunk = cshims_mremap_in_place(UnsafeMutableRawPointer(bitPattern: base), length, length / 2)
+            #expect(UInt(bitPattern: shrunk) == base)
+            #expect(tail.seenByNewLookup == [.unmap])
+            #expect(head.seenByNewLookup.isEmpty)
+        }
+
+        @Test("madvise(MADV_DONTNEED): the pages are gone, the mapping stays")
+        func madviseDontNeed() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let mapping = try AnonymousMapping(length: 64 << 10)
+            let watched = try range(of: mapping)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            try mapping.advise(MADV_DONTNEED)
+            #expect(probe.seenByNewLookup == [.remove])
+            // Still watched: a second discard is reported too, and touching needs no answer.
+            mapping.fill { _ in 7 }
+            try mapping.advise(MADV_DONTNEED)
+            #expect(probe.seenByNewLookup == [.remove, .remove])
+        }
+
+        @Test("madvise(MADV_REMOVE) of shared anonymous (shmem) memory")
+        func madviseRemove() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            try #require(harness.monitor.features & UserfaultfdFeature.wpHugetlbfsShmem != 0,
+                         "kernel lacks UFFD_FEATURE_WP_HUGETLBFS_SHMEM")
+            let length = 16 * pageSize
+            let base = try mapAnonymous(length, shared: true)
+            defer { unmap(base, length) }
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            #expect(madvise(UnsafeMutableRawPointer(bitPattern: base), Int(pageSize), MADV_REMOVE) == 0)
+            #expect(probe.seenByNewLookup == [.remove])
+        }
+
+        @Test("brk/sbrk shrink of watched heap pages")
+        func brkShrink() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let grow = Int(16 * pageSize)
+            guard let old = cshims_sbrk(grow), UInt(bitPattern: old) != UInt.max else {
+                Issue.record("sbrk(+\(grow)) failed: errno \(errno)")
+                return
+            }
+            let start = (UInt(bitPattern: old) + pageSize - 1) & ~(pageSize - 1)
+            let watched = try range(start, 8 * pageSize)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            // Shrink only if malloc did not move the break meanwhile (it would lose its memory).
+            let top = UInt(bitPattern: cshims_sbrk(0))
+            try #require(top == UInt(bitPattern: old) + UInt(grow), "the break moved under the test")
+            _ = cshims_sbrk(-grow)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
+
+        @Test("free() of a large malloc block (glibc returns it with munmap)")
+        func freeLargeBlock() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let size = 64 << 20  // above glibc's largest mmap threshold (32 MiB): always mmapped
+            guard let block = malloc(size) else {
+                Issue.record("malloc(\(size)) failed")
+                return
+            }
+            let start = (UInt(bitPattern: block) + pageSize - 1) & ~(pageSize - 1)
+            let watched = try range(start, 1 << 20)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            free(block)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
+
+        @Test("raw syscall(SYS_munmap): no libc hook sees it, userfaultfd does")
+        func rawSyscallMunmap() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 32 * pageSize
+            let base = try mapAnonymous(length)
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), length) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
+
+        @Test("shmdt: System V shared memory is refused by watch (never cached silently); explicit invalidation covers it")
+        func shmdtSysV() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 16 * pageSize
+            guard let segment = cshims_shm_attach_private(length) else {
+                Issue.record("shmget/shmat failed: errno \(errno)")
+                return
+            }
+            let base = UInt(bitPattern: segment)
+            let watched = try range(base, length)
+            #expect(throws: MonitorError.unwatchable(range: watched, reason: .sysVSharedMemory)) {
+                try harness.monitor.watch(watched)
+            }
+            #expect(harness.monitor.watchedGranuleCount == 0)
+            let probe = try RangeProbe(harness.space, watched)
+            let detached = ExplicitInvalidator(space: harness.space).invalidateAround(watched, cause: .unmapped) {
+                cshims_shmdt(segment)
+            }
+            #expect(detached == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
     }
 }
