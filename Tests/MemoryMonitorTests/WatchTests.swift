@@ -94,6 +94,31 @@ extension MemoryMonitorTests {
             return true
         }()
 
+        @Test("a new mapping taken by another userfaultfd after our watch: the next watch says so (the probe alone cannot tell)")
+        func foreignAfterRemap() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 4 * pageSize
+            let base = try mapAnonymous(length)
+            defer { unmap(base, length) }
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            unmap(base, length)
+            _ = try mapAnonymous(length, at: base)
+            let other = cshims_userfaultfd(O_CLOEXEC | O_NONBLOCK)
+            try #require(other >= 0)
+            defer { close(other) }
+            var api = uffdio_api(api: 0xAA, features: 0, ioctls: 0)
+            #expect(cshims_ioctl_pointer(other, CSHIMS_UFFDIO_API, &api) == 0)
+            var request = uffdio_register(range: uffdio_range(start: UInt64(base), len: UInt64(length)),
+                                          mode: UInt64(UFFDIO_REGISTER_MODE_WP), ioctls: 0)
+            #expect(cshims_ioctl_pointer(other, CSHIMS_UFFDIO_REGISTER, &request) == 0)
+            #expect(throws: MonitorError.unwatchable(range: watched, reason: .ownedByAnotherUserfaultfd)) {
+                try harness.monitor.watch(watched)
+            }
+            #expect(harness.monitor.watchCount(in: watched) == 1)
+        }
+
         @Test("hugetlb: watched where the kernel can, otherwise reported as hugetlb",
               .enabled(if: MemoryMonitorTests.WatchTests.hugePages, "no huge pages configured (vm.nr_hugepages = 0)"))
         func hugetlb() throws {
