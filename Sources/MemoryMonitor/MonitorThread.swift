@@ -41,13 +41,19 @@ final class MonitorThreads: Sendable {
     /// Preallocated poll set, only used by the reader (bit pattern: Sendable without exception).
     private let pollAddress: UInt
 
-    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, eventsPerRead: Int, slots: Int) throws(MonitorError) {
+    /// After a wake-up that found events, the reader keeps polling without sleeping for this
+    /// long: an unmapping thread whose event is read before it goes to sleep returns at once.
+    private let spinNanoseconds: UInt64
+
+    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, eventsPerRead: Int, slots: Int,
+         spinMicroseconds: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
             throw .systemCall(call: "eventfd", argument: "EFD_CLOEXEC | EFD_NONBLOCK", errno: .init(rawValue: errno))
         }
         self.descriptor = descriptor
         self.space = space
+        spinNanoseconds = UInt64(max(0, spinMicroseconds)) * 1000
         stopFD = stop
         queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)
         let polls = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
@@ -79,17 +85,21 @@ final class MonitorThreads: Sendable {
     func runReader() {
         readerID.store(UInt(pthread_self()), ordering: .releasing)
         guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else { return }
+        var spinUntil: UInt64 = 0
         while true {
             polls[0] = pollfd(fd: descriptor.fd, events: Int16(POLLIN), revents: 0)
             polls[1] = pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)
-            let ready = poll(polls, 2, -1)
+            // Spinning polls without a window: an empty poll must not make lookups wait.
+            let spinning = spinUntil != 0 && monotonicNanoseconds() < spinUntil
+            let ready = poll(polls, 2, spinning ? 0 : -1)
             if ready < 0 {
                 if errno == EINTR { continue }
                 break
             }
+            if ready == 0 { continue }
             if polls[1].revents != 0 { break }
             if polls[0].revents & Int16(POLLIN) != 0 {
-                _ = readOnce()
+                if readOnce() && spinNanoseconds > 0 { spinUntil = monotonicNanoseconds() + spinNanoseconds }
             } else if polls[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
                 break
             }
@@ -159,6 +169,12 @@ final class MonitorThreads: Sendable {
         case .other: break
         }
     }
+}
+
+func monotonicNanoseconds() -> UInt64 {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
 }
 
 /// pthread entry points: nonisolated C functions (a closure in top-level code would be inferred

@@ -35,12 +35,17 @@ public final class UserfaultfdMonitor: Sendable {
         public var eventsPerRead: Int = 64
         /// Wake-ups the reader may be ahead of the worker (preallocated slots).
         public var queueSlots: Int = 256
+        /// After events, the reader polls without sleeping this long (0: never spins). An
+        /// unmapping thread whose event is read before it sleeps returns without a wake-up;
+        /// the cost is a busy core for this long after each burst of events.
+        public var spinMicroseconds: Int = 0
         public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
-                    eventsPerRead: Int = 64, queueSlots: Int = 256) {
+                    eventsPerRead: Int = 64, queueSlots: Int = 256, spinMicroseconds: Int = 0) {
             self.granuleSize = granuleSize
             self.strategy = strategy
             self.eventsPerRead = eventsPerRead
             self.queueSlots = queueSlots
+            self.spinMicroseconds = spinMicroseconds
         }
     }
 
@@ -73,7 +78,8 @@ public final class UserfaultfdMonitor: Sendable {
         descriptor = try UserfaultfdDescriptor.open(strategy: configuration.strategy)
         do {
             threads = try MonitorThreads(descriptor: descriptor, space: space,
-                                         eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots)
+                                         eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots,
+                                         spinMicroseconds: configuration.spinMicroseconds)
         } catch {
             close(descriptor.fd)
             throw error
