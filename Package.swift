@@ -41,6 +41,7 @@ let package = Package(
             dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "MemoryRegistration", dependencies: ["MMUNotifier", "Verbs"]),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
 
         .executableTarget(
@@ -53,6 +54,7 @@ let package = Package(
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
+        .testTarget(name: "MemoryRegistrationTests", dependencies: ["MemoryRegistration"]),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping"]),
     ],
