@@ -41,7 +41,7 @@ let package = Package(
             dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "MemoryRegistration", dependencies: ["MMUNotifier", "Verbs"]),
+        .target(name: "MemoryRegistration", dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs"]),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
 
         .executableTarget(

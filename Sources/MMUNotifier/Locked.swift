@@ -8,11 +8,11 @@ import Darwin
 /// sees pthread locking, while `Mutex`'s contended path (futex code inside the uninstrumented
 /// Synchronization library) is invisible to it and produces false race reports. The engine's
 /// tests run under TSan in CI, so every lock the engine takes must be one TSan understands.
-final class Locked<Value> {
+public final class Locked<Value> {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private var value: Value
 
-    init(_ value: Value) {
+    public init(_ value: Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -26,7 +26,7 @@ final class Locked<Value> {
 
     /// Runs `body` with exclusive access to the value. Not reentrant.
     @inline(__always)
-    func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
+    public func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)

@@ -1,0 +1,414 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMUNotifier
+import MemoryMonitor
+import Synchronization
+import Verbs
+
+/// Counted registrations of any buffer, cached, revoked when the memory under them changes,
+/// registered again on next use, torn down only after every holder and reader is done.
+///
+/// - Hit: a cached region covers the buffer with at least the asked access.
+/// - Miss (DESIGN.md's order): watch the range, `readBegin` on a new interval subscription,
+///   `ibv_reg_mr` outside every lock, then under the cache lock `readRetry`: if an
+///   invalidation raced, the new region is thrown away and the miss starts over (bounded).
+/// - Invalidation: every cached region overlapping the range leaves the index at once (no
+///   later lookup finds it) and is marked revoked; its deregistration waits for a grace period
+///   (readers of `withRegistration`) and for the last `Registration` holding it.
+///
+/// Overlap policy: no merging. A miss registers exactly the page-aligned buffer; a later
+/// buffer inside it hits; one that sticks out gets a region of its own (regions may overlap).
+/// Merging (UCX) must deregister the old region while holders may still use it, and build the
+/// merged one while holding the lock that lookups need; libfabric removed merging for that
+/// reason. Neighbouring buffers cost one region each instead.
+public final class RegistrationCache: Sendable {
+    public let registrar: any MemoryRegistrar
+    public let monitor: MemoryMonitor
+    public let options: Options
+    let srcu: SRCUDomain
+    let space: AddressSpace
+    let index: RegionIndex
+    let limits: Limits
+    let state = Locked(State())
+    let counters = CacheCounters()
+    let pageMask: UInt
+    private let invalidationHandler: InvalidationHandler
+    private let deviceEvents: DeviceEventMonitor?
+
+    struct State: Sendable {
+        /// Cached entries by their subscription.
+        var entries: [ObjectIdentifier: CacheEntry] = [:]
+        /// The CLOCK ring of cached entries, and each entry's place in it.
+        var clock: [CacheEntry] = []
+        var clockSlot: [ObjectIdentifier: Int] = [:]
+        var hand = 0
+        /// Set by `shutdown()` or a fatal device event: later calls fail with it.
+        var closedReason: String?
+    }
+
+    /// A cache over a real device: registers through `protectionDomain`, and revokes every
+    /// registration if the device reports a fatal error.
+    public convenience init(protectionDomain: ProtectionDomain, options: Options = .init()) {
+        self.init(registrar: protectionDomain, options: options, deviceContext: protectionDomain.context)
+    }
+
+    /// A cache over any registrar (tests and benchmarks use one that does no device work).
+    public convenience init(registrar: any MemoryRegistrar, options: Options = .init()) {
+        self.init(registrar: registrar, options: options, deviceContext: nil)
+    }
+
+    private init(registrar: any MemoryRegistrar, options: Options, deviceContext: DeviceContext?) {
+        self.registrar = registrar
+        self.options = options
+        srcu = SRCUDomain()
+        space = AddressSpace(srcu: srcu)
+        index = RegionIndex(srcu: srcu)
+        monitor = MemoryMonitor(space: space, useUserfaultfd: options.monitoring == .userfaultfd)
+        limits = Limits(options, device: registrar.limits)
+        pageMask = UInt(sysconf(Int32(_SC_PAGESIZE))) - 1
+        let handler = InvalidationHandler()
+        invalidationHandler = handler
+        if let deviceContext {
+            deviceEvents = DeviceEventMonitor(context: deviceContext) { event in
+                if event == .deviceFatal { handler.cache?.close(reason: "the device reported a fatal error") }
+            }
+        } else {
+            deviceEvents = nil
+        }
+        handler.cache = self
+    }
+
+    /// How invalidations reach this cache: userfaultfd, or explicit calls only (and why).
+    public var monitoring: MemoryMonitor.Mode { monitor.mode }
+
+    // MARK: - Register
+
+    /// A counted registration of `buffer` with at least `access`.
+    public func register(_ buffer: UnsafeRawBufferPointer, access: AccessFlags) throws(RegistrationError)
+        -> Registration
+    {
+        try register(address: UInt(bitPattern: buffer.baseAddress), length: buffer.count, access: access)
+    }
+
+    public func register(_ buffer: UnsafeMutableRawBufferPointer, access: AccessFlags) throws(RegistrationError)
+        -> Registration
+    {
+        try register(address: UInt(bitPattern: buffer.baseAddress), length: buffer.count, access: access)
+    }
+
+    /// A counted registration of `length` bytes at `address` with at least `access`.
+    public func register(address: UInt, length: Int, access: AccessFlags) throws(RegistrationError)
+        -> Registration
+    {
+        let end = try validate(address: address, length: length, call: "register")
+        if let entry = lookupCounted(start: address, end: end, access: access) {
+            counters.hits.add(1, ordering: .relaxed)
+            return Registration(address: address, length: length, backing: .cached(entry, self))
+        }
+        return try miss(address: address, end: end, access: access)
+    }
+
+    /// Runs `body` with a registration of `buffer` valid inside it. On a hit nothing is
+    /// counted and no shared memory is written: the lookup runs in an SRCU read section and
+    /// the region cannot be torn down before the section (the closure) ends. `body` may block,
+    /// but a long body delays every teardown.
+    public func withRegistration<R>(_ buffer: UnsafeRawBufferPointer, access: AccessFlags,
+                                    _ body: (ScopedRegistration) throws -> R) throws -> R {
+        let address = UInt(bitPattern: buffer.baseAddress)
+        let end = try validate(address: address, length: buffer.count, call: "withRegistration")
+        let hit: ScopedLookup<R> = try srcu.withReadLock { () throws -> ScopedLookup<R> in
+            guard let record = index.lookup(start: address, end: end, access: access.rawValue) else { return .miss }
+            Unmanaged<CacheEntry>.fromOpaque(UnsafeRawPointer(bitPattern: record.owner).unsafelyUnwrapped)
+                ._withUnsafeGuaranteedRef { $0.markReferenced() }
+            return .hit(try body(ScopedRegistration(address: address, length: buffer.count,
+                                                    lkey: record.lkey, rkey: record.rkey)))
+        }
+        if case .hit(let result) = hit { return result }
+        let registration = try register(address: address, length: buffer.count, access: access)
+        defer { try? registration.release() }
+        return try body(ScopedRegistration(address: address, length: buffer.count,
+                                           lkey: registration.lkey, rkey: registration.rkey))
+    }
+
+    public func withRegistration<R>(_ buffer: UnsafeMutableRawBufferPointer, access: AccessFlags,
+                                    _ body: (ScopedRegistration) throws -> R) throws -> R {
+        try withRegistration(UnsafeRawBufferPointer(buffer), access: access, body)
+    }
+
+    /// Tells the cache that `[address, address + length)` changed (explicit monitoring, or an
+    /// allocator that recycles memory without unmapping it).
+    public func invalidate(address: UInt, length: Int, cause: InvalidationCause = .reused) {
+        guard length > 0, let range = try? AddressRange(start: address, length: UInt(length)) else { return }
+        monitor.invalidate(range, cause: cause)
+    }
+
+    // MARK: - Lookup and miss
+
+    private func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
+        if let reason = state.withLock({ $0.closedReason }) { throw .shutDown(reason: reason) }
+        guard length > 0 else {
+            throw .invalidRange(call: call, address: address, length: length, reason: "the length must be positive")
+        }
+        guard address != 0 else {
+            throw .invalidRange(call: call, address: address, length: length, reason: "the address is NULL")
+        }
+        let (end, overflow) = address.addingReportingOverflow(UInt(length))
+        guard !overflow, end <= UInt.max - pageMask else {
+            throw .invalidRange(call: call, address: address, length: length,
+                                reason: "the range wraps the end of the address space")
+        }
+        return end
+    }
+
+    /// A reference on a cached entry serving the range (seed 004: found under the read
+    /// section, referenced only if its count is not zero, then checked still valid).
+    private func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> CacheEntry? {
+        let (candidate, valid): (CacheEntry?, Bool) = srcu.withReadLock {
+            guard let record = index.lookup(start: start, end: end, access: access.rawValue) else { return (nil, false) }
+            let entry = Unmanaged<CacheEntry>.fromOpaque(UnsafeRawPointer(bitPattern: record.owner).unsafelyUnwrapped)
+                .takeUnretainedValue()
+            guard entry.holders.getUnlessZero() else { return (nil, false) }
+            entry.markReferenced()
+            return (entry, !entry.revoked.load(ordering: .acquiring))
+        }
+        guard let candidate else { return nil }
+        if valid { return candidate }
+        put(candidate)  // revoked between the lookup and the reference: a miss after all
+        return nil
+    }
+
+    private func miss(address: UInt, end: UInt, access: AccessFlags) throws(RegistrationError) -> Registration {
+        let start = address & ~pageMask
+        let alignedEnd = (end + pageMask) & ~pageMask
+        let length = Int(alignedEnd - start)
+        guard length <= limits.maxPinnedBytes else {
+            return try registerUncached(address: address, end: end, access: access,
+                                        reason: "larger than maxPinnedBytes (\(limits.maxPinnedBytes) bytes)")
+        }
+        guard let range = try? AddressRange(start: start, length: UInt(length)) else {
+            throw .invalidRange(call: "register", address: address, length: Int(end - address), reason: "not a range")
+        }
+        // Watch first: a change after this point reaches the subscription made next.
+        var watched = false
+        switch monitor.watch(range) {
+        case .watched: watched = true
+        case .uncached(let reason):
+            if options.monitoring == .userfaultfd {
+                return try registerUncached(address: address, end: end, access: access, reason: reason.description)
+            }
+        }
+        let subscription: IntervalSubscription
+        do {
+            subscription = try space.insertInterval(range, ops: invalidationHandler)
+        } catch {
+            if watched { try? monitor.unwatch(range) }
+            throw .shutDown(reason: "\(error)")
+        }
+        var evictedForDevice = false
+        for _ in 0..<max(1, options.maxAttempts) {
+            makeRoom(forBytes: length)
+            let sequence = subscription.readBegin()
+            let memory: any RegisteredMemory
+            do {
+                memory = try registerRegion(start: start, length: length, access: access)
+            } catch let error as VerbsError
+                where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
+                evictedForDevice = true
+                evictIdle(all: true)
+                continue
+            } catch {
+                abandon(subscription, range: range, watched: watched)
+                throw error as? RegistrationError ?? .device(error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
+            }
+            let entry = state.withLock { state -> CacheEntry? in
+                guard !subscription.readRetry(sequence), state.closedReason == nil else { return nil }
+                let entry = CacheEntry(start: start, end: alignedEnd, access: access, memory: memory,
+                                       subscription: subscription, watched: watched)
+                _ = entry.holders.getUnlessZero()  // the caller's reference, beside the index's
+                state.entries[ObjectIdentifier(subscription)] = entry
+                state.clockSlot[ObjectIdentifier(entry)] = state.clock.count
+                state.clock.append(entry)
+                index.insert(entry.record)
+                return entry
+            }
+            guard let entry else {
+                counters.raced.add(1, ordering: .relaxed)
+                try? memory.deregister()
+                if let reason = state.withLock({ $0.closedReason }) {
+                    abandon(subscription, range: range, watched: watched)
+                    throw .shutDown(reason: reason)
+                }
+                continue
+            }
+            counters.misses.add(1, ordering: .relaxed)
+            counters.pinnedBytes.add(length, ordering: .relaxed)
+            counters.registeredRegions.add(1, ordering: .relaxed)
+            return Registration(address: address, length: Int(end - address), backing: .cached(entry, self))
+        }
+        abandon(subscription, range: range, watched: watched)
+        throw .keptChanging(address: address, length: Int(end - address), attempts: options.maxAttempts)
+    }
+
+    /// Registers with the access the policy asks for (widened where the memory allows).
+    private func registerRegion(start: UInt, length: Int, access: AccessFlags) throws -> any RegisteredMemory {
+        if case .widened(let extra) = options.accessPolicy, !access.isSuperset(of: extra) {
+            if let widened = try? registrar.registerRegion(address: start, length: length, access: access.union(extra)) {
+                return widened
+            }
+        }
+        return try registrar.registerRegion(address: start, length: length, access: access)
+    }
+
+    private func registerUncached(address: UInt, end: UInt, access: AccessFlags, reason: String)
+        throws(RegistrationError) -> Registration
+    {
+        let length = Int(end - address)
+        do {
+            let memory = try registrar.registerRegion(address: address, length: length, access: access)
+            counters.uncached.add(1, ordering: .relaxed)
+            counters.pinnedBytes.add(length, ordering: .relaxed)
+            counters.registeredRegions.add(1, ordering: .relaxed)
+            return Registration(address: address, length: length, backing: .uncached(memory, self),
+                                uncachedReason: reason)
+        } catch let error as VerbsError {
+            throw .device(error)
+        } catch {
+            throw .device(VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
+        }
+    }
+
+    private func abandon(_ subscription: IntervalSubscription, range: AddressRange, watched: Bool) {
+        try? subscription.remove()
+        if watched { try? monitor.unwatch(range) }
+    }
+
+    // MARK: - Release and teardown
+
+    /// Drops one reference; the last one tears the entry down (deregisters its region).
+    func put(_ entry: CacheEntry) {
+        guard (try? entry.holders.put()) == true else { return }
+        if srcu.isInsideReadSection {
+            // Removing the subscription would have to wait for readers: do it after them.
+            counters.pendingTeardowns.add(1, ordering: .relaxed)
+            srcu.call { [self] in
+                counters.pendingTeardowns.subtract(1, ordering: .relaxed)
+                tearDown(entry)
+            }
+        } else {
+            tearDown(entry)
+        }
+    }
+
+    func releaseUncached(_ memory: any RegisteredMemory, length: Int) {
+        if (try? memory.deregister()) != nil {
+            counters.pinnedBytes.subtract(length, ordering: .relaxed)
+            counters.registeredRegions.subtract(1, ordering: .relaxed)
+        }
+    }
+
+    /// Deregisters the region, stops watching its range and removes its subscription. Once.
+    private func tearDown(_ entry: CacheEntry) {
+        guard !entry.tornDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        if (try? entry.memory.deregister()) != nil {
+            counters.pinnedBytes.subtract(entry.length, ordering: .relaxed)
+            counters.registeredRegions.subtract(1, ordering: .relaxed)
+        }
+        if entry.watched { try? monitor.unwatch(entry.subscription.range) }
+        try? entry.subscription.remove()
+    }
+
+    /// Takes `entry` out of the index and the CLOCK ring. Under the state lock.
+    func unpublish(_ entry: CacheEntry, _ state: inout State) {
+        state.entries[ObjectIdentifier(entry.subscription)] = nil
+        index.remove(owner: entry.owner, start: entry.start, end: entry.end)
+        if let slot = state.clockSlot.removeValue(forKey: ObjectIdentifier(entry)) {
+            let last = state.clock.removeLast()
+            if slot < state.clock.count {
+                state.clock[slot] = last
+                state.clockSlot[ObjectIdentifier(last)] = slot
+            }
+        }
+    }
+
+    /// After a grace period (no reader of the index can still see `entry`), drops the index's
+    /// reference, or tears a frozen (evicted) entry down.
+    func retire(_ entry: CacheEntry, frozen: Bool) {
+        counters.pendingTeardowns.add(1, ordering: .relaxed)
+        srcu.call { [self] in
+            counters.pendingTeardowns.subtract(1, ordering: .relaxed)
+            if frozen { tearDown(entry) } else { put(entry) }
+        }
+    }
+
+    /// The invalidation callback: revoke every entry of `subscription`. Runs on the monitor's
+    /// worker (or the explicit caller), never on the thread that reads userfaultfd events.
+    func revoke(_ subscription: IntervalSubscription, sequence: UInt64) {
+        state.withLock { state in
+            subscription.setSequence(sequence)
+            guard let entry = state.entries[ObjectIdentifier(subscription)] else { return }
+            unpublish(entry, &state)
+            entry.revoked.store(true, ordering: .releasing)
+            counters.invalidations.add(1, ordering: .relaxed)
+            if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+            retire(entry, frozen: false)
+        }
+    }
+
+    // MARK: - Shutdown
+
+    /// Revokes every registration, waits for the teardowns that no holder delays, stops the
+    /// monitor. Registrations still held are deregistered when released. A second call is
+    /// harmless.
+    public func shutdown() {
+        close(reason: "shutdown() was called")
+        try? srcu.barrier()
+        monitor.shutdown()
+        deviceEvents?.stop()
+    }
+
+    /// Revokes everything and refuses later calls with `reason`.
+    func close(reason: String) {
+        state.withLock { state in
+            guard state.closedReason == nil else { return }
+            state.closedReason = reason
+            for entry in state.entries.values {
+                unpublish(entry, &state)
+                entry.revoked.store(true, ordering: .releasing)
+                counters.invalidations.add(1, ordering: .relaxed)
+                if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+                retire(entry, frozen: false)
+            }
+        }
+    }
+}
+
+/// What a scoped lookup found: the body's result, or nothing (a body may itself return nil).
+private enum ScopedLookup<R> {
+    case hit(R)
+    case miss
+}
+
+/// The interval ops of every cache subscription. A separate object holding the cache weakly,
+/// so subscriptions (which the address space keeps) do not keep the cache alive.
+final class InvalidationHandler: IntervalNotifierOps {
+    private let weakCache = Locked(WeakCache())
+
+    struct WeakCache: Sendable {
+        weak var value: RegistrationCache?
+    }
+
+    var cache: RegistrationCache? {
+        get { weakCache.withLock { $0.value } }
+        set { weakCache.withLock { $0.value = newValue } }
+    }
+
+    func invalidate(_ subscription: IntervalSubscription, range: InvalidationRange, currentSequence: UInt64) -> Bool {
+        if let cache {
+            cache.revoke(subscription, sequence: currentSequence)
+        } else {
+            subscription.setSequence(currentSequence)
+        }
+        return true
+    }
+}

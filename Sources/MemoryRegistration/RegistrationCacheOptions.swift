@@ -1,0 +1,59 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Verbs
+
+extension RegistrationCache {
+    /// How a cache watches memory, how much it may hold, and what access it registers.
+    public struct Options: Sendable {
+        /// Where invalidations come from.
+        public enum Monitoring: Sendable, Equatable {
+            /// userfaultfd (root, or `UFFD_USER_MODE_ONLY`), plus explicit `invalidate` calls.
+            /// Falls back to explicit-only, and says so in `RegistrationCache.monitoring`.
+            case userfaultfd
+            /// Only `invalidate(...)` calls: for allocators that know when their memory goes.
+            /// Memory is still cached; the application promises to report every change.
+            case explicitOnly
+        }
+
+        /// What access a miss registers.
+        public enum AccessPolicy: Sendable, Equatable {
+            /// Exactly what was asked: another access to the same buffer is another region.
+            case asRequested
+            /// The asked access plus `extra` where the memory allows it (falls back to the
+            /// asked access on read-only memory), so later requests with other access hit.
+            case widened(by: AccessFlags)
+        }
+
+        public var monitoring: Monitoring = .userfaultfd
+        /// Cached regions at most; nil: half the device's `max_mr`, at most 10^6.
+        public var maxRegions: Int? = nil
+        /// Pinned bytes at most (cached, revoked-but-held included); nil: three quarters of
+        /// RLIMIT_MEMLOCK when it is finite, else the device's `max_mr_size`. A request larger
+        /// than this is registered uncached.
+        public var maxPinnedBytes: Int? = nil
+        public var accessPolicy: AccessPolicy = .asRequested
+        /// Registrations discarded because an invalidation raced them, before giving up.
+        public var maxAttempts: Int = 8
+
+        public init() {}
+    }
+
+    /// The limits in force, from the options and the device.
+    struct Limits {
+        var maxRegions: Int
+        var maxPinnedBytes: Int
+
+        init(_ options: Options, device: (maxRegionBytes: UInt64, maxRegions: Int)) {
+            maxRegions = options.maxRegions ?? min(1_000_000, max(1, device.maxRegions / 2))
+            if let bytes = options.maxPinnedBytes {
+                maxPinnedBytes = bytes
+            } else {
+                var limit = rlimit()
+                let memlock = getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max
+                    ? Int(clamping: limit.rlim_cur / 4 * 3) : Int.max
+                maxPinnedBytes = min(memlock, Int(clamping: device.maxRegionBytes))
+            }
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import MMUNotifier
+import MemoryMonitor
+import Verbs
+
+/// Why the cache refused a request. Each case names what was wrong; device failures carry the
+/// `VerbsError` (call, argument, errno) underneath.
+public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// `register(address:length:)` got an unusable range.
+    case invalidRange(call: String, address: UInt, length: Int, reason: String)
+    /// The device refused the registration (`ibv_reg_mr`), even after evicting idle ones.
+    case device(VerbsError)
+    /// The memory kept changing under every attempt: `attempts` registrations raced an
+    /// invalidation and were thrown away.
+    case keptChanging(address: UInt, length: Int, attempts: Int)
+    /// `release()` of a registration already released.
+    case alreadyReleased(lkey: UInt32)
+    /// The cache was shut down (or its device failed) before this call.
+    case shutDown(reason: String)
+
+    public var description: String {
+        switch self {
+        case let .invalidRange(call, address, length, reason):
+            "\(call)(address: 0x\(String(address, radix: 16)), length: \(length)): \(reason)"
+        case let .device(error):
+            "\(error)"
+        case let .keptChanging(address, length, attempts):
+            "register(address: 0x\(String(address, radix: 16)), length: \(length)): the memory changed during each of \(attempts) attempts"
+        case let .alreadyReleased(lkey):
+            "release(): registration with lkey \(lkey) was already released"
+        case let .shutDown(reason):
+            "the registration cache is shut down: \(reason)"
+        }
+    }
+}
