@@ -54,7 +54,7 @@ let package = Package(
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
-        .testTarget(name: "MemoryRegistrationTests", dependencies: ["MemoryRegistration"]),
+        .testTarget(name: "MemoryRegistrationTests", dependencies: ["MemoryRegistration", "MemoryMapping"]),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping"]),
     ],

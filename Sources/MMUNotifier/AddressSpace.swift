@@ -35,7 +35,7 @@ public final class AddressSpace: Sendable {
     let notifiers = Locked(NotifierState())
     let intervals = Locked(IntervalState())
     /// Copy of `IntervalState.sequence` for waiters that test it under the wait queue's lock.
-    let intervalSequence = Atomic<UInt64>(2)
+    @usableFromInline let intervalSequence = Atomic<UInt64>(2)
     let intervalEvents = WaitQueue()
 
     public init(srcu: SRCUDomain = SRCUDomain()) { self.srcu = srcu }
@@ -189,6 +189,22 @@ public final class AddressSpace: Sendable {
     }
 
     // MARK: Invalidation
+
+    /// The space's invalidate sequence as a lock-free reader sees it: odd while an invalidation
+    /// that covers a subscription, or a monitor's window of still unknown ranges, is in flight.
+    /// A lookup that reads no subscription's sequence (an RCU index of cached translations)
+    /// loads this first: if it is odd, something that may concern the lookup has not finished,
+    /// so it calls `waitWhileInvalidating(_:)` and loads again. A read-only load: a hit path
+    /// that does it still writes no shared cache line.
+    @inlinable
+    public var invalidationSequence: UInt64 { intervalSequence.load(ordering: .acquiring) }
+
+    /// Waits until the invalidate sequence is no longer `sequence` (returns at once for an even
+    /// one). Never call it holding a lock that an invalidate callback takes.
+    public func waitWhileInvalidating(_ sequence: UInt64) {
+        guard sequence & 1 == 1 else { return }
+        intervalEvents.wait { intervalSequence.load(ordering: .acquiring) != sequence }
+    }
 
     /// Opens an invalidation whose ranges are not known yet. Until `end()`, every
     /// `readBegin` of this space waits and every sequence a subscriber holds is suspect.

@@ -52,8 +52,10 @@ public final class Registration: Sendable {
     /// RDMA through it still reaches the *old* pages. Register again for the new memory.
     public var isRevoked: Bool {
         switch backing {
-        case .cached(let entry, _): entry.revoked.load(ordering: .acquiring)
-        case .uncached: false
+        case .cached(let entry, let cache):
+            cache.settleInvalidations()  // an unmap that returned is reflected here
+            return entry.revoked.load(ordering: .acquiring)
+        case .uncached: return false
         }
     }
 

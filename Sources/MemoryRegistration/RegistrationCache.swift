@@ -117,6 +117,7 @@ public final class RegistrationCache: Sendable {
                                     _ body: (ScopedRegistration) throws -> R) throws -> R {
         let address = UInt(bitPattern: buffer.baseAddress)
         let end = try validate(address: address, length: buffer.count, call: "withRegistration")
+        settleInvalidations()
         let hit: ScopedLookup<R> = try srcu.withReadLock { () throws -> ScopedLookup<R> in
             guard let record = index.lookup(start: address, end: end, access: access.rawValue) else { return .miss }
             Unmanaged<CacheEntry>.fromOpaque(UnsafeRawPointer(bitPattern: record.owner).unsafelyUnwrapped)
@@ -145,6 +146,20 @@ public final class RegistrationCache: Sendable {
 
     // MARK: - Lookup and miss
 
+    /// Waits while an invalidation is in flight in the cache's address space, so that a lookup
+    /// made after `munmap` returned finds the index already without the old region. The
+    /// monitor opens its window (sequence odd) before it reads the event that lets `munmap`
+    /// return, and closes it only after the cache revoked what the event covers; a hit reads
+    /// the sequence (a load, no write) and finds it even almost always.
+    @inline(__always)
+    func settleInvalidations() {
+        while true {
+            let sequence = space.invalidationSequence
+            guard sequence & 1 == 1 else { return }
+            space.waitWhileInvalidating(sequence)
+        }
+    }
+
     private func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         if let reason = state.withLock({ $0.closedReason }) { throw .shutDown(reason: reason) }
         guard length > 0 else {
@@ -164,6 +179,7 @@ public final class RegistrationCache: Sendable {
     /// A reference on a cached entry serving the range (seed 004: found under the read
     /// section, referenced only if its count is not zero, then checked still valid).
     private func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> CacheEntry? {
+        settleInvalidations()
         let (candidate, valid): (CacheEntry?, Bool) = srcu.withReadLock {
             guard let record = index.lookup(start: start, end: end, access: access.rawValue) else { return (nil, false) }
             let entry = Unmanaged<CacheEntry>.fromOpaque(UnsafeRawPointer(bitPattern: record.owner).unsafelyUnwrapped)
