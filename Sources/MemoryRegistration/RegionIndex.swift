@@ -20,8 +20,9 @@ public final class RegionIndex: Sendable {
     let srcu: SRCUDomain
     /// The current table (`Unmanaged<GranuleTable>` bits); replaced only by writers.
     private let table: Atomic<UInt>
-    /// Serializes writers; never taken by readers.
-    private let writerLock = Mutex<Void>(())
+    /// Serializes writers; never taken by readers. A pthread lock (`Locked`), which
+    /// ThreadSanitizer understands.
+    private let writerLock = Locked(())
 
     public init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
         self.srcu = srcu
