@@ -61,3 +61,33 @@ int cshims_wait_child(int pid, int timeout_ms) {
         nanosleep(&ms, NULL);
     }
 }
+
+#include <grp.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include <linux/userfaultfd.h>
+#include <sys/syscall.h>
+
+int cshims_probe_unprivileged_userfaultfd(unsigned long long features) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        if (setgroups(0, NULL) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(64);
+        int result = 0;
+        long plain = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        if (plain >= 0) { result |= 1; close((int)plain); }
+        long fd = syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK | UFFD_USER_MODE_ONLY);
+        if (fd >= 0) {
+            result |= 2;
+            struct uffdio_api api = {.api = UFFD_API, .features = features};
+            if (ioctl((int)fd, UFFDIO_API, &api) == 0) result |= 4;
+            void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            struct uffdio_register reg = {.range = {(unsigned long)page, 4096}, .mode = UFFDIO_REGISTER_MODE_WP};
+            if (page != MAP_FAILED && ioctl((int)fd, UFFDIO_REGISTER, &reg) == 0) result |= 8;
+        }
+        _exit(result);
+    }
+    int status = 0;
+    if (waitpid(pid, &status, 0) != pid) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}

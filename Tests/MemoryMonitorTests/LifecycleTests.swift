@@ -66,6 +66,24 @@ extension MemoryMonitorTests {
             #expect(probe.seenByNewLookup == [.unmap])
         }
 
+        @Test("an unprivileged user gets userfaultfd through UFFD_USER_MODE_ONLY (the order .automatic tries first)")
+        func unprivileged() throws {
+            let result = cshims_probe_unprivileged_userfaultfd(UserfaultfdFeature.required | UserfaultfdFeature.optional)
+            try #require(result >= 0 && result != 64, "could not drop to uid 65534 (result \(result))")
+            #expect(result & 2 != 0, "UFFD_USER_MODE_ONLY refused to an unprivileged user")
+            #expect(result & 4 != 0, "UFFDIO_API with the monitor's features refused")
+            #expect(result & 8 != 0, "write-protect registration refused")
+            var sysctl = [UInt8](repeating: 0, count: 8)
+            let fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY)
+            if fd >= 0 {
+                _ = read(fd, &sysctl, 8)
+                close(fd)
+                if sysctl[0] == UInt8(ascii: "0") {
+                    #expect(result & 1 == 0, "plain userfaultfd allowed although vm.unprivileged_userfaultfd = 0")
+                }
+            }
+        }
+
         @Test("where userfaultfd is refused, the error names vm.unprivileged_userfaultfd and /dev/userfaultfd")
         func refusalMessage() {
             let error = MonitorError.userfaultfdUnavailable(attempts: [
@@ -157,7 +175,6 @@ extension MemoryMonitorTests {
             let harness = try Harness()
             let length = 8 * pageSize
             let base = try mapAnonymous(length)
-            defer { unmap(base, length) }
             let watched = try range(base, length)
             try harness.monitor.watch(watched)
             #expect(threadCount() >= threadsBefore + 2)
@@ -170,7 +187,7 @@ extension MemoryMonitorTests {
             #expect(throws: MonitorError.shutDown) { try harness.monitor.watch(watched) }
             harness.monitor.shutdown()
             // Nothing is registered any more: an unmap neither waits nor reports.
-            #expect(finishes(within: 10) { unmap(base, 2 * pageSize) })
+            #expect(finishes(within: 10) { unmap(base, length) })
             #expect(probe.seenByNewLookup == [.explicit])
             var threadsAfter = threadCount()
             for _ in 0..<100 where threadsAfter > threadsBefore {

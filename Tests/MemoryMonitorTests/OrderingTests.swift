@@ -36,7 +36,8 @@ extension MemoryMonitorTests {
             let harness = try Harness()
             defer { harness.close() }
             let length = 4 * pageSize
-            let base = try mapAnonymous(length)
+            let base = try mapIsolated(length)
+            let lost = Atomic<Bool>(false)
             defer { unmap(base, length) }
             let watched = try range(base, length)
             let shared = Shared()
@@ -58,7 +59,11 @@ extension MemoryMonitorTests {
                         shared.mapped.store(-1, ordering: .sequentiallyConsistent)
                         unmap(base, length)
                         shared.unmapped.store(generation + 1, ordering: .sequentiallyConsistent)
-                        _ = try? mapAnonymous(length, at: base)
+                        if (try? mapAgain(length, at: base)) == nil {
+                        lost.store(true, ordering: .relaxed)  // someone took the hole: stop
+                        shared.done.store(true, ordering: .releasing)
+                        return
+                    }
                         shared.mapped.store(generation + 1, ordering: .sequentiallyConsistent)
                     }
                     shared.done.store(true, ordering: .releasing)
@@ -92,6 +97,8 @@ extension MemoryMonitorTests {
             print("ordering: \(iterations) iterations, \(readers) readers, \(hits) hits, \(misses) misses, "
                   + "\(violations) violations in \((seconds * 10).rounded() / 10) s; events \(monitor.statistics)")
             #expect(violations == 0, "violations: \(shared.samples.withLock { $0 })")
+        let addressLost = lost.load(ordering: .relaxed)
+        #expect(!addressLost, "the address was taken between munmap and mmap")
             #expect(shared.unmapped.load(ordering: .relaxed) == iterations)
             #expect(hits > 0)
             #expect(monitor.statistics.unmapEvents > 0)

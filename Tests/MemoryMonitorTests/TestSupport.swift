@@ -83,12 +83,34 @@ func range(of mapping: AnonymousMapping) throws -> AddressRange {
 }
 
 /// mmap of fresh anonymous memory (raw, for tests that unmap it in odd ways).
-func mapAnonymous(_ length: UInt, at address: UInt = 0, shared: Bool = false) throws -> UInt {
+func mapAnonymous(_ length: UInt, at address: UInt = 0, shared: Bool = false, replace: Bool = true) throws -> UInt {
     var flags = (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS
-    if address != 0 { flags |= MAP_FIXED }
+    if address != 0 { flags |= replace ? MAP_FIXED : 0x100000 /* MAP_FIXED_NOREPLACE */ }
     let pointer = mmap(UnsafeMutableRawPointer(bitPattern: address), Int(length), PROT_READ | PROT_WRITE, flags, -1, 0)
     guard let pointer, pointer != MAP_FAILED else { throw MappingError(call: "mmap", argument: "\(length)", errno: .init(rawValue: errno)) }
     return UInt(bitPattern: pointer)
+}
+
+/// Next address for `mapIsolated`: far below where the kernel places mappings (top-down from
+/// near the stack), so a hole left by unmapping one is never handed to another thread's mmap.
+private let isolatedNext = TestLock<UInt>(0x2000_0000_0000)
+
+/// Anonymous memory that a test unmaps and maps again at the same address. Between the two
+/// calls the range is a hole; a hole among the process's other mappings would be handed to
+/// the next small mmap of any thread (a thread stack, a TLS block) and then overwritten by
+/// our MAP_FIXED. Far from them, it is not.
+func mapIsolated(_ length: UInt) throws -> UInt {
+    let hint = isolatedNext.withLock { next -> UInt in
+        defer { next += 1 << 30 }
+        return next
+    }
+    return try mapAnonymous(length, at: hint, replace: false)
+}
+
+/// mmap at exactly `address` without replacing anything (MAP_FIXED_NOREPLACE): throws EEXIST
+/// if something else took the range.
+func mapAgain(_ length: UInt, at address: UInt) throws -> UInt {
+    try mapAnonymous(length, at: address, replace: false)
 }
 
 func unmap(_ address: UInt, _ length: UInt) {

@@ -99,12 +99,12 @@ extension MemoryMonitorTests {
             let harness = try Harness()
             defer { harness.close() }
             let length = 4 * pageSize
-            let base = try mapAnonymous(length)
+            let base = try mapIsolated(length)
             defer { unmap(base, length) }
             let watched = try range(base, length)
             try harness.monitor.watch(watched)
             unmap(base, length)
-            _ = try mapAnonymous(length, at: base)
+            _ = try mapAgain(length, at: base)
             let other = cshims_userfaultfd(O_CLOEXEC | O_NONBLOCK)
             try #require(other >= 0)
             defer { close(other) }
@@ -161,8 +161,8 @@ extension MemoryMonitorTests {
             defer { harness.close() }
             let length: UInt = 4 << 20
             let base = try mapAnonymous(length)
-            defer { unmap(base, length) }
             let granule = (base + harness.monitor.granuleSize - 1) & ~(harness.monitor.granuleSize - 1)
+            defer { unmap(base, granule - base); unmap(granule + pageSize, base + length - granule - pageSize) }
             let buffers = try (0..<3).map { try range(granule + UInt($0) * 8 * pageSize, 100) }
             for buffer in buffers { try harness.monitor.watch(buffer) }
             #expect(harness.monitor.watchedGranuleCount == 1)
@@ -185,7 +185,7 @@ extension MemoryMonitorTests {
             let harness = try Harness()
             defer { harness.close() }
             let length = 16 * pageSize
-            let base = try mapAnonymous(length)
+            let base = try mapIsolated(length)
             defer { unmap(base, length) }
             let watched = try range(base, length)
             try harness.monitor.watch(watched)
@@ -193,14 +193,14 @@ extension MemoryMonitorTests {
             for round in 1...3 {
                 unmap(base, length)
                 #expect(probe.seenByNewLookup.count == round)
-                _ = try mapAnonymous(length, at: base)
+                _ = try mapAgain(length, at: base)
                 // The granule is still counted, but the new mapping is not registered yet.
                 try harness.monitor.watch(watched)
             }
             // The last mapping was registered by the last watch: its unmap is seen.
             unmap(base, length)
             #expect(probe.seenByNewLookup.count == 4)
-            _ = try mapAnonymous(length, at: base)
+            _ = try mapAgain(length, at: base)
         }
 
         @Test("10^5 disjoint small buffers: a few VMAs, and every unmap is seen")

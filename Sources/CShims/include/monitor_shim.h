@@ -31,3 +31,9 @@ int cshims_fork_touch_unmap_exit(void *address, unsigned long length, unsigned l
 /// waitpid(pid) with a timeout in milliseconds: the exit status (>= 0), -2 on timeout (the
 /// child is then killed), -1 with errno set on failure.
 int cshims_wait_child(int pid, int timeout_ms);
+
+/// Forks a child that drops to uid/gid 65534 (nobody) and tries userfaultfd as an unprivileged
+/// user. Returns the child's exit status (bits: 1 plain userfaultfd opened, 2 opened with
+/// UFFD_USER_MODE_ONLY, 4 its UFFDIO_API with `features` succeeded, 8 a write-protect
+/// UFFDIO_REGISTER of an anonymous page succeeded; 64 when dropping privileges failed), or -1.
+int cshims_probe_unprivileged_userfaultfd(unsigned long long features);
