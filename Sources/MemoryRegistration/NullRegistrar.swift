@@ -27,9 +27,9 @@ public final class NullRegistrar: MemoryRegistrar {
         return NullRegistration(key: nextKey.add(1, ordering: .acquiringAndReleasing).oldValue, owner: self)
     }
 
-    final class NullRegistration: RegisteredMemory {
-        let lkey: UInt32
-        var rkey: UInt32 { lkey }
+    public final class NullRegistration: RegisteredMemory {
+        public let lkey: UInt32
+        public var rkey: UInt32 { lkey }
         private let owner: NullRegistrar
         private let registered = Atomic<Bool>(true)
 
@@ -38,7 +38,10 @@ public final class NullRegistrar: MemoryRegistrar {
             self.owner = owner
         }
 
-        func deregister() throws {
+        /// False once deregistered: a holder that sees false was handed a torn-down region.
+        public var isRegistered: Bool { registered.load(ordering: .acquiring) }
+
+        public func deregister() throws {
             guard registered.exchange(false, ordering: .acquiringAndReleasing) else {
                 throw VerbsError(call: "null_dereg_mr", argument: "lkey: \(lkey)",
                                  detail: "the registration was already deregistered")

@@ -61,6 +61,14 @@ public final class Registration: Sendable {
 
     public var isReleased: Bool { released.load(ordering: .acquiring) }
 
+    /// The device registration behind the handle (shared with other handles when cached).
+    var registeredMemory: any RegisteredMemory {
+        switch backing {
+        case .cached(let entry, _): entry.memory
+        case .uncached(let memory, _): memory
+        }
+    }
+
     /// Gives the registration back. A second call throws `alreadyReleased`.
     public func release() throws(RegistrationError) {
         guard !released.exchange(true, ordering: .acquiringAndReleasing) else {

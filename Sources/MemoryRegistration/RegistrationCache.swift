@@ -10,9 +10,9 @@ import Verbs
 /// registered again on next use, torn down only after every holder and reader is done.
 ///
 /// - Hit: a cached region covers the buffer with at least the asked access.
-/// - Miss (DESIGN.md's order): watch the range, `readBegin` on a new interval subscription,
-///   `ibv_reg_mr` outside every lock, then under the cache lock `readRetry`: if an
-///   invalidation raced, the new region is thrown away and the miss starts over (bounded).
+/// - Miss: `readBegin` on a new interval subscription, watch the range, `ibv_reg_mr` outside
+///   every lock, then under the cache lock `readRetry`: if an invalidation raced, the new
+///   region is thrown away and the miss starts over (bounded).
 /// - Invalidation: every cached region overlapping the range leaves the index at once (no
 ///   later lookup finds it) and is marked revoked; its deregistration waits for a grace period
 ///   (readers of `withRegistration`) and for the last `Registration` holding it.
@@ -205,32 +205,37 @@ public final class RegistrationCache: Sendable {
         guard let range = try? AddressRange(start: start, length: UInt(length)) else {
             throw .invalidRange(call: "register", address: address, length: Int(end - address), reason: "not a range")
         }
-        // Watch first: a change after this point reaches the subscription made next.
-        var watched = false
-        switch monitor.watch(range) {
-        case .watched: watched = true
-        case .uncached(let reason):
-            if options.monitoring == .userfaultfd {
-                return try registerUncached(address: address, end: end, access: access, reason: reason.description)
-            }
-        }
         let subscription: IntervalSubscription
         do {
             subscription = try space.insertInterval(range, ops: invalidationHandler)
         } catch {
-            if watched { try? monitor.unwatch(range) }
             throw .shutDown(reason: "\(error)")
         }
         var evictedForDevice = false
         for _ in 0..<max(1, options.maxAttempts) {
             makeRoom(forBytes: length)
             let sequence = subscription.readBegin()
+            // Watch after readBegin, on every attempt: the watch registers the mapping there
+            // *now* (munmap + mmap since an earlier watch leaves a new, unwatched mapping) and
+            // checks its pages are covered; any later change is an event of a watched mapping
+            // and bumps the sequence readRetry checks. Watching only before readBegin (as
+            // DESIGN.md orders it) leaves that munmap + mmap gap open: the stress test found it.
+            var watched = false
+            switch monitor.watch(range) {
+            case .watched: watched = true
+            case .uncached(let reason):
+                if options.monitoring == .userfaultfd {
+                    try? subscription.remove()
+                    return try registerUncached(address: address, end: end, access: access, reason: reason.description)
+                }
+            }
             let memory: any RegisteredMemory
             do {
                 memory = try registerRegion(start: start, length: length, access: access)
             } catch let error as VerbsError
                 where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
                 evictedForDevice = true
+                if watched { try? monitor.unwatch(range) }
                 evictIdle(all: true)
                 continue
             } catch {
@@ -251,8 +256,9 @@ public final class RegistrationCache: Sendable {
             guard let entry else {
                 counters.raced.add(1, ordering: .relaxed)
                 try? memory.deregister()
+                if watched { try? monitor.unwatch(range) }
                 if let reason = state.withLock({ $0.closedReason }) {
-                    abandon(subscription, range: range, watched: watched)
+                    try? subscription.remove()
                     throw .shutDown(reason: reason)
                 }
                 continue
@@ -262,7 +268,7 @@ public final class RegistrationCache: Sendable {
             counters.registeredRegions.add(1, ordering: .relaxed)
             return Registration(address: address, length: Int(end - address), backing: .cached(entry, self))
         }
-        abandon(subscription, range: range, watched: watched)
+        try? subscription.remove()
         throw .keptChanging(address: address, length: Int(end - address), attempts: options.maxAttempts)
     }
 
@@ -369,6 +375,12 @@ public final class RegistrationCache: Sendable {
             if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
             retire(entry, frozen: false)
         }
+    }
+
+    /// Waits until every teardown queued so far behind a grace period has run: revoked and
+    /// evicted regions nobody holds are then deregistered. Not from inside `withRegistration`.
+    public func waitForPendingTeardowns() throws(NotifierError) {
+        try srcu.barrier()
     }
 
     // MARK: - Shutdown

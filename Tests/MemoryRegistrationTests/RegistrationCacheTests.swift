@@ -64,6 +64,7 @@ import Verbs
         }
         let buffer = try AnonymousMapping(length: 65536)
         let held = try cache.register(buffer.bytes, access: .rdma)
+        #expect(held.isCached, "\(held.uncachedReason ?? "")")
         try buffer.replaceWithFreshMapping()
         #expect(held.isRevoked)
         let again = try cache.register(buffer.bytes, access: .rdma)
@@ -72,6 +73,7 @@ import Verbs
         #expect(cache.statistics.revokedWhileHeld == 1)
         #expect(registrar.liveRegistrations == 2, "the held region stays registered (its pages stay pinned)")
         try held.release()
+        try cache.waitForPendingTeardowns()
         #expect(registrar.liveRegistrations == 1)
         try again.release()
     }
