@@ -91,9 +91,10 @@ func mapAnonymous(_ length: UInt, at address: UInt = 0, shared: Bool = false, re
     return UInt(bitPattern: pointer)
 }
 
-/// Next address for `mapIsolated`: far below where the kernel places mappings (top-down from
-/// near the stack), so a hole left by unmapping one is never handed to another thread's mmap.
-private let isolatedNext = TestLock<UInt>(0x2000_0000_0000)
+/// Next address for `mapIsolated`: 1 TiB, far below where the kernel places mappings (top-down
+/// from near the stack), so a hole left by unmapping one is never handed to another thread's
+/// mmap; and inside ThreadSanitizer's low application range (it kills mmaps outside its ranges).
+private let isolatedNext = TestLock<UInt>(0x0100_0000_0000)
 
 /// Anonymous memory that a test unmaps and maps again at the same address. Between the two
 /// calls the range is a hole; a hole among the process's other mappings would be handed to
