@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
         .testTarget(name: "MemoryRegistrationTests", dependencies: ["MemoryRegistration", "MemoryMapping"]),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
     ],
     swiftLanguageModes: [.v6]
 )

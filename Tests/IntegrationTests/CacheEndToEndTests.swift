@@ -1,0 +1,142 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import MemoryMapping
+import MemoryRegistration
+import Testing
+import Verbs
+
+extension RxeIntegration {
+    /// The registration cache on the real device turns the stale-registration baseline around:
+    /// after the memory at an address changes, registering that address again through the cache
+    /// gives a region for the new pages, and an RDMA WRITE through it lands where the
+    /// application now has its memory.
+    @Suite struct CacheEndToEnd {
+        /// How the memory under a cached registration is changed, keeping the address usable.
+        enum Change: String, CaseIterable, Sendable {
+            case munmapAndMapFixed, mremap, dontNeed, rawMunmapSyscall
+        }
+
+        @Test("no stale region after the memory changes", arguments: Change.allCases)
+        func noStaleRegion(change: Change) throws {
+            let loopback = try Loopback()
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            defer { cache.shutdown() }
+            let length = 65536
+            let buffer = try AnonymousMapping(length: length)
+            let address = buffer.address
+            let before = try cache.register(buffer.bytes, access: .rdma)
+            #expect(before.isCached, "\(before.uncachedReason ?? "")")
+            try before.release()
+
+            switch change {
+            case .munmapAndMapFixed: try buffer.replaceWithFreshMapping()
+            case .mremap: try buffer.remap(to: 4 * length)  // may move: the old range is invalid
+            case .dontNeed: try buffer.advise(MADV_DONTNEED)
+            case .rawMunmapSyscall:
+                #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), UInt(length)) == 0)
+                try buffer.mapAgain()
+            }
+            let target = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: buffer.address),
+                                                       count: length)
+            let after = try cache.register(target, access: .rdma)
+            if buffer.address == address { #expect(after.lkey != before.lkey, "\(change): the old region was served") }
+            try Self.expectWriteLands(loopback, into: target, through: after, cache: cache)
+            try after.release()
+        }
+
+        @Test("free() and malloc() of a large block at the same address")
+        func freeThenMalloc() throws {
+            let loopback = try Loopback()
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            defer { cache.shutdown() }
+            let size = 64 << 20  // above glibc's mmap threshold: malloc maps it, free unmaps it
+            let first = try #require(malloc(size))
+            let firstBuffer = UnsafeMutableRawBufferPointer(start: first, count: 65536)
+            let old = try cache.register(firstBuffer, access: .rdma)
+            free(first)
+            let second = try #require(malloc(size))
+            defer { free(second) }
+            #expect(second == first, "glibc gave the same address back (the case that matters)")
+            let buffer = UnsafeMutableRawBufferPointer(start: second, count: 65536)
+            let new = try cache.register(buffer, access: .rdma)
+            #expect(old.isRevoked)
+            #expect(new.lkey != old.lkey)
+            try Self.expectWriteLands(loopback, into: buffer, through: new, cache: cache)
+            try old.release()
+            try new.release()
+        }
+
+        @Test("a registration held across munmap still completes RDMA (old pages) and reports isRevoked")
+        func heldAcrossUnmap() throws {
+            let loopback = try Loopback()
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            defer { cache.shutdown() }
+            let buffer = try AnonymousMapping(length: 65536)
+            let held = try cache.register(buffer.bytes, access: .rdma)
+            try buffer.replaceWithFreshMapping()
+            #expect(held.isRevoked)
+
+            let payload = try AnonymousMapping(length: 65536)
+            payload.fill { _ in 0x5C }
+            let source = try loopback.domain.registerMemory(payload.bytes, access: .rdma)
+            let completion = try loopback.write(from: source, to: held.address, rkey: held.rkey)
+            #expect(completion.status == .success, "the held region still works until released")
+            #expect(buffer.count { $0 == 0x5C } == 0, "and it reaches the old pages, not the new ones")
+            try held.release()
+        }
+
+        @Test("after shutdown the device holds no region of the cache's and nothing is pinned")
+        func shutdownLeavesNothing() throws {
+            let loopback = try Loopback()
+            let baseline = try DeviceResources.current(device: Rxe.deviceName)
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            let buffers = try (0..<16).map { _ in try AnonymousMapping(length: 16384) }
+            for buffer in buffers { try cache.register(buffer.bytes, access: .rdma).release() }
+            let held = try cache.register(buffers[0].bytes, access: .rdma)
+            #expect(try DeviceResources.current(device: Rxe.deviceName).memoryRegions == baseline.memoryRegions + 16)
+            cache.shutdown()
+            #expect(try DeviceResources.current(device: Rxe.deviceName).memoryRegions == baseline.memoryRegions + 1,
+                    "the held region stays until released")
+            try held.release()
+            #expect(try DeviceResources.current(device: Rxe.deviceName) == baseline)
+            #expect(cache.statistics.pinnedBytes == 0)
+            #expect(throws: RegistrationError.self) { try cache.register(buffers[1].bytes, access: .rdma) }
+        }
+
+        @Test("bad input through the cache: each a typed error; read-only memory for write names ibv_reg_mr")
+        func badInput() throws {
+            let loopback = try Loopback()
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            defer { cache.shutdown() }
+            let readOnly = try AnonymousMapping(length: 8192)
+            try readOnly.protect(PROT_READ)
+            let error = try #require(throws: RegistrationError.self) {
+                try cache.register(readOnly.bytes, access: [.localWrite, .remoteWrite])
+            }
+            guard case .device(let verbs) = error else {
+                Issue.record("expected a device error, got \(error)")
+                return
+            }
+            #expect(verbs.call == "ibv_reg_mr" && verbs.errno == .badAddress, "\(verbs)")
+            let unmapped = try AnonymousMapping(length: 8192)
+            let address = unmapped.address
+            try unmapped.unmap()
+            #expect(throws: RegistrationError.self) { try cache.register(address: address, length: 8192, access: .rdma) }
+            #expect(cache.statistics.pinnedBytes == 0)
+        }
+
+        /// Writes a pattern with RDMA WRITE through `registration` and checks it is in `buffer`.
+        static func expectWriteLands(_ loopback: Loopback, into buffer: UnsafeMutableRawBufferPointer,
+                                     through registration: Registration, cache: RegistrationCache) throws {
+            let payload = try AnonymousMapping(length: buffer.count)
+            payload.fill { UInt8(truncatingIfNeeded: $0 &* 13 &+ 7) }
+            let source = try loopback.domain.registerMemory(payload.bytes, access: .rdma)
+            let completion = try loopback.write(from: source, to: registration.address, rkey: registration.rkey)
+            #expect(completion.status == .success)
+            #expect(Array(buffer) == Array(payload.bytes),
+                    "the RDMA WRITE did not land in the application's current memory")
+        }
+    }
+}
