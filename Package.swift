@@ -42,11 +42,11 @@ let package = Package(
         ),
         .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
         .target(name: "MemoryRegistration", dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs"]),
-        .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier"]),
+        .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
 
         .executableTarget(
             name: "StaleRegistration",
-            dependencies: ["Verbs", "MemoryMapping"],
+            dependencies: ["RDMAMemory", "MemoryMapping"],
             path: "Examples/StaleRegistration"
         ),
         .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier"], path: "Benchmarks/EngineBenchmark"),

@@ -4,7 +4,7 @@
 //   scripts/rxe-vm run -- .build/debug/stale-registration
 import Foundation
 import MemoryMapping
-import Verbs
+import RDMAMemory
 
 /// Runs the example; returns the process exit code.
 func runExample() throws -> Int32 {
@@ -25,7 +25,9 @@ func runExample() throws -> Int32 {
     print("Queue pair \(queuePair.number) connected to itself (RC).")
 
     try showWriteAndRead(domain: domain, queuePair: queuePair)
-    return try showStaleRegistration(domain: domain, queuePair: queuePair) ? 0 : 1
+    let reproduced = try showStaleRegistration(domain: domain, queuePair: queuePair)
+    let fixed = try showCacheFix(domain: domain, queuePair: queuePair)
+    return reproduced && fixed ? 0 : 1
 }
 
 /// RDMA WRITE from one registered buffer into another, READ it back, verify both.
@@ -85,9 +87,45 @@ func showStaleRegistration(domain: ProtectionDomain, queuePair: QueuePair) throw
 
     let reproduced = completion.status == .success && landed == 0 && inOldPages == length
     print(reproduced
-        ? "\nSilent data loss reproduced. RDMAMemory's registration cache exists to prevent exactly this."
-        : "\nUnexpected: the device did not behave as the stale-registration bug predicts.")
+        ? "  Silent data loss reproduced. RDMAMemory's registration cache exists to prevent exactly this."
+        : "  Unexpected: the device did not behave as the stale-registration bug predicts.")
     return reproduced
+}
+
+/// The same steps through RDMAMemory's registration cache: userfaultfd reports the munmap, the
+/// cache revokes the old region, and registering the address again gives a region for the new
+/// pages, so the RDMA WRITE lands in the application's memory.
+func showCacheFix(domain: ProtectionDomain, queuePair: QueuePair) throws -> Bool {
+    let length = 64 * 1024
+    print("\nThe same steps through RDMAMemory's RegistrationCache:")
+    let cache = RegistrationCache(protectionDomain: domain)
+    defer { cache.shutdown() }
+    print("  Monitoring: \(cache.monitoring).")
+    let buffer = try AnonymousMapping(length: length)
+    let first = try cache.register(buffer.bytes, access: .rdma)
+    print("  1. Registered \(length / 1024) KiB at 0x\(String(first.address, radix: 16)) through the cache (rkey \(first.rkey)).")
+    try first.release()
+    try buffer.replaceWithFreshMapping()
+    print("  2. munmap() + mmap(MAP_FIXED) at the same address, as before.")
+    let again = try cache.register(buffer.bytes, access: .rdma)
+    print("  3. Registered the same address again: rkey \(again.rkey), "
+        + (again.rkey == first.rkey ? "THE OLD REGION (stale)." : "a new region for the new pages."))
+
+    let payload = try AnonymousMapping(length: length)
+    payload.fill { _ in 0xAB }
+    let payloadRegion = try domain.registerMemory(payload.bytes, access: .rdma)
+    try queuePair.postWrite([ScatterGatherElement(region: payloadRegion)],
+                            remoteAddress: UInt64(again.address), rkey: again.rkey, id: 5)
+    let completion = try queuePair.sendCompletionQueue.waitForCompletions(1)[0]
+    let landed = buffer.count { $0 == 0xAB }
+    print("  4. RDMA WRITE of \(length) bytes through it: completion \(completion.status); the application's")
+    print("     memory now holds \(landed) of \(length) written bytes.")
+    try again.release()
+    let statistics = cache.statistics
+    print("  Cache: \(statistics.misses) misses, \(statistics.invalidations) invalidation, \(statistics.hits) hits.")
+    let fixed = completion.status == .success && landed == length && again.rkey != first.rkey
+    print(fixed ? "  Fixed: the data is where the application's memory is." : "  NOT FIXED.")
+    return fixed
 }
 
 enum ExampleFailure: Error { case dataMismatch }
