@@ -29,8 +29,9 @@ extension RegistrationCache {
         /// Cached regions at most; nil: half the device's `max_mr`, at most 10^6.
         public var maxRegions: Int? = nil
         /// Pinned bytes at most (cached, revoked-but-held included); nil: three quarters of
-        /// RLIMIT_MEMLOCK when it is finite, else the device's `max_mr_size`. A request larger
-        /// than this is registered uncached.
+        /// RLIMIT_MEMLOCK when it is finite and the process is not root (root may pin beyond
+        /// it), else the device's `max_mr_size`. A request larger than this is registered
+        /// uncached.
         public var maxPinnedBytes: Int? = nil
         public var accessPolicy: AccessPolicy = .asRequested
         /// Registrations discarded because an invalidation raced them, before giving up.
@@ -49,9 +50,12 @@ extension RegistrationCache {
             if let bytes = options.maxPinnedBytes {
                 maxPinnedBytes = bytes
             } else {
+                // RLIMIT_MEMLOCK bounds what verbs may pin, except for root (CAP_IPC_LOCK).
                 var limit = rlimit()
-                let memlock = getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max
-                    ? Int(clamping: limit.rlim_cur / 4 * 3) : Int.max
+                let bounded = geteuid() != 0
+                    && getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit) == 0
+                    && limit.rlim_cur != rlim_t.max
+                let memlock = bounded ? Int(clamping: limit.rlim_cur / 4 * 3) : Int.max
                 maxPinnedBytes = min(memlock, Int(clamping: device.maxRegionBytes))
             }
         }
