@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
     ],
     targets: [
         // libibverbs + librdmacm as a system library (Debian: libibverbs-dev, librdmacm-dev).
@@ -41,7 +42,10 @@ let package = Package(
             dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", .product(name: "SystemPackage", package: "swift-system")]),
-        .target(name: "MemoryRegistration", dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs"]),
+        .target(
+            name: "MemoryRegistration",
+            dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", .product(name: "Metrics", package: "swift-metrics")]
+        ),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
 
         .executableTarget(
@@ -54,7 +58,10 @@ let package = Package(
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
-        .testTarget(name: "MemoryRegistrationTests", dependencies: ["MemoryRegistration", "MemoryMapping"]),
+        .testTarget(
+            name: "MemoryRegistrationTests",
+            dependencies: ["MemoryRegistration", "MemoryMapping", .product(name: "MetricsTestKit", package: "swift-metrics")]
+        ),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
     ],
