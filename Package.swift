@@ -60,7 +60,7 @@ let package = Package(
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
         .testTarget(
             name: "MemoryRegistrationTests",
-            dependencies: ["MemoryRegistration", "MemoryMapping", .product(name: "MetricsTestKit", package: "swift-metrics")]
+            dependencies: ["MemoryRegistration", "MemoryMapping", "CShims", .product(name: "MetricsTestKit", package: "swift-metrics")]
         ),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
