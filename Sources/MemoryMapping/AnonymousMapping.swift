@@ -56,6 +56,15 @@ public final class AnonymousMapping {
         try mapAgain()
     }
 
+    /// One `mmap(MAP_FIXED)` over the live mapping: the kernel unmaps the old pages and maps
+    /// fresh ones at the same address in one step. Use this where other threads run: between
+    /// the two steps of `replaceWithFreshMapping()` another thread (malloc, a sanitizer's
+    /// runtime) may map something into the hole, which the second step then destroys.
+    public func replaceInPlace() throws {
+        guard isMapped else { return try mapAgain() }
+        try mapAgain()
+    }
+
     /// `mmap(MAP_FIXED)` at the old address after an `unmap()` (or an unmap done elsewhere).
     public func mapAgain() throws {
         let pointer = mmap(UnsafeMutableRawPointer(bitPattern: address), length, PROT_READ | PROT_WRITE,

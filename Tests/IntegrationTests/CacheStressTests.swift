@@ -63,7 +63,7 @@ extension RxeIntegration {
                 iteration += 1
                 let buffer = buffers[Int(next() % UInt64(buffers.count))]
                 if next() % 4 == 0 {
-                    try buffer.replaceWithFreshMapping()
+                    try buffer.replaceInPlace()
                     counters.remaps.add(1, ordering: .relaxed)
                 }
                 let pattern = UInt8(truncatingIfNeeded: iteration &* 31 &+ UInt64(worker) &* 101) | 1

@@ -14,9 +14,9 @@ import Testing
         Double(ProcessInfo.processInfo.environment["RDMAMEMORY_STRESS_SECONDS"] ?? "") ?? 1.5
     }
 
-    /// Invariant 1: once `munmap` of a buffer returned, no registration that starts later is
-    /// served by a region made before it (the null registrar's keys grow, so "made before" is
-    /// "key below the key handed out next when munmap returned").
+    /// Invariant 1: once the unmap of a buffer returned, no registration that starts later is
+    /// served by a region made before the unmap began (the null registrar's keys grow, so
+    /// "made before" is "key below the key it would hand out next when the unmap began").
     /// Invariant 2: a region is never deregistered while a `Registration` holds it.
     @Test func noStaleRegionAfterUnmapAndNoTeardownUnderAHolder() throws {
         let registrar = NullRegistrar()
@@ -71,10 +71,24 @@ import Testing
         let deadline = ContinuousClock.now + .seconds(Self.seconds)
         while ContinuousClock.now < deadline {
             let which = Int(random.next() % UInt64(buffers.count))
-            try buffers[which].unmap()
-            shared.barriers[which].value.store(registrar.upcomingKey, ordering: .releasing)
-            try buffers[which].mapAgain()
+            // Every key below `barrier` was handed out before the old pages went away, so such
+            // a region maps them. (Read before the mmap: a key handed out after it returned may
+            // map the new pages and be served legitimately.)
+            let barrier = registrar.upcomingKey
+            // One mmap(MAP_FIXED) over the buffer: its old pages are unmapped when it returns.
+            // (munmap, then mmap at the address, would let another thread's allocation land
+            // in the hole first, and the mmap would destroy it.)
+            try buffers[which].replaceInPlace()
+            shared.barriers[which].value.store(barrier, ordering: .releasing)
             remaps += 1
+            // The sharpest check: the unmapping thread itself looks up right away, before the
+            // monitor's worker is likely to have invalidated anything.
+            if let own = try? cache.register(buffers[which].bytes, access: .rdma) {
+                if own.isCached && own.lkey < barrier {
+                    shared.violation("remapper, buffer \(which): lkey \(own.lkey) made before its unmap (\(barrier))")
+                }
+                try? own.release()
+            }
         }
         shared.stop.store(true, ordering: .relaxed)
         for user in users { user.join() }
