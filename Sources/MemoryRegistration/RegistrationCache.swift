@@ -377,9 +377,11 @@ public final class RegistrationCache: Sendable {
         }
     }
 
-    /// Waits until every teardown queued so far behind a grace period has run: revoked and
-    /// evicted regions nobody holds are then deregistered. Not from inside `withRegistration`.
+    /// Waits until the invalidations in flight (an `munmap` that returned) are applied and every
+    /// teardown queued behind a grace period has run: revoked and evicted regions nobody holds
+    /// are then deregistered. Not from inside `withRegistration`.
     public func waitForPendingTeardowns() throws(NotifierError) {
+        settleInvalidations()
         try srcu.barrier()
     }
 
