@@ -1,0 +1,57 @@
+import MemoryMapping
+import Synchronization
+import Testing
+import Verbs
+@testable import MemoryRegistration
+
+/// A device that holds at most `capacity` registrations and then answers ENOMEM, as
+/// `ibv_reg_mr` does when the device or the pinning limit is exhausted.
+final class CapacityRegistrar: MemoryRegistrar {
+    let inner = NullRegistrar()
+    let capacity: Int
+    let refusals = Atomic<Int>(0)
+    init(capacity: Int) { self.capacity = capacity }
+
+    var limits: (maxRegionBytes: UInt64, maxRegions: Int) { (.max, .max) }
+
+    func registerRegion(address: UInt, length: Int, access: AccessFlags) throws -> any RegisteredMemory {
+        guard inner.liveRegistrations < capacity else {
+            refusals.add(1, ordering: .relaxed)
+            throw VerbsError(call: "ibv_reg_mr", argument: "length: \(length)", errno: .noMemory)
+        }
+        return try inner.registerRegion(address: address, length: length, access: access)
+    }
+}
+
+@Suite("Registration cache against device limits") struct DeviceLimitTests {
+    @Test("ENOMEM from the device: evict idle regions and retry once")
+    func evictsAndRetriesOnce() throws {
+        let registrar = CapacityRegistrar(capacity: 3)
+        let cache = RegistrationCache(registrar: registrar)
+        defer { cache.shutdown() }
+        let buffers = try (0..<4).map { _ in try AnonymousMapping(length: 4096) }
+        for buffer in buffers.prefix(3) { try cache.register(buffer.bytes, access: .rdma).release() }
+        let fourth = try cache.register(buffers[3].bytes, access: .rdma)
+        #expect(fourth.isCached)
+        #expect(registrar.refusals.load(ordering: .relaxed) == 1)
+        #expect(cache.statistics.evictions == 3)
+    }
+
+    @Test("ENOMEM with every region held: a clear error, and nothing held is lost")
+    func clearErrorWhenNothingIsIdle() throws {
+        let registrar = CapacityRegistrar(capacity: 2)
+        let cache = RegistrationCache(registrar: registrar)
+        defer { cache.shutdown() }
+        let buffers = try (0..<3).map { _ in try AnonymousMapping(length: 4096) }
+        let held = try buffers.prefix(2).map { try cache.register($0.bytes, access: .rdma) }
+        let error = try #require(throws: RegistrationError.self) { try cache.register(buffers[2].bytes, access: .rdma) }
+        guard case .device(let verbs) = error else {
+            Issue.record("expected a device error, got \(error)")
+            return
+        }
+        #expect(verbs.errno == .noMemory)
+        #expect(held.allSatisfy { !$0.isRevoked })
+        #expect(cache.statistics.cachedRegions == 2)
+        #expect(registrar.inner.liveRegistrations == 2)
+    }
+}
