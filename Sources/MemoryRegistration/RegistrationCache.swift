@@ -32,6 +32,8 @@ public final class RegistrationCache: Sendable {
     let limits: Limits
     let state = Locked(State())
     let counters = CacheCounters()
+    /// Mirrors `State.closedReason != nil` for lock-free checks.
+    let isClosed = Atomic<Bool>(false)
     let pageMask: UInt
     private let invalidationHandler: InvalidationHandler
     private let deviceEvents: DeviceEventMonitor?
@@ -161,7 +163,10 @@ public final class RegistrationCache: Sendable {
     }
 
     private func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
-        if let reason = state.withLock({ $0.closedReason }) { throw .shutDown(reason: reason) }
+        // A load, not the state lock: the scoped hit path must write no shared cache line.
+        if isClosed.load(ordering: .acquiring), let reason = state.withLock({ $0.closedReason }) {
+            throw .shutDown(reason: reason)
+        }
         guard length > 0 else {
             throw .invalidRange(call: call, address: address, length: length, reason: "the length must be positive")
         }
@@ -402,6 +407,7 @@ public final class RegistrationCache: Sendable {
         state.withLock { state in
             guard state.closedReason == nil else { return }
             state.closedReason = reason
+            isClosed.store(true, ordering: .releasing)
             for entry in state.entries.values {
                 unpublish(entry, &state)
                 entry.revoked.store(true, ordering: .releasing)
