@@ -56,6 +56,12 @@ let package = Package(
         .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier"], path: "Benchmarks/EngineBenchmark"),
         .executableTarget(name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping"], path: "Benchmarks/MonitorBenchmark"),
 
+        .executableTarget(
+            name: "CacheBenchmark",
+            dependencies: ["MemoryRegistration", "MemoryMapping"],
+            path: "Benchmarks/CacheBenchmark"
+        ),
+
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
         .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
         .testTarget(
