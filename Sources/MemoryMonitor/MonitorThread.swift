@@ -85,6 +85,12 @@ final class MonitorThreads: Sendable {
     func runReader() {
         readerID.store(UInt(pthread_self()), ordering: .releasing)
         guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else { return }
+        // Warm up before the first wake-up: a thread's first use of thread-local state (the
+        // Swift runtime's exclusivity tracking, dynamic TLS of shared libraries) may allocate,
+        // which must not happen between a wake-up and its read(). Both calls are harmless:
+        // reserve() commits nothing, and an empty window only makes lookups wait a moment.
+        _ = queue.reserve()
+        space.beginInvalidation().end()
         var spinUntil: UInt64 = 0
         while true {
             polls[0] = pollfd(fd: descriptor.fd, events: Int16(POLLIN), revents: 0)
