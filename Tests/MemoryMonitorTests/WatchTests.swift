@@ -133,7 +133,9 @@ extension MemoryMonitorTests {
                 let probe = try RangeProbe(harness.space, watched)
                 unmap(base, 2 << 20)
                 #expect(probe.seenByNewLookup == [.unmap])
+                print("hugetlb: watched, its unmap seen")
             } catch {
+                print("hugetlb: \(error)")
                 unmap(base, 2 << 20)
                 #expect((error as? MonitorError) == .unwatchable(range: watched, reason: .hugetlbUnsupported))
             }
