@@ -37,7 +37,7 @@ public final class MemoryMonitor: Sendable {
         explicit = ExplicitInvalidator(space: space)
         if !useUserfaultfd {
             userfaultfd = nil
-            mode = .explicitOnly(.userfaultfdUnavailable(attempts: []))
+            mode = .explicitOnly(.explicitOnlyRequested)
             return
         }
         do {

@@ -20,6 +20,8 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The call was made on the monitor's reader thread, which must never wait for anything
     /// (it runs no user code; this guards against misuse).
     case calledFromMonitorThread(call: String)
+    /// The caller asked for explicit-only mode: nothing is watched, by request.
+    case explicitOnlyRequested
     /// The monitor was shut down.
     case shutDown
     /// The engine refused (for example, its address space was released).
@@ -46,6 +48,8 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
             return "unwatch(\(range)): the range is not watched"
         case let .calledFromMonitorThread(call):
             return "\(call) called from the monitor's reader thread: it would deadlock"
+        case .explicitOnlyRequested:
+            return "explicit-only mode was requested: memory is not watched, only explicit invalidation reaches the engine"
         case .shutDown:
             return "the monitor was shut down"
         case let .engine(error):

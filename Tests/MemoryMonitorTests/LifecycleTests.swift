@@ -106,7 +106,7 @@ extension MemoryMonitorTests {
                 Issue.record("explicit-only mode watched a range")
                 return
             }
-            #expect(reason.description.contains("vm.unprivileged_userfaultfd"))
+            #expect(reason == .explicitOnlyRequested)
             let probe = try RangeProbe(space, watched)
             monitor.invalidate(watched, cause: .unmapped)
             #expect(probe.seenByNewLookup == [.unmap])
