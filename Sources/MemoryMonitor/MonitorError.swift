@@ -74,8 +74,8 @@ public enum UnwatchableReason: Equatable, Sendable, CustomStringConvertible {
     /// A mapping of a regular file (`path`): userfaultfd watches only anonymous, shmem and
     /// hugetlb memory (EINVAL).
     case fileBacked(path: String)
-    /// System V shared memory (`shmat`): its mappings are not shmem to userfaultfd (EINVAL),
-    /// and `shmdt` sends no UNMAP event.
+    /// System V shared memory (`shmat`): userfaultfd refuses to register it (EINVAL, measured
+    /// on 6.1 and 6.18), so `shmdt` can never be reported: invalidate explicitly around it.
     case sysVSharedMemory
     /// Part of the range is registered with another userfaultfd (EBUSY).
     case ownedByAnotherUserfaultfd
@@ -90,7 +90,7 @@ public enum UnwatchableReason: Equatable, Sendable, CustomStringConvertible {
     public var description: String {
         switch self {
         case let .fileBacked(path): return "file-backed mapping of \(path) (userfaultfd: EINVAL)"
-        case .sysVSharedMemory: return "System V shared memory (userfaultfd: EINVAL; shmdt sends no event)"
+        case .sysVSharedMemory: return "System V shared memory (userfaultfd: EINVAL; invalidate explicitly around shmdt)"
         case .ownedByAnotherUserfaultfd: return "registered with another userfaultfd (EBUSY)"
         case .hugetlbUnsupported: return "hugetlb memory this kernel cannot watch (EINVAL)"
         case .notMapped: return "not (entirely) mapped"
