@@ -53,12 +53,19 @@ let package = Package(
             dependencies: ["RDMAMemory", "MemoryMapping"],
             path: "Examples/StaleRegistration"
         ),
-        .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier"], path: "Benchmarks/EngineBenchmark"),
+        .executableTarget(
+            name: "EngineBenchmark", dependencies: ["MMUNotifier", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"
+        ),
         .executableTarget(name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping"], path: "Benchmarks/MonitorBenchmark"),
 
+        // What every benchmark executable shares: threads, clocks, medians.
+        .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
         .executableTarget(
             name: "CacheBenchmark",
-            dependencies: ["MemoryRegistration", "MemoryMapping"],
+            dependencies: [
+                "MemoryRegistration", "MemoryMapping", "BenchmarkSupport", "Verbs", "CShims",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
             path: "Benchmarks/CacheBenchmark"
         ),
 

@@ -1,3 +1,4 @@
+import BenchmarkSupport
 import MMUNotifier
 import Synchronization
 #if canImport(Glibc)

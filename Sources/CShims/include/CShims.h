@@ -5,3 +5,4 @@
 #include "srcu_counters.h"
 #include "mapping_shim.h"
 #include "monitor_shim.h"
+#include "heap_shim.h"

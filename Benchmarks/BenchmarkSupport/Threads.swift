@@ -2,10 +2,11 @@
 import Glibc
 #endif
 
-/// A joinable OS thread.
-struct BenchThread {
+/// A joinable OS thread: benchmarks measure threads they start themselves, not Swift's
+/// cooperative pool.
+public struct BenchThread {
     let thread: pthread_t
-    func join() { pthread_join(thread, nil) }
+    public func join() { pthread_join(thread, nil) }
 }
 
 private final class Body: Sendable {
@@ -13,7 +14,7 @@ private final class Body: Sendable {
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }
 
-func startThread(_ run: @escaping @Sendable () -> Void) -> BenchThread {
+public func startThread(_ run: @escaping @Sendable () -> Void) -> BenchThread {
     let context = Unmanaged.passRetained(Body(run)).toOpaque()
     var thread = pthread_t()
     let rc = pthread_create(&thread, nil, { raw in
@@ -25,16 +26,16 @@ func startThread(_ run: @escaping @Sendable () -> Void) -> BenchThread {
     return BenchThread(thread: thread)
 }
 
-func nowNanoseconds() -> UInt64 {
+public func nowNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
-func median(_ values: [Double]) -> Double {
+public func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2]
         : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
-@inline(never) func blackHole<T>(_ value: T) { _ = value }
+@inline(never) public func blackHole<T>(_ value: T) { _ = value }

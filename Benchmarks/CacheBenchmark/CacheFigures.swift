@@ -1,0 +1,222 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BenchmarkSupport
+import CShims
+import MemoryMapping
+import MemoryRegistration
+import Synchronization
+
+/// The registration cache's figures with the null registrar: the same list, sizes and layouts
+/// as `Benchmarks/UCXPeer`, so each pairs with UCX's. Nonisolated code: thread entry points
+/// must not be inferred @MainActor.
+struct CacheFigures {
+    /// Divides every iteration count (a smoke run).
+    var scale: Int
+
+    /// 4 KiB regions 8 KiB apart, as in the peer: no two are adjacent.
+    static let regionSize = 4096
+    static let regionStride = 8192
+
+    func all() throws -> [FigureResult] {
+        var results: [FigureResult] = []
+        for size in [4096, 65536, 1 << 20] { results += try hit(size: size) }
+        for regions in [1000, 100_000] { results += try randomHits(regions: regions) }
+        results += try misses(regions: 200_000 / scale)
+        results += try missesEvicting(regions: 200_000 / scale, limit: 1000)
+        results += try invalidation(iterations: 20_000 / scale)
+        for threads in [1, 2] {
+            results += try throughput(regions: 1000, threads: threads)
+            results += try throughput(regions: 1, threads: threads)
+        }
+        return results
+    }
+
+    private func makeCache(maxRegions: Int? = nil) -> RegistrationCache {
+        var options = RegistrationCache.Options()
+        options.maxRegions = maxRegions
+        options.maxPinnedBytes = .max  // the null registrar pins nothing
+        return RegistrationCache(registrar: NullRegistrar(), options: options)
+    }
+
+    /// Counted `register` + `release` (what UCX's get + put does) and the scoped form.
+    func hit(size: Int) throws -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let buffer = try AnonymousMapping(length: size)
+        let bytes = UnsafeRawBufferPointer(buffer.bytes)
+        try cache.register(bytes, access: .rdma).release()
+        let iterations = 2_000_000 / scale
+        let counted = try timed(iterations) { try cache.register(bytes, access: .rdma).release() }
+        let scoped = try timed(iterations) { blackHole(try cache.withRegistration(bytes, access: .rdma) { $0.lkey }) }
+        return [
+            FigureResult(figure: "hit", parameters: ["size": size], value: counted, unit: "ns_per_op"),
+            FigureResult(figure: "hit_scoped", parameters: ["size": size], value: scoped, unit: "ns_per_op"),
+        ]
+    }
+
+    func randomHits(regions: Int) throws -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let mapping = try AnonymousMapping(length: regions * Self.regionStride)
+        let base = mapping.address
+        for index in 0..<regions {
+            try cache.register(address: base + UInt(index * Self.regionStride), length: Self.regionSize, access: .rdma)
+                .release()
+        }
+        let iterations = 2_000_000 / scale
+        var random = XorShift()
+        let counted = try timed(iterations) {
+            let address = base + UInt(Int(random.next() % UInt64(regions)) * Self.regionStride)
+            try cache.register(address: address, length: Self.regionSize, access: .rdma).release()
+        }
+        let scoped = try timed(iterations) {
+            let address = base + UInt(Int(random.next() % UInt64(regions)) * Self.regionStride)
+            let buffer = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: Self.regionSize)
+            blackHole(try cache.withRegistration(buffer, access: .rdma) { $0.lkey })
+        }
+        return [
+            FigureResult(figure: "random_hit", parameters: ["regions": regions], value: counted, unit: "ns_per_op"),
+            FigureResult(figure: "random_hit_scoped", parameters: ["regions": regions], value: scoped, unit: "ns_per_op"),
+        ]
+    }
+
+    /// Misses (insert + null registration + watch) growing to `regions`, and the heap each costs.
+    func misses(regions: Int) throws -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let mapping = try AnonymousMapping(length: regions * Self.regionStride)
+        let before = heapInUse()
+        let start = nowNanoseconds()
+        for index in 0..<regions {
+            try cache.register(address: mapping.address + UInt(index * Self.regionStride), length: Self.regionSize,
+                               access: .rdma).release()
+        }
+        let perMiss = Double(nowNanoseconds() - start) / Double(regions)
+        let bytes = (heapInUse() - before) / Double(regions)
+        return [
+            FigureResult(figure: "miss", parameters: ["regions": regions], value: perMiss, unit: "ns_per_op"),
+            FigureResult(figure: "bytes_per_region", parameters: ["regions": regions], value: bytes, unit: "bytes"),
+        ]
+    }
+
+    func missesEvicting(regions: Int, limit: Int) throws -> [FigureResult] {
+        let cache = makeCache(maxRegions: limit)
+        defer { cache.shutdown() }
+        let mapping = try AnonymousMapping(length: regions * Self.regionStride)
+        let start = nowNanoseconds()
+        for index in 0..<regions {
+            try cache.register(address: mapping.address + UInt(index * Self.regionStride), length: Self.regionSize,
+                               access: .rdma).release()
+        }
+        let perMiss = Double(nowNanoseconds() - start) / Double(regions)
+        return [FigureResult(figure: "miss_evicting", parameters: ["limit": limit, "regions": regions],
+                             value: perMiss, unit: "ns_per_op")]
+    }
+
+    /// `munmap` of a cached 64 KiB region vs an uncached one, and from `munmap` returning to
+    /// the cache having revoked the region (UCX revokes inside its munmap hook: 0 there).
+    func invalidation(iterations: Int) throws -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let size = 65536
+        var cached = 0.0, uncached = 0.0, revoked = 0.0
+        for _ in 0..<iterations {
+            let mapping = try AnonymousMapping(length: size)
+            let registration = try cache.register(mapping.bytes, access: .rdma)
+            var start = nowNanoseconds()
+            try mapping.unmap()
+            let returned = nowNanoseconds()
+            cached += Double(returned - start)
+            guard registration.isRevoked else { throw BenchmarkFailure("munmap of a cached region was not seen") }
+            revoked += Double(nowNanoseconds() - returned)
+            try registration.release()
+            let plain = try AnonymousMapping(length: size)
+            start = nowNanoseconds()
+            try plain.unmap()
+            uncached += Double(nowNanoseconds() - start)
+        }
+        let count = Double(iterations)
+        return [
+            FigureResult(figure: "munmap_cached_64k", value: cached / count, unit: "ns_per_op"),
+            FigureResult(figure: "munmap_uncached_64k", value: uncached / count, unit: "ns_per_op"),
+            FigureResult(figure: "munmap_to_revoked_64k", value: revoked / count, unit: "ns_per_op"),
+        ]
+    }
+
+    /// Operations per second of `threads` threads on a shared set of regions (1: one hot
+    /// region), counted and scoped.
+    func throughput(regions: Int, threads: Int) throws -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let mapping = try AnonymousMapping(length: regions * Self.regionStride)
+        let base = mapping.address
+        for index in 0..<regions {
+            try cache.register(address: base + UInt(index * Self.regionStride), length: Self.regionSize, access: .rdma)
+                .release()
+        }
+        let seconds = scale > 1 ? 0.2 : 1.0
+        let name = regions == 1 ? "hot_region_throughput" : "shared_set_throughput"
+        let counted = run(threads: threads, seconds: seconds) { random in
+            let address = base + UInt(regions == 1 ? 0 : Int(random.next() % UInt64(regions)) * Self.regionStride)
+            try? cache.register(address: address, length: Self.regionSize, access: .rdma).release()
+        }
+        let scoped = run(threads: threads, seconds: seconds) { random in
+            let address = base + UInt(regions == 1 ? 0 : Int(random.next() % UInt64(regions)) * Self.regionStride)
+            let buffer = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: address), count: Self.regionSize)
+            blackHole(try? cache.withRegistration(buffer, access: .rdma) { $0.lkey })
+        }
+        return [
+            FigureResult(figure: name, parameters: ["threads": threads], value: counted, unit: "ops_per_s"),
+            FigureResult(figure: name + "_scoped", parameters: ["threads": threads], value: scoped, unit: "ops_per_s"),
+        ]
+    }
+
+    private func run(threads: Int, seconds: Double, _ body: @escaping @Sendable (inout XorShift) -> Void) -> Double {
+        let total = OperationCount()
+        let workers = (0..<threads).map { worker in
+            startThread {
+                var random = XorShift(seed: 0x9E37_79B9_7F4A_7C15 &* UInt64(worker + 1))
+                let end = nowNanoseconds() + UInt64(seconds * 1e9)
+                var done = 0
+                while nowNanoseconds() < end {
+                    for _ in 0..<256 { body(&random) }
+                    done += 256
+                }
+                total.value.add(done, ordering: .relaxed)
+            }
+        }
+        for worker in workers { worker.join() }
+        return Double(total.value.load(ordering: .relaxed)) / seconds
+    }
+
+    private func timed(_ iterations: Int, _ body: () throws -> Void) rethrows -> Double {
+        let start = nowNanoseconds()
+        for _ in 0..<iterations { try body() }
+        return Double(nowNanoseconds() - start) / Double(iterations)
+    }
+
+    /// Bytes the heap has handed out (as the peer measures: mallinfo2, not RSS).
+    private func heapInUse() -> Double { Double(cshims_heap_in_use()) }
+}
+
+final class OperationCount: Sendable {
+    let value = Atomic<Int>(0)
+}
+
+/// A cheap generator so random figures do not measure the generator (the peer uses the same).
+struct XorShift {
+    var state: UInt64 = 88_172_645_463_325_252
+    init(seed: UInt64 = 88_172_645_463_325_252) { state = seed == 0 ? 1 : seed }
+    mutating func next() -> UInt64 {
+        state ^= state << 13
+        state ^= state >> 7
+        state ^= state << 17
+        return state
+    }
+}
+
+struct BenchmarkFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,6 @@
+#pragma once
+// glibc's <malloc.h> is not part of Swift's Glibc module.
+
+/// Bytes the heap has handed out (mallinfo2: in-use chunks plus malloc's own mmaps). Unlike
+/// RSS it does not miss memory that an earlier free() left for reuse.
+unsigned long long cshims_heap_in_use(void);
