@@ -1,3 +1,4 @@
+import MMUNotifier
 import MemoryMapping
 import Synchronization
 import Testing
@@ -53,5 +54,37 @@ final class CapacityRegistrar: MemoryRegistrar {
         #expect(held.allSatisfy { !$0.isRevoked })
         #expect(cache.statistics.cachedRegions == 2)
         #expect(registrar.inner.liveRegistrations == 2)
+    }
+}
+
+/// A registrar under which the memory changes during every registration (an invalidation of
+/// the range lands between readBegin and readRetry each time).
+final class AlwaysRacedRegistrar: MemoryRegistrar {
+    let inner = NullRegistrar()
+    let invalidate = Locked<(@Sendable (UInt, Int) -> Void)?>(nil)
+    var limits: (maxRegionBytes: UInt64, maxRegions: Int) { (.max, .max) }
+
+    func registerRegion(address: UInt, length: Int, access: AccessFlags) throws -> any RegisteredMemory {
+        let memory = try inner.registerRegion(address: address, length: length, access: access)
+        invalidate.withLock { $0 }?(address, length)
+        return memory
+    }
+}
+
+@Suite struct RacedRegistrationTests {
+    @Test("a registration that races an invalidation every time is retried, then a clear error; none is handed out")
+    func keptChanging() throws {
+        let registrar = AlwaysRacedRegistrar()
+        var options = RegistrationCache.Options()
+        options.maxAttempts = 4
+        let cache = RegistrationCache(registrar: registrar, options: options)
+        defer { cache.shutdown() }
+        registrar.invalidate.withLock { $0 = { [weak cache] address, length in cache?.invalidate(address: address, length: length) } }
+        let buffer = try AnonymousMapping(length: 8192)
+        let error = try #require(throws: RegistrationError.self) { try cache.register(buffer.bytes, access: .rdma) }
+        #expect(error == .keptChanging(address: buffer.address, length: 8192, attempts: 4))
+        #expect(cache.statistics.racedInvalidations == 4)
+        #expect(cache.statistics.cachedRegions == 0)
+        #expect(registrar.inner.liveRegistrations == 0, "every raced registration was deregistered")
     }
 }

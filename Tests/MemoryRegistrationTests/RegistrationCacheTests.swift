@@ -144,6 +144,7 @@ import Verbs
         let held = try cache.register(other.bytes, access: .rdma)
         cache.shutdown()
         cache.shutdown()  // harmless
+        #expect(cache.monitor.userfaultfd?.isRunning != true, "the monitor's threads are gone")
         #expect(registrar.liveRegistrations == 1, "only the held one remains, until released")
         #expect(held.isRevoked)
         try held.release()
