@@ -68,6 +68,33 @@ extension RxeIntegration {
             try new.release()
         }
 
+        @Test("brk shrink and grow again: the heap's top pages are new, the cache registers them anew")
+        func brkShrink() throws {
+            let loopback = try Loopback()
+            let cache = RegistrationCache(protectionDomain: loopback.domain)
+            defer { cache.shutdown() }
+            let page = UInt(AnonymousMapping.pageSize)
+            let grow = Int(16 * page)
+            let old = try #require(cshims_sbrk(grow))
+            try #require(UInt(bitPattern: old) != UInt.max, "sbrk(+\(grow)) failed")
+            let start = (UInt(bitPattern: old) + page - 1) & ~(page - 1)
+            let length = 8 * Int(page)
+            let before = try cache.register(address: start, length: length, access: .rdma)
+            try before.release()
+            // Shrink only if malloc did not move the break meanwhile (it would lose memory).
+            try #require(UInt(bitPattern: cshims_sbrk(0)) == UInt(bitPattern: old) + UInt(grow),
+                         "the break moved under the test")
+            _ = cshims_sbrk(-grow)
+            let regrown = try #require(cshims_sbrk(grow))
+            try #require(regrown == old, "the heap grew back elsewhere")
+            defer { _ = cshims_sbrk(-grow) }
+            let target = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: start), count: length)
+            let after = try cache.register(target, access: .rdma)
+            #expect(after.lkey != before.lkey, "the region of the old heap pages was served")
+            try Self.expectWriteLands(loopback, into: target, through: after, cache: cache)
+            try after.release()
+        }
+
         @Test("a registration held across munmap still completes RDMA (old pages) and reports isRevoked")
         func heldAcrossUnmap() throws {
             let loopback = try Loopback()
