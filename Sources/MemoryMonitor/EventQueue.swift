@@ -4,73 +4,90 @@ import Glibc
 import MMUNotifier
 
 /// The hand-off from the reader thread to the invalidation worker: a fixed ring of slots, each
-/// one wake-up's open invalidation window plus the raw events read under it. Preallocated, so
-/// the reader never allocates; one pthread mutex and two condition variables, held only for
-/// index updates (no holder allocates, frees or waits for anything else while holding them).
+/// one wake-up's open invalidation window plus the raw events read under it, and one
+/// *overflow* for when the ring is full. Preallocated, so the reader never allocates; one
+/// pthread mutex and one condition variable, held only for index updates (no holder
+/// allocates, frees or waits for anything else while holding them).
 ///
 /// Why two threads: invalidation callbacks run user code that allocates, frees, takes locks and
 /// may even unmap watched memory; any of those can wait for a `read()` of the userfaultfd. On
 /// the worker they wait for the reader, which never waits for them (DESIGN.md: "invalidation
-/// runs on a worker while the reader thread only reads"). The reader waits for the worker only
-/// when every slot is full, which needs more blocked unmapping threads than slots × events.
+/// runs on a worker while the reader thread only reads").
+///
+/// Why the overflow: the reader must never wait for the worker either. A worker stalled in a
+/// callback (say on a lock that an unmapping thread holds while it waits for the reader) lets
+/// the ring fill up; the reader then reads into a spare buffer and merges the ranges into the
+/// overflow's one range (coarser, never narrower: invalidating more is always safe). The
+/// overflow keeps the window of the first wake-up that overflowed open until the worker has
+/// invalidated the merged range, so later wake-ups' windows may close at once.
 ///
 /// `@unchecked Sendable`: every stored property is set once in `init`. The pthread objects are
-/// used only through pthread calls. `head`, `tail` and `stopping` are read and written only
-/// with `mutex` held. A slot's window and events are written by the reader between `reserve()`
-/// (which hands it a slot the worker is not using) and `publish()`, and read by the worker
-/// between `take()` and `release()`, each under the mutex's happens-before edges.
+/// used only through pthread calls. `head`, `tail`, `stopping` and the overflow fields are
+/// read and written only with `mutex` held. A slot's window and events are written by the
+/// reader between `tryReserve()` (which hands it a slot the worker is not using) and
+/// `publish()`, and read by the worker between `next()` and `release()`; the spare buffer is
+/// used by the reader only.
 final class EventQueue: @unchecked Sendable {
+    enum Work { case slot(Int), overflow }
+
     let slots: Int
     let slotBytes: Int
     private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let notEmpty = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let notFull = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private let windows: UnsafeMutablePointer<InvalidationWindow>
     private let counts: UnsafeMutablePointer<Int>
     private let buffers: UnsafeMutableRawPointer
+    /// The reader's buffer when every slot is full.
+    let spare: UnsafeMutableRawPointer
     private var head = 0   // next slot the worker takes
     private var tail = 0   // next slot the reader fills
     private var stopping = false
+    private let overflowWindow: UnsafeMutablePointer<InvalidationWindow>
+    private var overflowHeld = false
+    private var overflowStart: UInt = 0
+    private var overflowEnd: UInt = 0
+    /// Wake-ups that found the ring full (diagnostics).
+    private(set) var overflows = 0
 
     init(slots: Int, eventsPerSlot: Int) {
-        self.slots = max(2, slots)
+        self.slots = max(1, slots)
         slotBytes = max(1, eventsPerSlot) * UserfaultfdEvent.size
         windows = .allocate(capacity: self.slots)
         counts = .allocate(capacity: self.slots)
         counts.initialize(repeating: 0, count: self.slots)
         buffers = .allocate(byteCount: self.slots * slotBytes, alignment: 64)
+        spare = .allocate(byteCount: slotBytes, alignment: 64)
+        overflowWindow = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
         notEmpty.initialize(to: pthread_cond_t())
         pthread_cond_init(notEmpty, nil)
-        notFull.initialize(to: pthread_cond_t())
-        pthread_cond_init(notFull, nil)
     }
 
     deinit {
-        // Slots between head and tail hold windows: end them (the worker normally drained them).
+        // Windows still queued (the worker normally drained them) must end.
         while head != tail {
             (windows + head % slots).move().end()
             head += 1
         }
-        pthread_cond_destroy(notFull)
+        if overflowHeld { overflowWindow.move().end() }
         pthread_cond_destroy(notEmpty)
         pthread_mutex_destroy(mutex)
-        notFull.deallocate()
         notEmpty.deallocate()
         mutex.deallocate()
         windows.deallocate()
         counts.deallocate()
         buffers.deallocate()
+        spare.deallocate()
+        overflowWindow.deallocate()
     }
 
-    /// Reader: the index of a free slot, waiting while all are full.
-    func reserve() -> Int {
+    /// Reader: the index of a free slot, or nil when all are full. Never waits.
+    func tryReserve() -> Int? {
         pthread_mutex_lock(mutex)
-        while tail - head >= slots { pthread_cond_wait(notFull, mutex) }
-        let index = tail % slots
-        pthread_mutex_unlock(mutex)
-        return index
+        defer { pthread_mutex_unlock(mutex) }
+        if tail - head >= slots { return nil }
+        return tail % slots
     }
 
     func buffer(_ index: Int) -> UnsafeMutableRawPointer { buffers + index * slotBytes }
@@ -85,15 +102,37 @@ final class EventQueue: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    /// Worker: the next published slot, or nil once stopping and drained.
-    func take() -> Int? {
+    /// Reader, ring full: merges [start, end) into the overflow. The first overflowing window
+    /// is kept open until the worker is done; a later one ends here, since the kept (older)
+    /// window still makes lookups wait until the merged range is invalidated.
+    func publishOverflow(window: consuming InvalidationWindow, start: UInt, end: UInt) {
+        pthread_mutex_lock(mutex)
+        overflows += 1
+        if overflowHeld {
+            overflowStart = min(overflowStart, start)
+            overflowEnd = max(overflowEnd, end)
+            pthread_cond_signal(notEmpty)
+            pthread_mutex_unlock(mutex)
+            window.end()
+            return
+        }
+        overflowWindow.initialize(to: window)
+        overflowHeld = true
+        overflowStart = start
+        overflowEnd = end
+        pthread_cond_signal(notEmpty)
+        pthread_mutex_unlock(mutex)
+    }
+
+    /// Worker: the next work, or nil once stopping and drained.
+    func next() -> Work? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        while head == tail {
+        while head == tail && !overflowHeld {
             if stopping { return nil }
             pthread_cond_wait(notEmpty, mutex)
         }
-        return head % slots
+        return overflowHeld ? .overflow : .slot(head % slots)
     }
 
     func events(_ index: Int) -> Int { counts[index] }
@@ -105,8 +144,31 @@ final class EventQueue: @unchecked Sendable {
     func release() {
         pthread_mutex_lock(mutex)
         head += 1
-        pthread_cond_signal(notFull)
         pthread_mutex_unlock(mutex)
+    }
+
+    /// Worker: invalidates the overflow's merged range in its window and ends it.
+    func drainOverflow() {
+        pthread_mutex_lock(mutex)
+        guard overflowHeld else {
+            pthread_mutex_unlock(mutex)
+            return
+        }
+        let window = overflowWindow.move()
+        overflowHeld = false
+        let (start, end) = (overflowStart, overflowEnd)
+        pthread_mutex_unlock(mutex)
+        if end > start, let range = try? AddressRange(start: start, length: end - start) {
+            // Merged events of several kinds: unmap is the strongest (drop everything).
+            window.invalidate(range, event: .unmap)
+        }
+        window.end()
+    }
+
+    var overflowCount: Int {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return overflows
     }
 
     /// Reader, after its last publish: the worker drains what is left and returns.

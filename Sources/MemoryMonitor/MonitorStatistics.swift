@@ -11,6 +11,9 @@ public struct MonitorStatistics: Sendable, Equatable {
     public var remapEvents: Int
     /// Write-protect faults; never expected (no page is ever write-protected): each is resolved.
     public var unexpectedFaults: Int
+    /// Wake-ups that found the worker's queue full and merged their ranges into one (coarser)
+    /// invalidation instead of waiting for the worker.
+    public var overflows: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
 }
@@ -24,6 +27,7 @@ final class MonitorCounters: Sendable {
     let removeEvents = Atomic<Int>(0)
     let remapEvents = Atomic<Int>(0)
     let unexpectedFaults = Atomic<Int>(0)
+    let overflows = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
         MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
@@ -31,6 +35,7 @@ final class MonitorCounters: Sendable {
                           unmapEvents: unmapEvents.load(ordering: .relaxed),
                           removeEvents: removeEvents.load(ordering: .relaxed),
                           remapEvents: remapEvents.load(ordering: .relaxed),
-                          unexpectedFaults: unexpectedFaults.load(ordering: .relaxed))
+                          unexpectedFaults: unexpectedFaults.load(ordering: .relaxed),
+                          overflows: overflows.load(ordering: .relaxed))
     }
 }

@@ -24,8 +24,8 @@ import Synchronization
 ///   nothing would move again. Its buffers are preallocated before it starts.
 /// - The reader never touches, unmaps or frees watched memory (it would wait for itself).
 /// - Callbacks run on the worker, so they may allocate, free, watch, unwatch, and even unmap
-///   watched memory: that waits for the reader, which never waits for the worker (except when
-///   all `EventQueue` slots are full).
+///   watched memory: that waits for the reader, which never waits for the worker (a full
+///   `EventQueue` overflows into one merged range instead).
 final class MonitorThreads: Sendable {
     let descriptor: UserfaultfdDescriptor
     let space: AddressSpace
@@ -89,7 +89,7 @@ final class MonitorThreads: Sendable {
         // Swift runtime's exclusivity tracking, dynamic TLS of shared libraries) may allocate,
         // which must not happen between a wake-up and its read(). Both calls are harmless:
         // reserve() commits nothing, and an empty window only makes lookups wait a moment.
-        _ = queue.reserve()
+        _ = queue.tryReserve()
         space.beginInvalidation().end()
         var spinUntil: UInt64 = 0
         while true {
@@ -115,12 +115,12 @@ final class MonitorThreads: Sendable {
         queue.stop()
     }
 
-    /// One wake-up: reserve a slot, open a window, read into the slot, publish it.
-    /// Returns false when read() found nothing.
+    /// One wake-up: take a slot (or the spare buffer when all are full), open a window, read,
+    /// publish. Never waits for the worker. Returns false when read() found nothing.
     private func readOnce() -> Bool {
         counters.wakeups.wrappingAdd(1, ordering: .relaxed)
-        let slot = queue.reserve()
-        let buffer = queue.buffer(slot)
+        let slot = queue.tryReserve()
+        let buffer = slot.map { queue.buffer($0) } ?? queue.spare
         // --- From here to read() returning: no allocation, no free, no lock but the engine's
         // --- internal one, no access to watched memory (see the type's comment).
         let window = space.beginInvalidation()
@@ -138,6 +138,22 @@ final class MonitorThreads: Sendable {
             window.end()
             return false
         }
+        guard let slot else {
+            // Ring full: merge this wake-up's ranges into the overflow (see EventQueue).
+            counters.overflows.wrappingAdd(1, ordering: .relaxed)
+            var start = UInt.max
+            var end: UInt = 0
+            for index in 0..<count {
+                let event = UserfaultfdEvent(at: buffer + index * UserfaultfdEvent.size)
+                self.count(event)
+                if event.invalidationEvent != nil && event.end > event.start {
+                    start = min(start, event.start)
+                    end = max(end, event.end)
+                }
+            }
+            queue.publishOverflow(window: window, start: start, end: end)
+            return true
+        }
         queue.publish(slot, window: window, count: count)
         return true
     }
@@ -146,7 +162,11 @@ final class MonitorThreads: Sendable {
 
     func runWorker() {
         workerID.store(UInt(pthread_self()), ordering: .releasing)
-        while let slot = queue.take() {
+        while let work = queue.next() {
+            guard case let .slot(slot) = work else {
+                queue.drainOverflow()
+                continue
+            }
             let window = queue.window(slot)
             let buffer = queue.buffer(slot)
             for index in 0..<queue.events(slot) {

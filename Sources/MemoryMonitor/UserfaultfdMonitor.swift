@@ -147,15 +147,26 @@ public final class UserfaultfdMonitor: Sendable {
             let starts = granuleStarts(pages)
             var counted: [UInt] = []
             do throws(MonitorError) {
-                for start in starts {
-                    // Registering again is what checks ownership (EBUSY if another userfaultfd
-                    // took a mapping here since) and registers mappings made since the last
-                    // watch; the kernel skips VMAs registered already, so nothing splits.
-                    var record = try registerGranule(start, piece: clip(pages, toGranule: start),
-                                                     existing: table.records[start], range: range)
-                    record.buffers += 1
-                    table.records[start] = record
-                    counted.append(start)
+                // Registering again is what checks ownership (EBUSY if another userfaultfd took
+                // a mapping here since) and registers mappings made since the last watch; the
+                // kernel skips VMAs registered already, so nothing splits. A buffer over many
+                // granules that were all registered whole takes one ioctl for all of them.
+                let first = pages.start & ~(granuleSize - 1)
+                let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
+                let allWhole = starts.allSatisfy { start in table.records[start].map { $0.pieces == nil } ?? false }
+                if allWhole && span > granuleSize && descriptor.register(start: first, length: span) == nil {
+                    for start in starts {
+                        table.records[start]?.buffers += 1
+                        counted.append(start)
+                    }
+                } else {
+                    for start in starts {
+                        var record = try registerGranule(start, piece: clip(pages, toGranule: start),
+                                                         existing: table.records[start], range: range)
+                        record.buffers += 1
+                        table.records[start] = record
+                        counted.append(start)
+                    }
                 }
                 // Registration succeeds over holes: ask whether the buffer's pages are
                 // registered now (a hole, or a mapping made after the register, is not).

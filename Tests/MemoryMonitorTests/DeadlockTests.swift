@@ -85,9 +85,10 @@ extension MemoryMonitorTests {
             #expect(callbackErrors.withLock { $0 }.isEmpty)
         }
 
-        @Test("a lock held across munmap that the invalidate callback also takes")
-        func lockAcrossMunmap() throws {
-            let harness = try Harness()
+        @Test("a lock held across munmap that the invalidate callback also takes (queue of 256, and of 2 to force overflows)",
+              arguments: [256, 2])
+        func lockAcrossMunmap(queueSlots: Int) throws {
+            let harness = try Harness(configuration: .init(queueSlots: queueSlots))
             defer { harness.close() }
             let userLock = TestLock<Int>(0)
             try harness.space.register(ActionNotifier { _ in userLock.withLock { $0 += 1 } })
@@ -101,8 +102,10 @@ extension MemoryMonitorTests {
                     }
                 }
             }
-            #expect(finished)
+            #expect(finished, "hung with \(queueSlots) queue slots: \(harness.monitor.statistics)")
+            if !finished { return }  // the lock may still be held by a hung thread
             #expect(userLock.withLock { $0 } > 0)
+            print("lock across munmap, \(queueSlots) slots: \(harness.monitor.statistics)")
         }
 
         @Test("an explicit invalidation whose callback unmaps watched memory")

@@ -182,6 +182,31 @@ extension MemoryMonitorTests {
             #expect(harness.monitor.statistics.unmapEvents == before)
         }
 
+        @Test("a buffer over several granules: counted in each, its unmap seen, unwatched with it")
+        func multiGranuleBuffer() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let granule = harness.monitor.granuleSize
+            let length = 5 * granule
+            let base = try mapAnonymous(length + granule)
+            let start = (base + granule - 1) & ~(granule - 1)
+            defer { unmap(base, start - base); unmap(start + length, base + granule - start) }
+            // Not granule-aligned: it touches 5 granules.
+            let watched = try range(start + pageSize, length - 2 * pageSize)
+            try harness.monitor.watch(watched)
+            #expect(harness.monitor.watchedGranuleCount == 5)
+            try harness.monitor.watch(watched)  // all whole now: the one-ioctl path
+            #expect(harness.monitor.watchCount(in: watched) == 10)
+            let probe = try RangeProbe(harness.space, watched)
+            unmap(start + 2 * granule, pageSize)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try harness.monitor.unwatch(watched)
+            try harness.monitor.unwatch(watched)
+            #expect(harness.monitor.watchedGranuleCount == 0)
+            unmap(start, 2 * granule)
+            unmap(start + 2 * granule + pageSize, length - 2 * granule - pageSize)
+        }
+
         @Test("munmap + mmap at the same address gives an unwatched mapping: the next watch registers it")
         func rewatchAfterRemap() throws {
             let harness = try Harness()
