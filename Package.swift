@@ -56,7 +56,10 @@ let package = Package(
         .executableTarget(
             name: "EngineBenchmark", dependencies: ["MMUNotifier", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"
         ),
-        .executableTarget(name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping"], path: "Benchmarks/MonitorBenchmark"),
+        .executableTarget(
+            name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping", "BenchmarkSupport"],
+            path: "Benchmarks/MonitorBenchmark"
+        ),
 
         // What every benchmark executable shares: threads, clocks, medians.
         .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),

@@ -14,6 +14,8 @@ private final class Body: Sendable {
     init(_ run: @escaping @Sendable () -> Void) { self.run = run }
 }
 
+/// Starts a thread running `run`. The entry point is a nonisolated closure in a non-main file
+/// (a closure in top-level main.swift code would be inferred @MainActor and trap).
 public func startThread(_ run: @escaping @Sendable () -> Void) -> BenchThread {
     let context = Unmanaged.passRetained(Body(run)).toOpaque()
     var thread = pthread_t()
@@ -34,8 +36,17 @@ public func nowNanoseconds() -> UInt64 {
 
 public func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
+    if sorted.isEmpty { return 0 }
     return sorted.count % 2 == 1 ? sorted[sorted.count / 2]
         : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+/// `value` rounded to `digits` decimals, for tables.
+public func format(_ value: Double, _ digits: Int = 2) -> String {
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let rounded = (value * scale).rounded() / scale
+    return "\(rounded)"
 }
 
 @inline(never) public func blackHole<T>(_ value: T) { _ = value }

@@ -27,7 +27,7 @@ public final class MemoryMonitor: Sendable {
     public let userfaultfd: UserfaultfdMonitor?
     public let mode: Mode
     public let explicit: ExplicitInvalidator
-    private let sources = MonitorLock<[any InvalidationSource]>([])
+    private let sources = Locked<[any InvalidationSource]>([])
 
     /// Starts the userfaultfd monitor if the process may, else explicit-only mode.
     /// `useUserfaultfd: false` asks for explicit-only mode directly.

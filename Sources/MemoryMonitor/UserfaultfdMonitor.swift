@@ -54,7 +54,7 @@ public final class UserfaultfdMonitor: Sendable {
     let pageSize: UInt
     let descriptor: UserfaultfdDescriptor
     let threads: MonitorThreads
-    let granules = MonitorLock(GranuleTable())
+    let granules = Locked(GranuleTable())
     let readerPthread = Atomic<UInt>(0)
     let workerPthread = Atomic<UInt>(0)
     let stopped = Atomic<Bool>(false)

@@ -22,7 +22,7 @@ struct PageRange: Hashable, Sendable {
     var length: UInt { end - start }
 }
 
-/// The granule table, guarded by `MonitorLock`.
+/// The granule table, guarded by the engine's `Locked` (a pthread mutex TSan understands).
 ///
 /// Lock rule: taken by threads calling `watch`, `unwatch` and `shutdown` (the worker too, from
 /// callbacks), which may allocate and issue ioctls while holding it; the *reader* thread never
