@@ -2,16 +2,17 @@ extension RegistrationCache {
     /// Before a miss registers `bytes` more: evicts idle entries until one more region and
     /// `bytes` more pinned bytes fit the limits (as far as idle entries allow).
     func makeRoom(forBytes bytes: Int) {
-        let regionsFull = { (state: State) in state.entries.count + 1 > self.limits.maxRegions }
-        let bytesFull = { self.counters.pinnedBytes.load(ordering: .relaxed) + bytes > self.limits.maxPinnedBytes }
-        guard state.withLock({ regionsFull($0) }) || bytesFull() else { return }
+        let fits = { (state: State) in
+            state.entries.count + 1 <= self.limits.maxRegions
+                && self.counters.pinnedBytes.load(ordering: .relaxed) + bytes <= self.limits.maxPinnedBytes
+        }
         state.withLock { state in
-            sweep(&state) { state in !regionsFull(state) && !bytesFull() }
+            if !fits(state) { sweep(&state, until: fits) }
         }
     }
 
     /// Evicts every idle entry (the device refused a registration: ENOMEM / EAGAIN).
-    func evictIdle(all: Bool) {
+    func evictAllIdle() {
         state.withLock { state in sweep(&state) { _ in false } }
         try? srcu.barrier()  // let the evicted regions really go before the retry
     }

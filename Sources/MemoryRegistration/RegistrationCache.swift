@@ -241,7 +241,7 @@ public final class RegistrationCache: Sendable {
                 where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
                 evictedForDevice = true
                 if watched { try? monitor.unwatch(range) }
-                evictIdle(all: true)
+                evictAllIdle()
                 continue
             } catch {
                 abandon(subscription, range: range, watched: watched)
