@@ -235,8 +235,9 @@ public final class RegistrationCache: Sendable {
                 }
             }
             let memory: any RegisteredMemory
+            let registeredAccess: AccessFlags
             do {
-                memory = try registerRegion(start: start, length: length, access: access)
+                (memory, registeredAccess) = try registerRegion(start: start, length: length, access: access)
             } catch let error as VerbsError
                 where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
                 evictedForDevice = true
@@ -249,7 +250,7 @@ public final class RegistrationCache: Sendable {
             }
             let entry = state.withLock { state -> CacheEntry? in
                 guard !subscription.readRetry(sequence), state.closedReason == nil else { return nil }
-                let entry = CacheEntry(start: start, end: alignedEnd, access: access, memory: memory,
+                let entry = CacheEntry(start: start, end: alignedEnd, access: registeredAccess, memory: memory,
                                        subscription: subscription, watched: watched)
                 _ = entry.holders.getUnlessZero()  // the caller's reference, beside the index's
                 state.entries[ObjectIdentifier(subscription)] = entry
@@ -277,14 +278,18 @@ public final class RegistrationCache: Sendable {
         throw .keptChanging(address: address, length: Int(end - address), attempts: options.maxAttempts)
     }
 
-    /// Registers with the access the policy asks for (widened where the memory allows).
-    private func registerRegion(start: UInt, length: Int, access: AccessFlags) throws -> any RegisteredMemory {
+    /// Registers with the access the policy asks for (widened where the memory allows), and
+    /// says which access the region really has.
+    private func registerRegion(start: UInt, length: Int, access: AccessFlags) throws
+        -> (any RegisteredMemory, AccessFlags)
+    {
         if case .widened(let extra) = options.accessPolicy, !access.isSuperset(of: extra) {
-            if let widened = try? registrar.registerRegion(address: start, length: length, access: access.union(extra)) {
-                return widened
+            let wider = access.union(extra)
+            if let widened = try? registrar.registerRegion(address: start, length: length, access: wider) {
+                return (widened, wider)
             }
         }
-        return try registrar.registerRegion(address: start, length: length, access: access)
+        return (try registrar.registerRegion(address: start, length: length, access: access), access)
     }
 
     private func registerUncached(address: UInt, end: UInt, access: AccessFlags, reason: String)

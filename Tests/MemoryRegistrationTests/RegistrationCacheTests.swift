@@ -194,3 +194,18 @@ import Verbs
         #expect(registration.uncachedReason != nil)
     }
 }
+
+@Suite struct AccessPolicyTests {
+    @Test("the widened policy registers more access, so a later request with other access hits")
+    func widenedPolicyServesOtherAccess() throws {
+        var options = RegistrationCache.Options()
+        options.accessPolicy = .widened(by: .rdma)
+        let cache = RegistrationCache(registrar: NullRegistrar(), options: options)
+        defer { cache.shutdown() }
+        let buffer = try AnonymousMapping(length: 4096)
+        let first = try cache.register(buffer.bytes, access: .localWrite)
+        let second = try cache.register(buffer.bytes, access: .remoteRead)
+        #expect(second.lkey == first.lkey)
+        #expect(cache.statistics.misses == 1)
+    }
+}
