@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Synchronization
 
 /// A joinable OS thread: benchmarks measure threads they start themselves, not Swift's
 /// cooperative pool.
@@ -50,3 +51,32 @@ public func format(_ value: Double, _ digits: Int = 2) -> String {
 }
 
 @inline(never) public func blackHole<T>(_ value: T) { _ = value }
+
+/// Operations per second of `threads` threads running `work` together for `seconds`. Each
+/// thread waits until all are started, loops while `running()` is true and returns how many
+/// operations it did; the count is over the time from the start signal to the last join.
+public func operationsPerSecond(
+    threads: Int, seconds: Double,
+    _ work: @escaping @Sendable (_ thread: Int, _ running: () -> Bool) -> Int
+) -> Double {
+    let shared = ThroughputRun()
+    let workers = (0..<threads).map { thread in
+        startThread {
+            while !shared.go.load(ordering: .acquiring) {}
+            let done = work(thread) { !shared.stop.load(ordering: .relaxed) }
+            shared.total.wrappingAdd(done, ordering: .relaxed)
+        }
+    }
+    let start = nowNanoseconds()
+    shared.go.store(true, ordering: .releasing)
+    usleep(UInt32(seconds * 1e6))
+    shared.stop.store(true, ordering: .relaxed)
+    for worker in workers { worker.join() }
+    return Double(shared.total.load(ordering: .relaxed)) / (Double(nowNanoseconds() - start) / 1e9)
+}
+
+private final class ThroughputRun: Sendable {
+    let go = Atomic<Bool>(false)
+    let stop = Atomic<Bool>(false)
+    let total = Atomic<Int>(0)
+}

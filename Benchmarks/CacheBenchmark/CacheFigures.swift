@@ -159,21 +159,15 @@ struct CacheFigures {
     }
 
     private func run(threads: Int, seconds: Double, _ body: @escaping @Sendable (inout XorShift) -> Void) -> Double {
-        let total = OperationCount()
-        let workers = (0..<threads).map { worker in
-            startThread {
-                var random = XorShift(seed: 0x9E37_79B9_7F4A_7C15 &* UInt64(worker + 1))
-                let end = nowNanoseconds() + UInt64(seconds * 1e9)
-                var done = 0
-                while nowNanoseconds() < end {
-                    for _ in 0..<256 { body(&random) }
-                    done += 256
-                }
-                total.value.add(done, ordering: .relaxed)
+        operationsPerSecond(threads: threads, seconds: seconds) { thread, running in
+            var random = XorShift(seed: 0x9E37_79B9_7F4A_7C15 &* UInt64(thread + 1))
+            var done = 0
+            while running() {
+                for _ in 0..<256 { body(&random) }
+                done += 256
             }
+            return done
         }
-        for worker in workers { worker.join() }
-        return Double(total.value.load(ordering: .relaxed)) / seconds
     }
 
     /// Maps `regions` 4 KiB regions 8 KiB apart and registers (misses) each once. The mapping
@@ -195,10 +189,6 @@ struct CacheFigures {
 
     /// Bytes the heap has handed out (as the peer measures: mallinfo2, not RSS).
     private func heapInUse() -> Double { Double(cshims_heap_in_use()) }
-}
-
-final class OperationCount: Sendable {
-    let value = Atomic<Int>(0)
 }
 
 /// A cheap generator so random figures do not measure the generator (the peer uses the same).

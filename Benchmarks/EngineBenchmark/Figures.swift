@@ -105,53 +105,31 @@ func callFigures() -> CallFigures {
 
 /// Read sections per second on `threads` threads for a fixed time.
 func readThroughput(threads: Int, srcu: SRCUDomain) -> Double {
-    let go = Atomic<Bool>(false), stop = Atomic<Bool>(false)
-    let total = Atomic<Int>(0)
-    let workers = (0..<threads).map { _ in
-        startThread {
-            while !go.load(ordering: .acquiring) { }
-            var count = 0
-            while !stop.load(ordering: .relaxed) {
-                for _ in 0..<1000 {
-                    let token = srcu.readLock()
-                    srcu.readUnlock(token)
-                }
-                count += 1000
+    operationsPerSecond(threads: threads, seconds: 0.3) { _, running in
+        var count = 0
+        while running() {
+            for _ in 0..<1000 {
+                let token = srcu.readLock()
+                srcu.readUnlock(token)
             }
-            total.wrappingAdd(count, ordering: .relaxed)
+            count += 1000
         }
+        return count
     }
-    let t0 = nowNanoseconds()
-    go.store(true, ordering: .releasing)
-    usleep(300_000)
-    stop.store(true, ordering: .relaxed)
-    for w in workers { w.join() }
-    return Double(total.load(ordering: .relaxed)) / (Double(nowNanoseconds() - t0) / 1e9)
 }
 
 /// The machine's own scaling for a loop that shares nothing (calibrates `readScaling`: two
 /// vCPUs that are SMT siblings on the host cannot reach 2x for any tight loop).
 func privateLoopThroughput(threads: Int) -> Double {
-    let go = Atomic<Bool>(false), stop = Atomic<Bool>(false)
-    let total = Atomic<Int>(0)
-    let workers = (0..<threads).map { _ in
-        startThread {
-            while !go.load(ordering: .acquiring) { }
-            var count = 0
-            var sink = 0
-            while !stop.load(ordering: .relaxed) {
-                for i in 0..<1000 { sink &+= i; blackHoleInt(&sink) }
-                count += 1000
-            }
-            total.wrappingAdd(count, ordering: .relaxed)
+    operationsPerSecond(threads: threads, seconds: 0.3) { _, running in
+        var count = 0
+        var sink = 0
+        while running() {
+            for i in 0..<1000 { sink &+= i; blackHoleInt(&sink) }
+            count += 1000
         }
+        return count
     }
-    let t0 = nowNanoseconds()
-    go.store(true, ordering: .releasing)
-    usleep(300_000)
-    stop.store(true, ordering: .relaxed)
-    for w in workers { w.join() }
-    return Double(total.load(ordering: .relaxed)) / (Double(nowNanoseconds() - t0) / 1e9)
 }
 
 @inline(never) func blackHoleInt(_ value: inout Int) { value &+= 1 }
