@@ -24,6 +24,9 @@ struct CacheBenchmark: ParsableCommand {
     @Flag(help: "Short iteration counts: a smoke run, not figures to quote.")
     var quick = false
 
+    @Option(help: "Measure only this group of figures (hit, random, miss, evicting, invalidation, throughput), e.g. to profile it.")
+    var only: CacheFigures.Group?
+
     func run() throws {
         let scale = quick ? 10 : 1
         var ours: [[FigureResult]] = []
@@ -33,8 +36,8 @@ struct CacheBenchmark: ParsableCommand {
             if let device {
                 ours.append(try DeviceFigures(device: device, scale: scale).all())
             } else {
-                ours.append(try CacheFigures(scale: scale).all())
-                if let ucxPeer { ucx.append(try UCXPeerRun(executable: ucxPeer, quick: quick).figures()) }
+                ours.append(try CacheFigures(scale: scale).all(only: only))
+                if let ucxPeer, only == nil { ucx.append(try UCXPeerRun(executable: ucxPeer, quick: quick).figures()) }
             }
         }
         let (table, data) = Report(ours: ours, ucx: ucx).render()

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import ArgumentParser
 import BenchmarkSupport
 import CShims
 import MemoryMapping
@@ -18,16 +19,24 @@ struct CacheFigures {
     static let regionSize = 4096
     static let regionStride = 8192
 
-    func all() throws -> [FigureResult] {
+    /// Groups of figures, to measure (or profile) one alone.
+    enum Group: String, CaseIterable, ExpressibleByArgument {
+        case hit, random, miss, evicting, invalidation, throughput
+    }
+
+    func all(only: Group? = nil) throws -> [FigureResult] {
         var results: [FigureResult] = []
-        for size in [4096, 65536, 1 << 20] { results += try hit(size: size) }
-        for regions in [1000, 100_000] { results += try randomHits(regions: regions) }
-        results += try misses(regions: 200_000 / scale)
-        results += try missesEvicting(regions: 200_000 / scale, limit: 1000)
-        results += try invalidation(iterations: 20_000 / scale)
-        for threads in [1, 2] {
-            results += try throughput(regions: 1000, threads: threads)
-            results += try throughput(regions: 1, threads: threads)
+        let wanted = { (group: Group) in only == nil || only == group }
+        if wanted(.hit) { for size in [4096, 65536, 1 << 20] { results += try hit(size: size) } }
+        if wanted(.random) { for regions in [1000, 100_000] { results += try randomHits(regions: regions) } }
+        if wanted(.miss) { results += try misses(regions: 200_000 / scale) }
+        if wanted(.evicting) { results += try missesEvicting(regions: 200_000 / scale, limit: 1000) }
+        if wanted(.invalidation) { results += try invalidation(iterations: 20_000 / scale) }
+        if wanted(.throughput) {
+            for threads in [1, 2] {
+                results += try throughput(regions: 1000, threads: threads)
+                results += try throughput(regions: 1, threads: threads)
+            }
         }
         return results
     }

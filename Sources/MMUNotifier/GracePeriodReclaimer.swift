@@ -4,6 +4,12 @@ import Synchronization
 /// The `call_srcu` machinery: a FIFO of callbacks and one reclaim thread that takes everything
 /// queued, waits one grace period for the whole batch, then runs it in order. Batching makes
 /// the grace-period cost per callback small under load.
+///
+/// Like the kernel's SRCU (which starts a grace period from delayed work), the thread lets a
+/// batch gather for up to `batchDelay` before its grace period: a steady trickle of callbacks
+/// (a cache missing every few microseconds retires a bucket each time) then costs one
+/// `membarrier` and one wake-up per batch instead of one per callback. `barrier()` and
+/// `stop()` cut the delay short, and a batch of `batchLimit` callbacks starts at once.
 final class GracePeriodReclaimer: Sendable {
     private struct State {
         var queue: [@Sendable () -> Void] = []
@@ -12,7 +18,12 @@ final class GracePeriodReclaimer: Sendable {
         var threadStarted = false
         var threadWaiting = false
         var stopping = false
+        /// Callers waiting in `barrier()`: the batch must not wait for company.
+        var barriersWaiting = 0
     }
+
+    static let batchDelay = 200_000  // nanoseconds
+    static let batchLimit = 4096
 
     private let counters: SRCUCounters
     private let state = Locked(State())
@@ -28,7 +39,10 @@ final class GracePeriodReclaimer: Sendable {
             s.enqueued += 1
             let start = !s.threadStarted
             s.threadStarted = true
-            return (start, s.threadWaiting)
+            // Wake an idle thread once, and a gathering one when the batch is full.
+            let wake = s.threadWaiting || s.queue.count == Self.batchLimit
+            s.threadWaiting = false
+            return (start, wake)
         }
         if start { startThread() }
         if wake { events.wakeAll() }
@@ -38,8 +52,13 @@ final class GracePeriodReclaimer: Sendable {
         if reclaimThreadID.load(ordering: .relaxed) == currentThreadID() {
             throw .wouldDeadlock("barrier() on the reclaim thread")
         }
-        let target = state.withLock { $0.enqueued }
+        let target = state.withLock { s in
+            s.barriersWaiting += 1
+            return s.enqueued
+        }
+        events.wakeAll()
         events.wait { state.withLock { $0.completed >= target } }
+        state.withLock { $0.barriersWaiting -= 1 }
     }
 
     /// Lets the thread finish what is queued and exit (the domain is going away).
@@ -91,6 +110,9 @@ final class GracePeriodReclaimer: Sendable {
                     return ready
                 }
             }
+            _ = events.wait(until: {
+                state.withLock { s in s.stopping || s.barriersWaiting > 0 || s.queue.count >= Self.batchLimit }
+            }, atMost: Self.batchDelay)
             let (batch, upTo, stopping) = state.withLock { s in
                 let batch = s.queue
                 s.queue = []

@@ -21,7 +21,11 @@ final class WaitQueue: @unchecked Sendable {
         pthread_mutex_init(mutex, nil)
         condition = .allocate(capacity: 1)
         condition.initialize(to: pthread_cond_t())
-        pthread_cond_init(condition, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)  // timed waits ignore wall-clock jumps
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -36,6 +40,21 @@ final class WaitQueue: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         while !predicate() { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
+    }
+
+    /// Blocks until `predicate` is true or `nanoseconds` have passed; returns the predicate.
+    func wait(until predicate: () -> Bool, atMost nanoseconds: Int) -> Bool {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let total = Int(deadline.tv_nsec) + nanoseconds
+        deadline.tv_sec += total / 1_000_000_000
+        deadline.tv_nsec = total % 1_000_000_000
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while !predicate() {
+            if pthread_cond_timedwait(condition, mutex, &deadline) == ETIMEDOUT { return predicate() }
+        }
+        return true
     }
 
     func wakeAll() {

@@ -148,7 +148,7 @@ final class EventQueue: @unchecked Sendable {
     }
 
     /// Worker: invalidates the overflow's merged range in its window and ends it.
-    func drainOverflow() {
+    func drainOverflow(beforeClosing forget: (_ start: UInt, _ end: UInt) -> Void) {
         pthread_mutex_lock(mutex)
         guard overflowHeld else {
             pthread_mutex_unlock(mutex)
@@ -161,6 +161,7 @@ final class EventQueue: @unchecked Sendable {
         if end > start, let range = try? AddressRange(start: start, length: end - start) {
             // Merged events of several kinds: unmap is the strongest (drop everything).
             window.invalidate(range, event: .unmap)
+            forget(start, end)
         }
         window.end()
     }

@@ -14,6 +14,9 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// Wake-ups that found the worker's queue full and merged their ranges into one (coarser)
     /// invalidation instead of waiting for the worker.
     public var overflows: Int
+    /// Watches served without an ioctl: every granule was found wholly registered, with no
+    /// unmap or remap there since (`UserfaultfdMonitor.validatedGranuleCount`).
+    public var watchesWithoutIoctl: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
 }
@@ -28,6 +31,7 @@ final class MonitorCounters: Sendable {
     let remapEvents = Atomic<Int>(0)
     let unexpectedFaults = Atomic<Int>(0)
     let overflows = Atomic<Int>(0)
+    let watchesWithoutIoctl = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
         MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
@@ -36,6 +40,7 @@ final class MonitorCounters: Sendable {
                           removeEvents: removeEvents.load(ordering: .relaxed),
                           remapEvents: remapEvents.load(ordering: .relaxed),
                           unexpectedFaults: unexpectedFaults.load(ordering: .relaxed),
-                          overflows: overflows.load(ordering: .relaxed))
+                          overflows: overflows.load(ordering: .relaxed),
+                          watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed))
     }
 }

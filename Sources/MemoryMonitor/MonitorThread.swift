@@ -29,6 +29,9 @@ import Synchronization
 final class MonitorThreads: Sendable {
     let descriptor: UserfaultfdDescriptor
     let space: AddressSpace
+    /// Granules where a watch skips its ioctls; the worker forgets those an unmap or remap
+    /// touched before it closes the window.
+    let validated: ValidatedGranules
     let counters = MonitorCounters()
     let queue: EventQueue
     /// eventfd written by `requestStop()`.
@@ -45,14 +48,15 @@ final class MonitorThreads: Sendable {
     /// long: an unmapping thread whose event is read before it goes to sleep returns at once.
     private let spinNanoseconds: UInt64
 
-    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, eventsPerRead: Int, slots: Int,
-         spinMicroseconds: Int) throws(MonitorError) {
+    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, validated: ValidatedGranules, eventsPerRead: Int,
+         slots: Int, spinMicroseconds: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
             throw .systemCall(call: "eventfd", argument: "EFD_CLOEXEC | EFD_NONBLOCK", errno: .init(rawValue: errno))
         }
         self.descriptor = descriptor
         self.space = space
+        self.validated = validated
         spinNanoseconds = UInt64(max(0, spinMicroseconds)) * 1000
         stopFD = stop
         queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)
@@ -164,7 +168,7 @@ final class MonitorThreads: Sendable {
         workerID.store(UInt(pthread_self()), ordering: .releasing)
         while let work = queue.next() {
             guard case let .slot(slot) = work else {
-                queue.drainOverflow()
+                queue.drainOverflow { start, end in validated.forget(start: start, end: end) }
                 continue
             }
             let window = queue.window(slot)
@@ -174,6 +178,10 @@ final class MonitorThreads: Sendable {
                 count(event)
                 if let range = event.range, let cause = event.invalidationEvent {
                     window.invalidate(range, event: cause)
+                    // The old range may be unregistered now (a remove keeps its registration).
+                    if event.kind == .unmap || event.kind == .remap {
+                        validated.forget(start: event.start, end: event.end)
+                    }
                 }
             }
             window.end()

@@ -13,6 +13,10 @@ struct GranuleRecord: Sendable {
     var buffers: Int
     /// nil: the whole granule is registered. Otherwise the page ranges registered one by one.
     var pieces: [PageRange]?
+    /// Watches left before the next attempt to validate the granule (see `ValidatedGranules`).
+    var validationCountdown = 0
+
+    static let revalidateEvery = 64
 }
 
 /// A page-aligned byte range [start, end).
@@ -31,4 +35,52 @@ struct PageRange: Hashable, Sendable {
 struct GranuleTable: Sendable {
     var records: [UInt: GranuleRecord] = [:]
     var shutDown = false
+}
+
+/// Granules found wholly registered: one registered mapping covers every page, so a buffer
+/// inside needs no ioctl to be watched (the miss path's `UFFDIO_REGISTER` + probe, about a
+/// microsecond with the mmap lock taken for writing).
+///
+/// Why skipping is safe: a page of such a granule stops being registered only by our own
+/// unregister (which forgets the granule under the granule lock first) or by an unmap or remap
+/// of it, which is a userfaultfd event. The worker forgets every granule an UNMAP or REMAP
+/// event overlaps *before* it closes that event's window, and a cache miss watches only after
+/// `readBegin`, which waits for open windows: so a watch that starts after such an `munmap`
+/// returned finds the granule forgotten and registers again. Validation itself runs after the
+/// register and a successful probe of the whole granule; an event processed later forgets it.
+///
+/// Lock order: the granule lock, then this one. The worker takes only this one; the reader
+/// never takes either.
+final class ValidatedGranules: Sendable {
+    let granuleSize: UInt
+    private let starts = Locked(Set<UInt>())
+
+    init(granuleSize: UInt) { self.granuleSize = granuleSize }
+
+    func containsAll(_ granules: StrideTo<UInt>) -> Bool {
+        starts.withLock { set in granules.allSatisfy { set.contains($0) } }
+    }
+
+    func insert(_ granule: UInt) { _ = starts.withLock { $0.insert(granule) } }
+
+    func remove(_ granule: UInt) { _ = starts.withLock { $0.remove(granule) } }
+
+    func removeAll() { starts.withLock { $0.removeAll() } }
+
+    var count: Int { starts.withLock { $0.count } }
+
+    /// Forgets every granule overlapping `[start, end)` (the worker, before closing the window
+    /// of an unmap or remap there).
+    func forget(start: UInt, end: UInt) {
+        guard end > start else { return }
+        let first = start & ~(granuleSize - 1)
+        starts.withLock { set in
+            if set.isEmpty { return }
+            if (end - first) / granuleSize > UInt(set.count) {
+                set = set.filter { $0 &+ granuleSize <= start || $0 >= end }
+            } else {
+                for granule in stride(from: first, to: end, by: Int(granuleSize)) { set.remove(granule) }
+            }
+        }
+    }
 }

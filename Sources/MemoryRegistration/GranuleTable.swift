@@ -1,23 +1,71 @@
 import Synchronization
 
-/// One granule's records: immutable once published, freed only after a grace period.
-struct Bucket {
-    let granule: UInt
-    let records: UnsafeBufferPointer<RegionRecord>
+/// One granule's records in one cache-line-aligned allocation: a header, then `capacity` record
+/// slots of which the first `count` are published (header and first record share a line).
+///
+/// A writer appends by filling the first free slot and then storing `count + 1` (release); a
+/// published slot is never written again while the bucket is in the table, so readers scan
+/// `0..<count` (acquire) without a lock, and a miss retires nothing. Removing a record, or
+/// appending to a full bucket, builds a new bucket that replaces this one in the table; this one
+/// is freed after a grace period.
+struct Bucket: Equatable {
+    let header: UnsafeMutablePointer<BucketHeader>
 
-    static func make(granule: UInt, records: [RegionRecord]) -> UnsafeMutablePointer<Bucket> {
-        let storage = UnsafeMutableBufferPointer<RegionRecord>.allocate(capacity: max(1, records.count))
-        _ = storage.initialize(from: records)
-        let bucket = UnsafeMutablePointer<Bucket>.allocate(capacity: 1)
-        bucket.initialize(to: Bucket(granule: granule,
-                                     records: UnsafeBufferPointer(start: storage.baseAddress, count: records.count)))
+    struct BucketHeader: ~Copyable {
+        let granule: UInt
+        let capacity: Int
+        let count: Atomic<Int>
+    }
+
+    static let alignment = 64
+
+    /// A bucket holding `records`, with room to append `spare` more in place.
+    static func make(granule: UInt, records: some Collection<RegionRecord>, spare: Int) -> Bucket {
+        let capacity = max(1, records.count + spare)
+        let bytes = MemoryLayout<BucketHeader>.stride + capacity * MemoryLayout<RegionRecord>.stride
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
+        let header = raw.bindMemory(to: BucketHeader.self, capacity: 1)
+        header.initialize(to: BucketHeader(granule: granule, capacity: capacity, count: Atomic(records.count)))
+        let bucket = Bucket(header: header)
+        _ = UnsafeMutableBufferPointer(start: bucket.slots, count: records.count).initialize(from: records)
         return bucket
     }
 
-    static func free(_ bucket: UnsafeMutablePointer<Bucket>) {
-        UnsafeMutableRawPointer(mutating: bucket.pointee.records.baseAddress)?.deallocate()
-        bucket.deinitialize(count: 1)
-        bucket.deallocate()
+    init(header: UnsafeMutablePointer<BucketHeader>) { self.header = header }
+
+    init?(bits: UInt) {
+        guard let header = UnsafeMutablePointer<BucketHeader>(bitPattern: bits) else { return nil }
+        self.header = header
+    }
+
+    var bits: UInt { UInt(bitPattern: header) }
+    var granule: UInt { header.pointee.granule }
+    var capacity: Int { header.pointee.capacity }
+
+    private var slots: UnsafeMutablePointer<RegionRecord> {
+        UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: RegionRecord.self)
+    }
+
+    /// The published records (acquire: their contents are visible).
+    @inline(__always)
+    var records: UnsafeBufferPointer<RegionRecord> {
+        UnsafeBufferPointer(start: slots, count: header.pointee.count.load(ordering: .acquiring))
+    }
+
+    /// Appends `record` in place if a slot is free. Writers only (serialized).
+    func append(_ record: RegionRecord) -> Bool {
+        let count = header.pointee.count.load(ordering: .relaxed)
+        guard count < capacity else { return false }
+        (slots + count).initialize(to: record)
+        header.pointee.count.store(count + 1, ordering: .releasing)
+        return true
+    }
+
+    static func free(_ bucket: Bucket) {
+        let count = bucket.header.pointee.count.load(ordering: .relaxed)
+        bucket.slots.deinitialize(count: count)
+        bucket.header.deinitialize(count: 1)
+        UnsafeMutableRawPointer(bucket.header).deallocate()
     }
 }
 
@@ -53,25 +101,23 @@ final class GranuleTable: @unchecked Sendable {
 
     /// The bucket for `granule`, if one was ever published (possibly a tombstone).
     @inline(__always)
-    func find(_ granule: UInt) -> UnsafeMutablePointer<Bucket>? {
+    func find(_ granule: UInt) -> Bucket? {
         var index = home(granule)
         while true {
-            let bits = slots[index].load(ordering: .acquiring)
-            guard let bucket = UnsafeMutablePointer<Bucket>(bitPattern: bits) else { return nil }
-            if bucket.pointee.granule == granule { return bucket }
+            guard let bucket = Bucket(bits: slots[index].load(ordering: .acquiring)) else { return nil }
+            if bucket.granule == granule { return bucket }
             index = (index + 1) & mask
         }
     }
 
     /// Puts `bucket` in its granule's slot (release store: its records are visible first);
     /// returns the bucket it replaced. Writers only; the table must have a free slot.
-    func publish(_ bucket: UnsafeMutablePointer<Bucket>) -> UnsafeMutablePointer<Bucket>? {
-        var index = home(bucket.pointee.granule)
+    func publish(_ bucket: Bucket) -> Bucket? {
+        var index = home(bucket.granule)
         while true {
-            let bits = slots[index].load(ordering: .relaxed)
-            let current = UnsafeMutablePointer<Bucket>(bitPattern: bits)
-            if current == nil || current?.pointee.granule == bucket.pointee.granule {
-                slots[index].store(UInt(bitPattern: bucket), ordering: .releasing)
+            let current = Bucket(bits: slots[index].load(ordering: .relaxed))
+            if current == nil || current?.granule == bucket.granule {
+                slots[index].store(bucket.bits, ordering: .releasing)
                 if current == nil { used += 1 }
                 return current
             }
@@ -79,9 +125,9 @@ final class GranuleTable: @unchecked Sendable {
         }
     }
 
-    func forEachBucket(_ body: (UnsafeMutablePointer<Bucket>) -> Void) {
+    func forEachBucket(_ body: (Bucket) -> Void) {
         for index in 0..<capacity {
-            if let bucket = UnsafeMutablePointer<Bucket>(bitPattern: slots[index].load(ordering: .acquiring)) {
+            if let bucket = Bucket(bits: slots[index].load(ordering: .acquiring)) {
                 body(bucket)
             }
         }
@@ -89,7 +135,7 @@ final class GranuleTable: @unchecked Sendable {
 
     var liveBucketCount: Int {
         var live = 0
-        forEachBucket { if !$0.pointee.records.isEmpty { live += 1 } }
+        forEachBucket { if !$0.records.isEmpty { live += 1 } }
         return live
     }
 

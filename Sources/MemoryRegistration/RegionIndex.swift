@@ -9,10 +9,11 @@ import Synchronization
 /// out: loads only, no lock, no reference count, so threads hitting the same buffer never
 /// write a shared cache line (seed 000; UCX's per-region refcount measured 0.52× on 2 threads).
 ///
-/// Writers (insert, remove; serialized by `writerLock`) never change a published bucket: they
-/// build a new one, publish it with a release store, and free the old one through the SRCU
-/// domain's `call`, after every reader that could still see it has left (RCU copy-on-write).
-/// The table grows the same way. Records are plain values and buckets plain memory, so a
+/// Writers (insert, remove; serialized by `writerLock`) never change a published record. An
+/// insert appends into a free slot of the bucket and then publishes it by a release store of
+/// the bucket's count. A remove (or an insert into a full bucket) builds a new bucket, publishes
+/// it with a release store, and frees the old one through the SRCU domain's `call`, after every
+/// reader that could still see it has left (RCU copy-on-write). The table grows the same way. Records are plain values and buckets plain memory, so a
 /// reader holds nothing that a writer must wait for, except the grace period.
 public final class RegionIndex: Sendable {
     /// `log2` of the granule size.
@@ -46,7 +47,7 @@ public final class RegionIndex: Sendable {
         let current = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         return current._withUnsafeGuaranteedRef { table in
             guard let bucket = table.find(start >> UInt(granuleShift)) else { return nil }
-            for record in bucket.pointee.records where record.covers(start: start, end: end, access: access) {
+            for record in bucket.records where record.covers(start: start, end: end, access: access) {
                 return record
             }
             return nil
@@ -61,7 +62,7 @@ public final class RegionIndex: Sendable {
         withCurrentTable { table in
             for granule in granules(start, end) {
                 guard let bucket = table.find(granule) else { continue }
-                for record in bucket.pointee.records
+                for record in bucket.records
                 where record.start < end && start < record.end && !found.contains(record) {
                     found.append(record)
                 }
@@ -74,14 +75,17 @@ public final class RegionIndex: Sendable {
     public func insert(_ record: RegionRecord) {
         guard record.start < record.end else { return }
         writerLock.withLock { _ in
-            var retired: [UnsafeMutablePointer<Bucket>] = []
+            var retired: [Bucket] = []
             let span = granules(record.start, record.end)
             makeRoom(for: span.count, retiring: &retired)
             withCurrentTable { table in
                 for granule in span {
                     let old = table.find(granule)
-                    let records = Array(old?.pointee.records ?? UnsafeBufferPointer(start: nil, count: 0))
-                    let replaced = table.publish(Bucket.make(granule: granule, records: records + [record]))
+                    if let old, old.append(record) { continue }
+                    // Full (or new): a larger copy, so appends stay amortized O(1).
+                    let records = Array(old?.records ?? UnsafeBufferPointer(start: nil, count: 0)) + [record]
+                    let replaced = table.publish(Bucket.make(granule: granule, records: records,
+                                                             spare: max(3, records.count)))
                     if let replaced { retired.append(replaced) }
                 }
             }
@@ -95,15 +99,17 @@ public final class RegionIndex: Sendable {
     public func remove(owner: UInt, start: UInt, end: UInt) {
         guard start < end else { return }
         writerLock.withLock { _ in
-            var retired: [UnsafeMutablePointer<Bucket>] = []
+            var retired: [Bucket] = []
             withCurrentTable { table in
                 for granule in granules(start, end) {
                     guard let old = table.find(granule) else { continue }
-                    let kept = old.pointee.records.filter { $0.owner != owner }
-                    guard kept.count != old.pointee.records.count else { continue }
+                    let kept = old.records.filter { $0.owner != owner }
+                    guard kept.count != old.records.count else { continue }
                     // An empty bucket stays as a tombstone: probing for other granules must
-                    // walk past its slot. Growing the table drops tombstones.
-                    if let replaced = table.publish(Bucket.make(granule: granule, records: kept)) {
+                    // walk past its slot. Growing the table drops tombstones. The copy keeps
+                    // the old one's room, so the next insert appends in place.
+                    if let replaced = table.publish(Bucket.make(granule: granule, records: kept,
+                                                                spare: old.capacity - kept.count)) {
                         retired.append(replaced)
                     }
                 }
@@ -115,7 +121,7 @@ public final class RegionIndex: Sendable {
     /// Records in the index (each counted once).
     public var count: Int {
         var owners = Set<UInt>()
-        withCurrentTable { table in table.forEachBucket { owners.formUnion($0.pointee.records.map(\.owner)) } }
+        withCurrentTable { table in table.forEachBucket { owners.formUnion($0.records.map(\.owner)) } }
         return owners.count
     }
 
@@ -125,7 +131,7 @@ public final class RegionIndex: Sendable {
     /// be over half full (tombstones count, and probing needs free slots to end). The live
     /// buckets move as they are, tombstones are retired, and the old table goes after a grace
     /// period.
-    private func makeRoom(for newBuckets: Int, retiring retired: inout [UnsafeMutablePointer<Bucket>]) {
+    private func makeRoom(for newBuckets: Int, retiring retired: inout [Bucket]) {
         let old = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         let crowded = old._withUnsafeGuaranteedRef { ($0.used + newBuckets) * 2 > $0.capacity }
         guard crowded else { return }
@@ -133,7 +139,7 @@ public final class RegionIndex: Sendable {
             let live = current.liveBucketCount
             let larger = GranuleTable(capacity: max(current.capacity, ((live + newBuckets) * 4).nextPowerOfTwo))
             current.forEachBucket { bucket in
-                if bucket.pointee.records.isEmpty { retired.append(bucket) } else { _ = larger.publish(bucket) }
+                if bucket.records.isEmpty { retired.append(bucket) } else { _ = larger.publish(bucket) }
             }
             return larger
         }
@@ -144,7 +150,7 @@ public final class RegionIndex: Sendable {
         srcu.call { oldTable.value.release() }
     }
 
-    private func retire(_ buckets: [UnsafeMutablePointer<Bucket>]) {
+    private func retire(_ buckets: [Bucket]) {
         guard !buckets.isEmpty else { return }
         let retired = UnsafeSendable(buckets)
         srcu.call { retired.value.forEach(Bucket.free) }

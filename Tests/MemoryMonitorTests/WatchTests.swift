@@ -157,6 +157,20 @@ extension MemoryMonitorTests {
             #expect(harness.monitor.watchedGranuleCount == 0)
         }
 
+        @Test("a buffer over a hole between two mappings is not mapped, on every kernel (6.18's probe skips holes)")
+        func holeInTheMiddle() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapIsolated(3 * pageSize)
+            defer { unmap(base, 3 * pageSize) }
+            unmap(base + pageSize, pageSize)
+            let spanning = try range(base, 3 * pageSize)
+            #expect(throws: MonitorError.unwatchable(range: spanning, reason: .notMapped)) {
+                try harness.monitor.watch(spanning)
+            }
+            #expect(harness.monitor.watchedGranuleCount == 0, "nothing stays counted after the refusal")
+        }
+
         @Test("buffers share a granule: counted, registered once, unregistered with the last")
         func granuleCounting() throws {
             let harness = try Harness()
