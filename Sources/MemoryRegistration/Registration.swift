@@ -19,8 +19,8 @@ public final class Registration: Sendable {
     private let released = Atomic<Bool>(false)
 
     enum Backing: Sendable {
-        case cached(CacheEntry, RegistrationCache)
-        case uncached(any RegisteredMemory, RegistrationCache)
+        case cached(CacheEntry, RegionReclaimer)
+        case uncached(any RegisteredMemory, RegionReclaimer)
     }
 
     init(address: UInt, length: Int, backing: Backing, uncachedReason: String? = nil) {

@@ -32,6 +32,8 @@ public final class RegistrationCache: Sendable {
     let limits: Limits
     let state = Locked(State())
     let counters = CacheCounters()
+    /// Releases and teardowns (what registrations retain instead of the cache: see its type).
+    let reclaimer: RegionReclaimer
     /// Mirrors `State.closedReason != nil` for lock-free checks.
     let isClosed = Atomic<Bool>(false)
     let pageMask: UInt
@@ -68,6 +70,7 @@ public final class RegistrationCache: Sendable {
         index = RegionIndex(srcu: srcu)
         monitor = MemoryMonitor(space: space, useUserfaultfd: options.monitoring == .userfaultfd)
         limits = Limits(options, device: registrar.limits)
+        reclaimer = RegionReclaimer(srcu: srcu, space: space, monitor: monitor, counters: counters)
         pageMask = UInt(sysconf(Int32(_SC_PAGESIZE))) - 1
         let handler = InvalidationHandler()
         invalidationHandler = handler
@@ -106,7 +109,7 @@ public final class RegistrationCache: Sendable {
         let end = try validate(address: address, length: length, call: "register")
         if let entry = lookupCounted(start: address, end: end, access: access) {
             counters.hits.add(1, ordering: .relaxed)
-            return Registration(address: address, length: length, backing: .cached(entry, self))
+            return Registration(address: address, length: length, backing: .cached(entry, reclaimer))
         }
         return try miss(address: address, end: end, access: access)
     }
@@ -148,19 +151,8 @@ public final class RegistrationCache: Sendable {
 
     // MARK: - Lookup and miss
 
-    /// Waits while an invalidation is in flight in the cache's address space, so that a lookup
-    /// made after `munmap` returned finds the index already without the old region. The
-    /// monitor opens its window (sequence odd) before it reads the event that lets `munmap`
-    /// return, and closes it only after the cache revoked what the event covers; a hit reads
-    /// the sequence (a load, no write) and finds it even almost always.
     @inline(__always)
-    func settleInvalidations() {
-        while true {
-            let sequence = space.invalidationSequence
-            guard sequence & 1 == 1 else { return }
-            space.waitWhileInvalidating(sequence)
-        }
-    }
+    func settleInvalidations() { reclaimer.settleInvalidations() }
 
     private func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         // A load, not the state lock: the scoped hit path must write no shared cache line.
@@ -272,7 +264,7 @@ public final class RegistrationCache: Sendable {
             counters.misses.add(1, ordering: .relaxed)
             counters.pinnedBytes.add(length, ordering: .relaxed)
             counters.registeredRegions.add(1, ordering: .relaxed)
-            return Registration(address: address, length: Int(end - address), backing: .cached(entry, self))
+            return Registration(address: address, length: Int(end - address), backing: .cached(entry, reclaimer))
         }
         try? subscription.remove()
         throw .keptChanging(address: address, length: Int(end - address), attempts: options.maxAttempts)
@@ -301,7 +293,7 @@ public final class RegistrationCache: Sendable {
             counters.uncached.add(1, ordering: .relaxed)
             counters.pinnedBytes.add(length, ordering: .relaxed)
             counters.registeredRegions.add(1, ordering: .relaxed)
-            return Registration(address: address, length: length, backing: .uncached(memory, self),
+            return Registration(address: address, length: length, backing: .uncached(memory, reclaimer),
                                 uncachedReason: reason)
         } catch let error as VerbsError {
             throw .device(error)
@@ -317,38 +309,9 @@ public final class RegistrationCache: Sendable {
 
     // MARK: - Release and teardown
 
-    /// Drops one reference; the last one tears the entry down (deregisters its region).
-    func put(_ entry: CacheEntry) {
-        guard (try? entry.holders.put()) == true else { return }
-        if srcu.isInsideReadSection {
-            // Removing the subscription would have to wait for readers: do it after them.
-            counters.pendingTeardowns.add(1, ordering: .relaxed)
-            srcu.call { [self] in
-                counters.pendingTeardowns.subtract(1, ordering: .relaxed)
-                tearDown(entry)
-            }
-        } else {
-            tearDown(entry)
-        }
-    }
+    func put(_ entry: CacheEntry) { reclaimer.put(entry) }
 
-    func releaseUncached(_ memory: any RegisteredMemory, length: Int) {
-        if (try? memory.deregister()) != nil {
-            counters.pinnedBytes.subtract(length, ordering: .relaxed)
-            counters.registeredRegions.subtract(1, ordering: .relaxed)
-        }
-    }
-
-    /// Deregisters the region, stops watching its range and removes its subscription. Once.
-    private func tearDown(_ entry: CacheEntry) {
-        guard !entry.tornDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        if (try? entry.memory.deregister()) != nil {
-            counters.pinnedBytes.subtract(entry.length, ordering: .relaxed)
-            counters.registeredRegions.subtract(1, ordering: .relaxed)
-        }
-        if entry.watched { try? monitor.unwatch(entry.subscription.range) }
-        try? entry.subscription.remove()
-    }
+    func tearDown(_ entry: CacheEntry) { reclaimer.tearDown(entry) }
 
     /// Takes `entry` out of the index and the CLOCK ring. Under the state lock.
     func unpublish(_ entry: CacheEntry, _ state: inout State) {
