@@ -89,4 +89,12 @@ public struct ScopedRegistration: Sendable {
     public let length: Int
     public let lkey: UInt32
     public let rkey: UInt32
+
+    @usableFromInline
+    init(address: UInt, length: Int, lkey: UInt32, rkey: UInt32) {
+        self.address = address
+        self.length = length
+        self.lkey = lkey
+        self.rkey = rkey
+    }
 }
