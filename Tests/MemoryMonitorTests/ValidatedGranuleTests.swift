@@ -52,8 +52,11 @@ extension MemoryMonitorTests {
             try harness.monitor.watch(fresh)
             #expect(harness.monitor.statistics.watchesWithoutIoctl == before, "the unmap made the granule untrusted")
 
-            // Proof that the new mapping is registered: its unmap reaches the engine.
+            // Proof that the new mapping is registered: its unmap reaches the engine. The first
+            // unmap's window may still be open (the probe's insert is then deferred to its end):
+            // readBegin waits until the probe is in the tree, as a cache miss would.
             let probe = try RangeProbe(harness.space, fresh)
+            _ = probe.subscription.readBegin()
             unmap(neighbour, 16 * pageSize)
             #expect(probe.seenByNewLookup == [.unmap])
             try probe.subscription.remove()
