@@ -11,3 +11,10 @@ void *cshims_mremap_maymove(void *address, unsigned long old_length, unsigned lo
 long cshims_raw_munmap(void *address, unsigned long length) {
     return syscall(SYS_munmap, address, length);
 }
+
+long cshims_mseal(void *address, unsigned long length) {
+#ifndef SYS_mseal
+#define SYS_mseal 462
+#endif
+    return syscall(SYS_mseal, address, length, 0UL);
+}

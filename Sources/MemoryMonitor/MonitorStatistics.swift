@@ -17,6 +17,9 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// Watches served without an ioctl: every granule was found wholly registered, with no
     /// unmap or remap there since (`UserfaultfdMonitor.validatedGranuleCount`).
     public var watchesWithoutIoctl: Int
+    /// `munmap` calls of watched memory handled in the calling thread (`MunmapHook`): each is
+    /// an invalidation without an event.
+    public var interceptedUnmaps: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
 }
@@ -32,6 +35,7 @@ final class MonitorCounters: Sendable {
     let unexpectedFaults = Atomic<Int>(0)
     let overflows = Atomic<Int>(0)
     let watchesWithoutIoctl = Atomic<Int>(0)
+    let interceptedUnmaps = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
         MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
@@ -41,6 +45,7 @@ final class MonitorCounters: Sendable {
                           remapEvents: remapEvents.load(ordering: .relaxed),
                           unexpectedFaults: unexpectedFaults.load(ordering: .relaxed),
                           overflows: overflows.load(ordering: .relaxed),
-                          watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed))
+                          watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed),
+                          interceptedUnmaps: interceptedUnmaps.load(ordering: .relaxed))
     }
 }

@@ -39,6 +39,9 @@ final class MonitorThreads: Sendable {
     /// `pthread_self()` of the worker (the thread that runs callbacks), 0 before it starts.
     let workerID = Atomic<UInt>(0)
     let readerID = Atomic<UInt>(0)
+    /// Set once the reader has warmed up (its warm-up opens and closes an empty window, which
+    /// would take back a validation racing with it: `init` waits for this).
+    let readerReady = Atomic<Bool>(false)
     let finished = Atomic<Bool>(false)
     private let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
     /// Preallocated poll set, only used by the reader (bit pattern: Sendable without exception).
@@ -88,13 +91,17 @@ final class MonitorThreads: Sendable {
 
     func runReader() {
         readerID.store(UInt(pthread_self()), ordering: .releasing)
-        guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else { return }
+        guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else {
+            readerReady.store(true, ordering: .releasing)
+            return
+        }
         // Warm up before the first wake-up: a thread's first use of thread-local state (the
         // Swift runtime's exclusivity tracking, dynamic TLS of shared libraries) may allocate,
         // which must not happen between a wake-up and its read(). Both calls are harmless:
         // reserve() commits nothing, and an empty window only makes lookups wait a moment.
         _ = queue.tryReserve()
         space.beginInvalidation().end()
+        readerReady.store(true, ordering: .releasing)
         var spinUntil: UInt64 = 0
         while true {
             polls[0] = pollfd(fd: descriptor.fd, events: Int16(POLLIN), revents: 0)

@@ -39,13 +39,20 @@ public final class UserfaultfdMonitor: Sendable {
         /// unmapping thread whose event is read before it sleeps returns without a wake-up;
         /// the cost is a busy core for this long after each burst of events.
         public var spinMicroseconds: Int = 0
+        /// `munmap` calls made through the C library's symbol are handled in the calling
+        /// thread (invalidated, unregistered, then unmapped: no event, no sleep; see
+        /// `MunmapHook`). Raw system calls, glibc's own unmaps (`free`), `mmap(MAP_FIXED)`,
+        /// `mremap`, `madvise` and `brk` are events either way.
+        public var interceptsMunmap: Bool = true
         public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
-                    eventsPerRead: Int = 64, queueSlots: Int = 256, spinMicroseconds: Int = 0) {
+                    eventsPerRead: Int = 64, queueSlots: Int = 256, spinMicroseconds: Int = 0,
+                    interceptsMunmap: Bool = true) {
             self.granuleSize = granuleSize
             self.strategy = strategy
             self.eventsPerRead = eventsPerRead
             self.queueSlots = queueSlots
             self.spinMicroseconds = spinMicroseconds
+            self.interceptsMunmap = interceptsMunmap
         }
     }
 
@@ -56,6 +63,8 @@ public final class UserfaultfdMonitor: Sendable {
     let threads: MonitorThreads
     let granules = Locked(GranuleTable())
     let validated: ValidatedGranules
+    /// This monitor's part in the process's `munmap` hook; nil when it does not take part.
+    let interceptor: UnmapInterceptor?
     let readerPthread = Atomic<UInt>(0)
     let workerPthread = Atomic<UInt>(0)
     let stopped = Atomic<Bool>(false)
@@ -86,6 +95,10 @@ public final class UserfaultfdMonitor: Sendable {
             close(descriptor.fd)
             throw error
         }
+        interceptor = configuration.interceptsMunmap
+            ? UnmapInterceptor(space: space, descriptor: descriptor, granules: granules, validated: validated,
+                               counters: threads.counters, granuleSize: granule)
+            : nil
         var worker = pthread_t()
         let workerContext = Unmanaged.passRetained(threads).toOpaque()
         let workerCreated = pthread_create(&worker, nil, { monitorWorkerEntry($0) }, workerContext)
@@ -106,6 +119,8 @@ public final class UserfaultfdMonitor: Sendable {
             throw .systemCall(call: "pthread_create", argument: "userfaultfd reader", errno: Errno(rawValue: readerCreated))
         }
         readerPthread.store(UInt(reader), ordering: .releasing)
+        while !threads.readerReady.load(ordering: .acquiring) { sched_yield() }
+        if let interceptor { MunmapHook.add(interceptor) }
     }
 
     deinit { shutdown() }
@@ -175,7 +190,7 @@ public final class UserfaultfdMonitor: Sendable {
                     }
                 } else {
                     for start in starts {
-                        var record = try registerGranule(start, piece: clip(pages, toGranule: start),
+                        var record = try registerGranule(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
                                                          existing: table.records[start], range: range)
                         record.buffers += 1
                         table.records[start] = record
@@ -221,6 +236,7 @@ public final class UserfaultfdMonitor: Sendable {
     /// requests the stop, and the worker finishes it (closes and invalidates) when it ends.
     public func shutdown() {
         if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
+        if let interceptor { MunmapHook.remove(interceptor) }
         granules.withLock { table in
             table.shutDown = true
             validated.removeAll()
@@ -379,13 +395,7 @@ public final class UserfaultfdMonitor: Sendable {
         return PageRange(start: start, end: last & ~(pageSize - 1))
     }
 
-    private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> {
-        stride(from: pages.start & ~(granuleSize - 1), to: pages.end, by: Int(granuleSize))
-    }
-
-    private func clip(_ pages: PageRange, toGranule start: UInt) -> PageRange {
-        PageRange(start: max(pages.start, start), end: min(pages.end, start &+ granuleSize))
-    }
+    private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> { pages.granuleStarts(granuleSize: granuleSize) }
 
     private func describe(_ start: UInt, _ length: UInt) -> String {
         "start: 0x\(String(start, radix: 16)), length: \(length)"

@@ -23,9 +23,9 @@ extension MemoryMonitorTests {
     /// prove nobody waits in a circle (each bounded: a hang fails the test instead of the run).
     @Suite("No deadlock")
         struct DeadlockTests {
-        @Test("many threads unmapping watched memory at once")
-        func manyUnmappers() throws {
-            let harness = try Harness()
+        @Test("many threads unmapping watched memory at once (intercepted, and as events)", arguments: [true, false])
+        func manyUnmappers(interceptsMunmap: Bool) throws {
+            let harness = try Harness(configuration: .init(interceptsMunmap: interceptsMunmap))
             defer { harness.close() }
             let threads = 8
             let rounds = Int(stressSeconds(0.5) * 400)
@@ -46,7 +46,8 @@ extension MemoryMonitorTests {
             }
             #expect(finished, "unmapping threads hung (\(threads) threads × \(rounds) rounds)")
             #expect(failures.load(ordering: .relaxed) == 0)
-            #expect(harness.monitor.statistics.unmapEvents > 0)
+            let statistics = harness.monitor.statistics
+            #expect((interceptsMunmap ? statistics.interceptedUnmaps : statistics.unmapEvents) > 0)
         }
 
         @Test("an invalidation callback that unmaps (and watches, unwatches) watched memory")
@@ -85,10 +86,13 @@ extension MemoryMonitorTests {
             #expect(callbackErrors.withLock { $0 }.isEmpty)
         }
 
-        @Test("a lock held across munmap that the invalidate callback also takes (queue of 256, and of 2 to force overflows)",
+        /// Only on the event path: an intercepted munmap runs the callbacks in the unmapping
+        /// thread, like the kernel's mmu notifiers, so there a callback must not take a lock
+        /// held across munmap (see `UserfaultfdMonitor.Configuration.interceptsMunmap`).
+        @Test("without interception, a lock held across munmap that the invalidate callback also takes (queue of 256, and of 2 to force overflows)",
               arguments: [256, 2])
         func lockAcrossMunmap(queueSlots: Int) throws {
-            let harness = try Harness(configuration: .init(queueSlots: queueSlots))
+            let harness = try Harness(configuration: .init(queueSlots: queueSlots, interceptsMunmap: false))
             defer { harness.close() }
             let userLock = TestLock<Int>(0)
             try harness.space.register(ActionNotifier { _ in userLock.withLock { $0 += 1 } })

@@ -12,9 +12,9 @@ extension MemoryMonitorTests {
     /// starts later sees the invalidation (`RangeProbe.seenByNewLookup` starts such a lookup).
     @Suite("Unmap events reach the engine")
         struct UnmapEventTests {
-        @Test("munmap of a whole watched mapping")
-        func munmapWhole() throws {
-            let harness = try Harness()
+        @Test("munmap of a whole watched mapping (intercepted, and as an event)", arguments: [true, false])
+        func munmapWhole(interceptsMunmap: Bool) throws {
+            let harness = try Harness(configuration: .init(interceptsMunmap: interceptsMunmap))
             defer { harness.close() }
             let mapping = try AnonymousMapping(length: 64 << 10)
             let watched = try range(of: mapping)
@@ -23,7 +23,9 @@ extension MemoryMonitorTests {
             #expect(probe.seenByNewLookup.isEmpty)
             try mapping.unmap()
             #expect(probe.seenByNewLookup == [.unmap])
-            #expect(harness.monitor.statistics.unmapEvents == 1)
+            let statistics = harness.monitor.statistics
+            #expect(statistics.unmapEvents == (interceptsMunmap ? 0 : 1))
+            #expect(statistics.interceptedUnmaps == (interceptsMunmap ? 1 : 0))
         }
 
         @Test("munmap of one page in the middle: only that page is invalidated")

@@ -1,0 +1,115 @@
+import MMUNotifier
+
+/// One monitor's share of the process's `munmap` hook (`MunmapHook`): it tells whether an
+/// unmap touches memory the monitor registered, and takes that memory out of userfaultfd just
+/// before the unmap, so the kernel queues no event and the unmapping thread never sleeps
+/// waiting for the monitor's reader.
+///
+/// Why it is safe: the hook opens a window and invalidates the range before it calls
+/// `unregisterWatched`, and closes it only after the real unmap returned, so the promise is the
+/// same as the event path's (no lookup that starts after `munmap` returned sees the old pages).
+/// A watch racing with the hook either registers the range again before the unmap (then the
+/// kernel reports the unmap as an event, as before) or runs after it (then the mapping is gone
+/// or new). Granules it touches are forgotten as validated under the granule lock, before the
+/// unregister, as `ValidatedGranules` requires.
+///
+/// It holds what it needs, not the monitor, so the process-wide list never keeps a monitor
+/// alive; `UserfaultfdMonitor.shutdown()` takes it off the list, and a hook still holding it
+/// finds the table shut down and leaves the unmap to the kernel.
+final class UnmapInterceptor: Sendable {
+    let space: AddressSpace
+    private let descriptor: UserfaultfdDescriptor
+    private let granules: Locked<GranuleTable>
+    private let validated: ValidatedGranules
+    private let counters: MonitorCounters
+    private let granuleSize: UInt
+
+    init(space: AddressSpace, descriptor: UserfaultfdDescriptor, granules: Locked<GranuleTable>,
+         validated: ValidatedGranules, counters: MonitorCounters, granuleSize: UInt) {
+        self.space = space
+        self.descriptor = descriptor
+        self.granules = granules
+        self.validated = validated
+        self.counters = counters
+        self.granuleSize = granuleSize
+    }
+
+    /// True when `pages` touches a granule this monitor registered. No allocation: every
+    /// `munmap` of the process asks this.
+    func touchesWatched(_ pages: PageRange) -> Bool {
+        granules.withLock { table in
+            if table.shutDown || table.records.isEmpty { return false }
+            if spansMoreGranules(pages, than: table) {
+                return table.records.keys.contains { pages.intersection(granule($0)) != nil }
+            }
+            return pages.granuleStarts(granuleSize: granuleSize).contains { table.records[$0] != nil }
+        }
+    }
+
+    /// Unregisters the part of `pages` inside registered granules (the caller is about to unmap
+    /// it, inside an open window that already invalidated it). Errors are left to the kernel:
+    /// whatever stayed registered is reported by an event when it is unmapped.
+    func unregisterWatched(_ pages: PageRange) {
+        let touched = granules.withLock { table -> Bool in
+            if table.shutDown { return false }
+            validated.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
+            return forEachWatchedPiece(of: pages, in: table) { piece in
+                _ = descriptor.unregister(start: piece.start, length: piece.length)
+            }
+        }
+        if touched { counters.interceptedUnmaps.wrappingAdd(1, ordering: .relaxed) }
+    }
+
+    /// Registers again what `unregisterWatched(pages)` took: the unmap failed, so the pages are
+    /// still mapped and must stay watched.
+    func reregisterWatched(_ pages: PageRange) {
+        granules.withLock { table in
+            if table.shutDown { return }
+            _ = forEachWatchedPiece(of: pages, in: table) { piece in
+                _ = descriptor.register(start: piece.start, length: piece.length)
+            }
+        }
+    }
+
+    /// Calls `body` with each registered piece of `pages`: the part inside a whole granule, or
+    /// the overlap with a granule's registered pieces. Consecutive whole granules make one
+    /// piece (one ioctl). Returns whether any granule was touched.
+    private func forEachWatchedPiece(of pages: PageRange, in table: GranuleTable,
+                                     _ body: (PageRange) -> Void) -> Bool {
+        var touched = false
+        var run: PageRange?
+        func visit(_ start: UInt, _ record: GranuleRecord) {
+            touched = true
+            let part = pages.clipped(toGranule: start, granuleSize: granuleSize)
+            guard let pieces = record.pieces else {
+                if let current = run, current.end == part.start {
+                    run = PageRange(start: current.start, end: part.end)
+                } else {
+                    if let current = run { body(current) }
+                    run = part
+                }
+                return
+            }
+            for piece in pieces {
+                if let overlap = part.intersection(piece) { body(overlap) }
+            }
+        }
+        if spansMoreGranules(pages, than: table) {
+            for (start, record) in table.records where pages.intersection(granule(start)) != nil { visit(start, record) }
+        } else {
+            for start in pages.granuleStarts(granuleSize: granuleSize) {
+                if let record = table.records[start] { visit(start, record) }
+            }
+        }
+        if let current = run { body(current) }
+        return touched
+    }
+
+    /// A range over more granules than the table holds is checked record by record (an unmap
+    /// of a large reservation must not walk every granule it spans).
+    private func spansMoreGranules(_ pages: PageRange, than table: GranuleTable) -> Bool {
+        (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize > UInt(table.records.count)
+    }
+
+    private func granule(_ start: UInt) -> PageRange { PageRange(start: start, end: start &+ granuleSize) }
+}

@@ -1,0 +1,152 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import MMUNotifier
+import MemoryMonitor
+import Synchronization
+import Testing
+
+/// mseal exists (Linux 6.10+): `mseal(0, 0)` succeeds there and is ENOSYS before.
+let msealAvailable = cshims_mseal(nil, 0) == 0
+
+extension MemoryMonitorTests {
+    /// `munmap` through the C library's symbol is handled in the calling thread: the range is
+    /// invalidated and unregistered before the unmap, so the kernel queues no event and the
+    /// caller never sleeps waiting for the monitor (see `MunmapHook`).
+    @Suite("Intercepted munmap")
+        struct InterceptedUnmapTests {
+        @Test("invalidated in the calling thread, before munmap returns, without an event")
+        func invalidatedInCaller() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 4 * pageSize
+            let base = try mapAnonymous(length)
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let caller = UInt(pthread_self())
+            let callbackThreads = TestLock<[UInt]>([])
+            try harness.space.register(ActionNotifier { invalidation in
+                if invalidation.range.overlaps(watched) { callbackThreads.withLock { $0.append(UInt(pthread_self())) } }
+            })
+            let probe = try RangeProbe(harness.space, watched)
+            #expect(munmap(UnsafeMutableRawPointer(bitPattern: base), Int(length)) == 0)
+            #expect(callbackThreads.withLock { $0 } == [caller])
+            #expect(probe.seenByNewLookup == [.unmap])
+            let statistics = harness.monitor.statistics
+            #expect(statistics.interceptedUnmaps == 1)
+            #expect(statistics.unmapEvents == 0)
+        }
+
+        @Test("a partial munmap unregisters only what it unmaps: the rest still reports its unmap")
+        func partialKeepsTheRestWatched() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(4 * pageSize)
+            let watched = try range(base, 4 * pageSize)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let probes = try (0..<4).map { try RangeProbe(harness.space, range(base + UInt($0) * pageSize, pageSize)) }
+            unmap(base + pageSize, pageSize)
+            #expect(probes[1].seenByNewLookup == [.unmap])
+            #expect(harness.monitor.statistics.interceptedUnmaps == 1)
+            // A raw system call bypasses the hook: only userfaultfd can report it, so page 3
+            // must still be registered.
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base + 3 * pageSize), pageSize) == 0)
+            #expect(probes[3].seenByNewLookup == [.unmap])
+            #expect(probes[0].seenByNewLookup.isEmpty)
+            #expect(probes[2].seenByNewLookup.isEmpty)
+            #expect(harness.monitor.statistics.unmapEvents == 1)
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), 3 * pageSize) == 0)
+        }
+
+        @Test("a mapping made again where an intercepted munmap was is watched again by the next watch")
+        func mappedAgainIsWatchedAgain() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length = 4 * pageSize
+            let base = try mapIsolated(length)
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            unmap(base, length)
+            try harness.monitor.unwatch(watched)
+            _ = try mapAgain(length, at: base)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let probe = try RangeProbe(harness.space, watched)
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), length) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            #expect(harness.monitor.statistics.unmapEvents == 1)
+        }
+
+        @Test("a munmap the kernel refuses (EPERM: mseal) returns its error and leaves the memory watched",
+              .enabled(if: msealAvailable, "mseal needs Linux 6.10"))
+        func failedUnmapStaysWatched() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(3 * pageSize)
+            // The third page can never be unmapped again: a munmap over all three fails whole.
+            #expect(cshims_mseal(UnsafeMutableRawPointer(bitPattern: base + 2 * pageSize), pageSize) == 0)
+            let watched = try range(base, 2 * pageSize)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let probe = try RangeProbe(harness.space, watched)
+            let result = munmap(UnsafeMutableRawPointer(bitPattern: base), Int(3 * pageSize))
+            let failure = errno
+            #expect(result == -1)
+            #expect(failure == EPERM)
+            // Invalidated anyway (harmless: a miss registers again); still mapped and watched:
+            // the raw unmap below is reported by userfaultfd.
+            #expect(probe.seenByNewLookup == [.unmap])
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), 2 * pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap, .unmap])
+            #expect(harness.monitor.statistics.unmapEvents == 1)
+        }
+
+        @Test("unmaps of memory nobody watches, and ones the kernel refuses (EINVAL), pass through untouched")
+        func unwatchedPassThrough() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(2 * pageSize)
+            let probe = try RangeProbe(harness.space, range(base, 2 * pageSize))
+            let unaligned = munmap(UnsafeMutableRawPointer(bitPattern: base + 1), Int(pageSize))
+            let unalignedErrno = errno
+            let empty = munmap(UnsafeMutableRawPointer(bitPattern: base), 0)
+            let emptyErrno = errno
+            #expect(unaligned == -1 && unalignedErrno == EINVAL)
+            #expect(empty == -1 && emptyErrno == EINVAL)
+            #expect(munmap(UnsafeMutableRawPointer(bitPattern: base), Int(2 * pageSize)) == 0)
+            #expect(probe.seenByNewLookup.isEmpty)
+            #expect(harness.monitor.statistics.interceptedUnmaps == 0)
+        }
+
+        @Test("one munmap over memory two monitors watch invalidates both")
+        func twoMonitors() throws {
+            let first = try Harness()
+            defer { first.close() }
+            let second = try Harness()
+            defer { second.close() }
+            let granule: UInt = 2 << 20
+            let reservation = try mapIsolated(3 * granule)
+            let base = (reservation + granule - 1) & ~(granule - 1)
+            defer { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: reservation), 3 * granule) }
+            let inFirst = try range(base, pageSize)
+            let inSecond = try range(base + granule, pageSize)
+            try first.monitor.watch(inFirst)
+            try second.monitor.watch(inSecond)
+            defer {
+                try? first.monitor.unwatch(inFirst)
+                try? second.monitor.unwatch(inSecond)
+            }
+            let firstProbe = try RangeProbe(first.space, inFirst)
+            let secondProbe = try RangeProbe(second.space, inSecond)
+            unmap(base, 2 * granule)
+            #expect(firstProbe.seenByNewLookup == [.unmap])
+            #expect(secondProbe.seenByNewLookup == [.unmap])
+            #expect(first.monitor.statistics.interceptedUnmaps == 1)
+            #expect(second.monitor.statistics.interceptedUnmaps == 1)
+            #expect(first.monitor.statistics.unmapEvents + second.monitor.statistics.unmapEvents == 0)
+        }
+    }
+}
