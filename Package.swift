@@ -59,7 +59,7 @@ let package = Package(
             name: "EngineBenchmark", dependencies: ["MMUNotifier", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"
         ),
         .executableTarget(
-            name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping", "BenchmarkSupport"],
+            name: "MonitorBenchmark", dependencies: ["MemoryMonitor", "MemoryMapping", "BenchmarkSupport", "CShims"],
             path: "Benchmarks/MonitorBenchmark"
         ),
 

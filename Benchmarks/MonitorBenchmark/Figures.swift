@@ -1,4 +1,5 @@
 import BenchmarkSupport
+import CShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,12 +21,49 @@ func mapUntouched(_ length: UInt) -> UInt {
     return UInt(bitPattern: pointer)
 }
 
+/// Where the benchmark's mappings go. `.kernel`: wherever mmap puts them, usually beside
+/// shared libraries, so the monitor registers each buffer as its own piece. `.pool`: a hole in
+/// a reserved 2 MiB-aligned region of anonymous memory (a buffer pool), whose granule the
+/// monitor registers whole (an anchor page at its start is watched for the whole run).
+enum Placement: CustomStringConvertible {
+    case kernel
+    case pool(hole: UInt)
+
+    var description: String {
+        switch self {
+        case .kernel: "kernel-placed"
+        case .pool: "in a pool"
+        }
+    }
+
+    /// A pool: 2 MiB aligned, with a 1 MiB hole in its middle for the mapping under test.
+    static func reservePool() -> (placement: Placement, anchor: UInt, reservation: UInt) {
+        let granule: UInt = 2 << 20
+        let reservation = mapUntouched(3 * granule)
+        let base = (reservation + granule - 1) & ~(granule - 1)
+        let hole = base + granule / 4
+        guard cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: hole), granule / 2) == 0 else { fatalError("munmap hole") }
+        return (.pool(hole: hole), base, reservation)
+    }
+
+    func map(_ length: UInt) -> UInt {
+        switch self {
+        case .kernel: return mapTouched(length)
+        case let .pool(hole):
+            let flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE | 0x100000 /* MAP_FIXED_NOREPLACE */
+            let pointer = mmap(UnsafeMutableRawPointer(bitPattern: hole), Int(length), PROT_READ | PROT_WRITE, flags, -1, 0)
+            guard let pointer, pointer != MAP_FAILED, UInt(bitPattern: pointer) == hole else { fatalError("mmap in pool: \(errno)") }
+            return hole
+        }
+    }
+}
+
 /// Mean nanoseconds of one `munmap` of a touched `length`-byte mapping, watched or not.
 /// Only the munmap call is timed; mapping and watching happen outside the clock.
-func munmapCost(length: UInt, watched monitor: UserfaultfdMonitor?, iterations: Int) -> Double {
+func munmapCost(length: UInt, placement: Placement, watched monitor: UserfaultfdMonitor?, iterations: Int) -> Double {
     var total: UInt64 = 0
     for _ in 0..<iterations {
-        let base = mapTouched(length)
+        let base = placement.map(length)
         if let monitor {
             guard let range = try? AddressRange(start: base, length: length), (try? monitor.watch(range)) != nil else {
                 fatalError("watch failed")
@@ -62,9 +100,11 @@ func invalidationLatency(monitor: UserfaultfdMonitor, space: AddressSpace, itera
     return median(samples)
 }
 
-/// Events per second the monitor sustains while `threads` threads unmap watched pages as
-/// fast as they can (each thread unmaps its own watched 32 MiB region page by page).
-func unmapStorm(monitor: UserfaultfdMonitor, threads: Int, pagesPerThread: Int) -> Double {
+/// Unmaps per second of watched pages while `threads` threads unmap as fast as they can (each
+/// its own watched region, page by page). With `raw`, by system call, so each is an event the
+/// monitor reads (the events per second it sustains); otherwise through munmap(), which an
+/// intercepting monitor handles in the calling threads.
+func unmapStorm(monitor: UserfaultfdMonitor, threads: Int, pagesPerThread: Int, raw: Bool) -> Double {
     let regions = (0..<threads).map { _ -> UInt in
         let length = UInt(pagesPerThread) * pageSize
         let base = mapUntouched(length)
@@ -73,18 +113,20 @@ func unmapStorm(monitor: UserfaultfdMonitor, threads: Int, pagesPerThread: Int) 
         }
         return base
     }
-    let before = monitor.statistics.unmapEvents
+    let before = monitor.statistics
     let start = nowNanoseconds()
     let workers = regions.map { base in
         startThread {
             for page in 0..<pagesPerThread {
-                munmap(UnsafeMutableRawPointer(bitPattern: base + UInt(page) * pageSize), Int(pageSize))
+                let address = UnsafeMutableRawPointer(bitPattern: base + UInt(page) * pageSize)
+                if raw { _ = cshims_raw_munmap(address, pageSize) } else { munmap(address, Int(pageSize)) }
             }
         }
     }
     for worker in workers { worker.join() }
     let seconds = Double(nowNanoseconds() - start) / 1e9
-    let events = monitor.statistics.unmapEvents - before
+    let after = monitor.statistics
+    let events = after.unmapEvents - before.unmapEvents + after.interceptedUnmaps - before.interceptedUnmaps
     for base in regions {
         if let range = try? AddressRange(start: base, length: UInt(pagesPerThread) * pageSize) { try? monitor.unwatch(range) }
     }
@@ -112,40 +154,59 @@ func watchCost(monitor: UserfaultfdMonitor, iterations: Int) -> Double {
     return mean
 }
 
-func runFigures(rounds: Int, spinMicroseconds: Int) {
+func runFigures(rounds: Int, configuration: UserfaultfdMonitor.Configuration) {
     let space = AddressSpace()
     let monitor: UserfaultfdMonitor
     do {
-        monitor = try UserfaultfdMonitor(space: space, configuration: .init(spinMicroseconds: spinMicroseconds))
+        monitor = try UserfaultfdMonitor(space: space, configuration: configuration)
     } catch {
         print("userfaultfd unavailable: \(error)")
         return
     }
     defer { monitor.shutdown() }
-    print("MonitorBenchmark: privilege \(monitor.privilege), features 0x\(String(monitor.features, radix: 16)), "
-          + "reader spin \(spinMicroseconds) µs, \(rounds) rounds, medians; ratios taken within each round")
-    for length: UInt in [4 << 10, 64 << 10] {
-        var ratios: [Double] = []
-        var watchedTimes: [Double] = []
-        var plainTimes: [Double] = []
-        for _ in 0..<rounds {
-            let plain = munmapCost(length: length, watched: nil, iterations: 2000)
-            let watched = munmapCost(length: length, watched: monitor, iterations: 2000)
-            plainTimes.append(plain)
-            watchedTimes.append(watched)
-            ratios.append(watched / plain)
+    let path = configuration.interceptsMunmap ? "munmap intercepted" : "munmap as userfaultfd events"
+    print("\nMonitorBenchmark, \(path): privilege \(monitor.privilege), features 0x\(String(monitor.features, radix: 16)), "
+          + "reader spin \(configuration.spinMicroseconds) µs, \(rounds) rounds, medians; ratios taken within each round")
+    // The unwatched pool is never watched; the watched one has an anchor page watched at its
+    // start, so its granule is registered whole.
+    let plainPool = Placement.reservePool()
+    let watchedPool = Placement.reservePool()
+    guard let anchor = try? AddressRange(start: watchedPool.anchor, length: pageSize), (try? monitor.watch(anchor)) != nil else {
+        fatalError("watch failed")
+    }
+    defer { try? monitor.unwatch(anchor) }
+    for (plainPlacement, watchedPlacement) in [(Placement.kernel, Placement.kernel), (plainPool.placement, watchedPool.placement)] {
+        for length: UInt in [4 << 10, 64 << 10] {
+            var ratios: [Double] = []
+            var watchedTimes: [Double] = []
+            var plainTimes: [Double] = []
+            for _ in 0..<rounds {
+                let plain = munmapCost(length: length, placement: plainPlacement, watched: nil, iterations: 2000)
+                let watched = munmapCost(length: length, placement: watchedPlacement, watched: monitor, iterations: 2000)
+                plainTimes.append(plain)
+                watchedTimes.append(watched)
+                ratios.append(watched / plain)
+            }
+            print("munmap \(length >> 10) KiB touched, \(watchedPlacement): unwatched \(format(median(plainTimes) / 1000)) µs, "
+                  + "watched \(format(median(watchedTimes) / 1000)) µs, ratio \(format(median(ratios)))x (goal <= 1.2x)")
         }
-        print("munmap \(length >> 10) KiB touched: unwatched \(format(median(plainTimes) / 1000)) µs, "
-              + "watched \(format(median(watchedTimes) / 1000)) µs, ratio \(format(median(ratios)))x (goal <= 1.2x)")
     }
     var latencies: [Double] = []
     for _ in 0..<rounds { latencies.append(invalidationLatency(monitor: monitor, space: space, iterations: 2000)) }
     print("munmap return -> invalidation done (readBegin returns): median \(format(median(latencies) / 1000)) µs")
     var rates: [Double] = []
-    for _ in 0..<rounds { rates.append(unmapStorm(monitor: monitor, threads: 2, pagesPerThread: 8192)) }
-    print("unmap storm, 2 threads: \(format(median(rates) / 1000, 1)) k events/s")
+    for _ in 0..<rounds { rates.append(unmapStorm(monitor: monitor, threads: 2, pagesPerThread: 8192, raw: true)) }
+    print("unmap storm, 2 threads, raw syscalls (every one an event): \(format(median(rates) / 1000, 1)) k events/s")
+    if configuration.interceptsMunmap {
+        rates = []
+        for _ in 0..<rounds { rates.append(unmapStorm(monitor: monitor, threads: 2, pagesPerThread: 8192, raw: false)) }
+        print("unmap storm, 2 threads, munmap() intercepted: \(format(median(rates) / 1000, 1)) k unmaps/s")
+    }
     var watches: [Double] = []
     for _ in 0..<rounds { watches.append(watchCost(monitor: monitor, iterations: 20000)) }
     print("watch + unwatch of a buffer in a watched granule: \(format(median(watches) / 1000)) µs")
     print("statistics: \(monitor.statistics)")
+    for pool in [plainPool.reservation, watchedPool.reservation] {
+        _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: pool), 6 << 20)
+    }
 }

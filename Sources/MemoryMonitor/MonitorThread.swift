@@ -26,6 +26,9 @@ import Synchronization
 /// - Callbacks run on the worker, so they may allocate, free, watch, unwatch, and even unmap
 ///   watched memory: that waits for the reader, which never waits for the worker (a full
 ///   `EventQueue` overflows into one merged range instead).
+/// - A `munmap` through the C library's symbol never reaches this thread when the monitor
+///   intercepts it (`MunmapHook`): its callbacks run in the unmapping thread, as the kernel's
+///   mmu notifiers do, so there a callback must not take a lock held across that `munmap`.
 final class MonitorThreads: Sendable {
     let descriptor: UserfaultfdDescriptor
     let space: AddressSpace

@@ -121,6 +121,42 @@ extension MemoryMonitorTests {
             #expect(harness.monitor.statistics.interceptedUnmaps == 0)
         }
 
+        /// A file mapping in the granule makes the monitor register buffers as pieces. A piece
+        /// is padded by a page on each side where the neighbour allows, so unregistering it does
+        /// not merge it into the anonymous memory beside it (which the munmap would split again).
+        @Test("pieces beside a file mapping: padded where the neighbours allow, exact where not; both stay watched")
+        func paddedPieces() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let granule: UInt = 2 << 20
+            let base = try mapIsolated(granule)  // 1 GiB aligned: one granule
+            defer { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), granule) }
+            let fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            let filePage = base + 16 * pageSize
+            let file = mmap(UnsafeMutableRawPointer(bitPattern: filePage), Int(pageSize), PROT_READ, MAP_PRIVATE | MAP_FIXED, fd, 0)
+            try #require(file != MAP_FAILED)
+
+            // Pages 4 and 5: anonymous on both sides, padded to pages 3...6.
+            let padded = try range(base + 4 * pageSize, 2 * pageSize)
+            try harness.monitor.watch(padded)
+            let before = mapCount()
+            unmap(padded.start, 2 * pageSize)
+            #expect(mapCount() == before + 1, "the unregistered piece merged with its neighbours (or was not padded)")
+            #expect(harness.monitor.statistics.interceptedUnmaps == 1)
+            try harness.monitor.unwatch(padded)
+
+            // Page 15: the file page after it cannot be registered, so the piece is exact.
+            let exact = try range(base + 15 * pageSize, pageSize)
+            try harness.monitor.watch(exact)
+            defer { try? harness.monitor.unwatch(exact) }
+            let probe = try RangeProbe(harness.space, exact)
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: exact.start), pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            #expect(harness.monitor.statistics.unmapEvents == 1)
+        }
+
         @Test("one munmap over memory two monitors watch invalidates both")
         func twoMonitors() throws {
             let first = try Harness()
