@@ -141,9 +141,10 @@ extension MemoryMonitorTests {
             // Pages 4 and 5: anonymous on both sides, padded to pages 3...6.
             let padded = try range(base + 4 * pageSize, 2 * pageSize)
             try harness.monitor.watch(padded)
-            let before = mapCount()
+            let before = mapCount(from: base, to: base + granule)
             unmap(padded.start, 2 * pageSize)
-            #expect(mapCount() == before + 1, "the unregistered piece merged with its neighbours (or was not padded)")
+            #expect(mapCount(from: base, to: base + granule) == before + 1,
+                    "the unregistered piece merged with its neighbours (or was not padded)")
             #expect(harness.monitor.statistics.interceptedUnmaps == 1)
             try harness.monitor.unwatch(padded)
 

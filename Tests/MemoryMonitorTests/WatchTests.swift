@@ -20,6 +20,23 @@ func mapCount() -> Int {
     return lines
 }
 
+/// VMAs (lines of /proc/self/maps) that start inside [start, end): unlike `mapCount()`, blind
+/// to mappings other threads make or remove meanwhile elsewhere.
+func mapCount(from start: UInt, to end: UInt) -> Int {
+    guard let file = fopen("/proc/self/maps", "r") else { return -1 }
+    defer { fclose(file) }
+    var count = 0
+    var line: UnsafeMutablePointer<CChar>?
+    var capacity = 0
+    defer { free(line) }
+    while getline(&line, &capacity, file) > 0 {
+        guard let line, let text = String(validatingCString: line),
+              let dash = text.firstIndex(of: "-"), let first = UInt(text[..<dash], radix: 16) else { continue }
+        if first >= start && first < end { count += 1 }
+    }
+    return count
+}
+
 /// Counts, per buffer index, the invalidations that reached it (one notifier for 10^5 buffers).
 final class BufferHits: MMUNotifier {
     let base: UInt
