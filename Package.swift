@@ -75,10 +75,15 @@ let package = Package(
         ),
 
         .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
-        .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier"]),
+        // What more than one test target needs (a seeded generator), in no product.
+        .target(name: "SharedTestSupport", path: "Tests/SharedTestSupport"),
+        .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier", "SharedTestSupport"]),
         .testTarget(
             name: "MemoryRegistrationTests",
-            dependencies: ["MemoryRegistration", "MemoryMapping", "CShims", .product(name: "MetricsTestKit", package: "swift-metrics")]
+            dependencies: [
+                "MemoryRegistration", "MemoryMapping", "CShims", "SharedTestSupport",
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
         ),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),

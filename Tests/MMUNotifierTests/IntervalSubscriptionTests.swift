@@ -1,4 +1,5 @@
 import Synchronization
+import SharedTestSupport
 import Testing
 @testable import MMUNotifier
 

@@ -1,4 +1,5 @@
 import Synchronization
+import SharedTestSupport
 import Testing
 #if canImport(Glibc)
 import Glibc

@@ -3,6 +3,7 @@ import Synchronization
 import Glibc
 #endif
 @testable import MMUNotifier
+import SharedTestSupport
 
 /// A joinable OS thread (tests need real threads, not tasks: readers block).
 struct JoinHandle {
@@ -40,19 +41,6 @@ func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-/// SplitMix64: a small seeded generator so a failing schedule can be replayed.
-struct SeededRandom: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// Stress configuration from the environment: MMU_STRESS_SECONDS (default 1),

@@ -1,6 +1,7 @@
 import Foundation
 import MMUNotifier
 import Synchronization
+import SharedTestSupport
 import Testing
 @testable import MemoryRegistration
 
@@ -24,7 +25,7 @@ import Testing
 
         let readers = (0..<2).map { reader in
             ThreadRunner {
-                var random = SplitMix(seed: seed &+ UInt64(reader))
+                var random = SeededRandom(seed: seed &+ UInt64(reader))
                 var done = 0
                 while !shared.stop.load(ordering: .relaxed) {
                     let before = shared.removedThrough.load(ordering: .acquiring)

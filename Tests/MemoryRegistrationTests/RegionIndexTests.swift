@@ -1,6 +1,7 @@
 import Foundation
 import MMUNotifier
 import Synchronization
+import SharedTestSupport
 import Testing
 @testable import MemoryRegistration
 
@@ -66,7 +67,7 @@ import Testing
         var model: [RegionRecord] = []
         var generator = SystemRandomNumberGenerator()
         let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
-        var random = SplitMix(seed: seed)
+        var random = SeededRandom(seed: seed)
         for owner in UInt(1)...4000 {
             if !model.isEmpty && random.next() % 3 == 0 {
                 let victim = model.remove(at: Int(random.next() % UInt64(model.count)))
@@ -102,18 +103,5 @@ import Testing
             (0..<count).filter { index.lookup(start: 0x1000_0000 + UInt($0) * 0x2000 + 8, end: 0x1000_0000 + UInt($0) * 0x2000 + 16, access: 1)?.owner != UInt($0) + 1 }
         }
         #expect(missing.isEmpty)
-    }
-}
-
-/// A small, seedable generator so a failing schedule can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -4,6 +4,7 @@ import Glibc
 import Foundation
 import MemoryMapping
 import Synchronization
+import SharedTestSupport
 import Testing
 @testable import MemoryRegistration
 
@@ -36,7 +37,7 @@ import Testing
 
         let users = (0..<2).map { user in
             ThreadRunner {
-                var random = SplitMix(seed: seed &+ UInt64(user))
+                var random = SeededRandom(seed: seed &+ UInt64(user))
                 while !shared.stop.load(ordering: .relaxed) {
                     let which = Int(random.next() % UInt64(addresses.count))
                     let offset = UInt(random.next() % 15) * 4096
@@ -66,7 +67,7 @@ import Testing
             }
         }
 
-        var random = SplitMix(seed: seed ^ 0xABCDEF)
+        var random = SeededRandom(seed: seed ^ 0xABCDEF)
         var remaps = 0
         let deadline = ContinuousClock.now + .seconds(Self.seconds)
         while ContinuousClock.now < deadline {
