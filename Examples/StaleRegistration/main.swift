@@ -66,13 +66,8 @@ func showStaleRegistration(domain: ProtectionDomain, queuePair: QueuePair) throw
     try buffer.replaceWithFreshMapping()
     print("  2. munmap() it and mmap(MAP_FIXED) new memory at the same address: same pointer, new pages.")
 
-    let payload = try AnonymousMapping(length: length)
-    payload.fill { _ in 0xAB }
-    let payloadRegion = try domain.registerMemory(payload.bytes, access: .rdma)
-    try queuePair.postWrite([ScatterGatherElement(region: payloadRegion)],
-                            remoteAddress: UInt64(oldRegion.address), rkey: oldRegion.rkey, id: 3)
-    let completion = try queuePair.sendCompletionQueue.waitForCompletions(1)[0]
-    let landed = buffer.count { $0 == 0xAB }
+    let (completion, landed) = try writePattern(length, domain: domain, queuePair: queuePair,
+                                                to: oldRegion.address, rkey: oldRegion.rkey, id: 3, into: buffer)
     print("  3. RDMA WRITE of \(length) bytes of 0xAB through the old rkey: completion \(completion.status).")
     print("     The application's memory at that address now holds \(landed) of \(length) written bytes.")
 
@@ -92,8 +87,8 @@ func showStaleRegistration(domain: ProtectionDomain, queuePair: QueuePair) throw
     return reproduced
 }
 
-/// The same steps through RDMAMemory's registration cache: userfaultfd reports the munmap, the
-/// cache revokes the old region, and registering the address again gives a region for the new
+/// The same steps through RDMAMemory's registration cache: the monitor sees the munmap (in the
+/// calling thread, through its munmap hook), the cache revokes the old region, and registering the address again gives a region for the new
 /// pages, so the RDMA WRITE lands in the application's memory.
 func showCacheFix(domain: ProtectionDomain, queuePair: QueuePair) throws -> Bool {
     let length = 64 * 1024
@@ -111,13 +106,8 @@ func showCacheFix(domain: ProtectionDomain, queuePair: QueuePair) throws -> Bool
     print("  3. Registered the same address again: rkey \(again.rkey), "
         + (again.rkey == first.rkey ? "THE OLD REGION (stale)." : "a new region for the new pages."))
 
-    let payload = try AnonymousMapping(length: length)
-    payload.fill { _ in 0xAB }
-    let payloadRegion = try domain.registerMemory(payload.bytes, access: .rdma)
-    try queuePair.postWrite([ScatterGatherElement(region: payloadRegion)],
-                            remoteAddress: UInt64(again.address), rkey: again.rkey, id: 5)
-    let completion = try queuePair.sendCompletionQueue.waitForCompletions(1)[0]
-    let landed = buffer.count { $0 == 0xAB }
+    let (completion, landed) = try writePattern(length, domain: domain, queuePair: queuePair,
+                                                to: again.address, rkey: again.rkey, id: 5, into: buffer)
     print("  4. RDMA WRITE of \(length) bytes through it: completion \(completion.status); the application's")
     print("     memory now holds \(landed) of \(length) written bytes.")
     try again.release()
@@ -126,6 +116,19 @@ func showCacheFix(domain: ProtectionDomain, queuePair: QueuePair) throws -> Bool
     let fixed = completion.status == .success && landed == length && again.rkey != first.rkey
     print(fixed ? "  Fixed: the data is where the application's memory is." : "  NOT FIXED.")
     return fixed
+}
+
+/// RDMA WRITE of `length` bytes of 0xAB to `address` through `rkey`; returns the completion and
+/// how many of those bytes the application now sees in `buffer` (the memory at that address).
+func writePattern(_ length: Int, domain: ProtectionDomain, queuePair: QueuePair, to address: UInt, rkey: UInt32,
+                  id: UInt64, into buffer: AnonymousMapping) throws -> (WorkCompletion, Int) {
+    let payload = try AnonymousMapping(length: length)
+    payload.fill { _ in 0xAB }
+    let payloadRegion = try domain.registerMemory(payload.bytes, access: .rdma)
+    try queuePair.postWrite([ScatterGatherElement(region: payloadRegion)],
+                            remoteAddress: UInt64(address), rkey: rkey, id: id)
+    let completion = try queuePair.sendCompletionQueue.waitForCompletions(1)[0]
+    return (completion, buffer.count { $0 == 0xAB })
 }
 
 enum ExampleFailure: Error { case dataMismatch }
