@@ -39,10 +39,7 @@ final class UnmapInterceptor: Sendable {
     func touchesWatched(_ pages: PageRange) -> Bool {
         granules.withLock { table in
             if table.shutDown || table.records.isEmpty { return false }
-            if spansMoreGranules(pages, than: table) {
-                return table.records.keys.contains { pages.intersection(granule($0)) != nil }
-            }
-            return pages.granuleStarts(granuleSize: granuleSize).contains { table.records[$0] != nil }
+            return !forEachRecord(overlapping: pages, in: table) { _, _ in false }
         }
     }
 
@@ -94,21 +91,31 @@ final class UnmapInterceptor: Sendable {
                 if let overlap = part.intersection(piece) { body(overlap) }
             }
         }
-        if spansMoreGranules(pages, than: table) {
-            for (start, record) in table.records where pages.intersection(granule(start)) != nil { visit(start, record) }
-        } else {
-            for start in pages.granuleStarts(granuleSize: granuleSize) {
-                if let record = table.records[start] { visit(start, record) }
-            }
+        forEachRecord(overlapping: pages, in: table) { start, record in
+            visit(start, record)
+            return true
         }
         if let current = run { body(current) }
         return touched
     }
 
-    /// A range over more granules than the table holds is checked record by record (an unmap
-    /// of a large reservation must not walk every granule it spans).
-    private func spansMoreGranules(_ pages: PageRange, than table: GranuleTable) -> Bool {
-        (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize > UInt(table.records.count)
+    /// Calls `body` with each granule record overlapping `pages` until it returns false; returns
+    /// false when stopped. A range over more granules than the table holds is checked record by
+    /// record (an unmap of a large reservation must not walk every granule it spans).
+    @discardableResult
+    private func forEachRecord(overlapping pages: PageRange, in table: GranuleTable,
+                               _ body: (_ start: UInt, _ record: GranuleRecord) -> Bool) -> Bool {
+        let spanned = (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize
+        if spanned > UInt(table.records.count) {
+            for (start, record) in table.records where pages.intersection(granule(start)) != nil {
+                if !body(start, record) { return false }
+            }
+        } else {
+            for start in pages.granuleStarts(granuleSize: granuleSize) {
+                if let record = table.records[start], !body(start, record) { return false }
+            }
+        }
+        return true
     }
 
     private func granule(_ start: UInt) -> PageRange { PageRange(start: start, end: start &+ granuleSize) }
