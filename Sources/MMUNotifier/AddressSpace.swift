@@ -26,10 +26,32 @@ public final class AddressSpace: Sendable {
         var sequence: UInt64 = 2
         var activeInvalidations = 0
         var openWindows = 0
-        var tree = IntervalTree<IntervalSubscription>()
-        /// Inserts and removes that arrived while `sequence` was odd, applied when it is even.
-        var deferred: [IntervalSubscription] = []
+        var tree = IntervalTree()
+        /// Inserts and removes that arrived while `sequence` was odd, applied when it is even:
+        /// a list through `IntervalSubscription.nextDeferred` (intrusive: nothing allocated).
+        unowned(unsafe) var deferredHead: IntervalSubscription? = nil
+        unowned(unsafe) var deferredTail: IntervalSubscription? = nil
         var released = false
+
+        mutating func defer_(_ sub: IntervalSubscription) {
+            sub.nextDeferred = nil
+            if let tail = deferredTail { tail.nextDeferred = sub } else { deferredHead = sub }
+            deferredTail = sub
+        }
+
+        /// Takes `sub` (a pending insert) out of the deferred list.
+        mutating func undefer(_ sub: IntervalSubscription) {
+            var previous: IntervalSubscription? = nil
+            var node = deferredHead
+            while let current = node, current !== sub {
+                previous = current
+                node = current.nextDeferred
+            }
+            guard node != nil else { return }
+            if let previous { previous.nextDeferred = sub.nextDeferred } else { deferredHead = sub.nextDeferred }
+            if deferredTail === sub { deferredTail = previous }
+            sub.nextDeferred = nil
+        }
     }
 
     let notifiers = Locked(NotifierState())
@@ -245,25 +267,25 @@ public final class AddressSpace: Sendable {
         itreeEnd(closingWindow: false)
     }
 
-    /// The interval half of a start: count it active, make the sequence odd if it covers a
-    /// subscription, and call those subscriptions. The tree cannot change while the sequence
-    /// is odd (changes are deferred), so the list taken under the lock stays exact.
+    /// The interval half of a start (`mn_itree_inv_start_range`): count it active, make the
+    /// sequence odd if it covers a subscription, and call those subscriptions. While the
+    /// sequence is odd the tree cannot change (inserts and removes are deferred to `itreeEnd`),
+    /// so it is walked after the lock is dropped, as the kernel walks its interval tree.
     func itreeStart(_ r: InvalidationRange) throws(NotifierError) {
-        let (subs, seq) = intervals.withLock { s -> ([IntervalSubscription], UInt64) in
+        let (root, seq) = intervals.withLock { s -> (IntervalSubscription?, UInt64) in
             s.activeInvalidations += 1
-            let subs = r.range.isEmpty ? [] : s.tree.overlaps(start: r.range.start, last: r.range.last)
-            if !subs.isEmpty {
-                s.sequence |= 1
-                intervalSequence.store(s.sequence, ordering: .releasing)
+            guard !r.range.isEmpty, s.tree.firstOverlap(start: r.range.start, last: r.range.last) != nil else {
+                return (nil, s.sequence)
             }
-            return (subs, s.sequence)
+            s.sequence |= 1
+            intervalSequence.store(s.sequence, ordering: .releasing)
+            return (s.tree.root, s.sequence)
         }
-        if subs.isEmpty { return }
+        guard let root else { return }
         let refused = srcu.withReadLock {
-            for sub in subs where !sub.ops.invalidate(sub, range: r, currentSequence: seq) {
-                if !r.blockable { return true }
+            !IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
+                sub.invalidate(r, currentSequence: seq) || r.blockable
             }
-            return false
         }
         if refused {
             itreeEnd(closingWindow: false)
@@ -271,48 +293,65 @@ public final class AddressSpace: Sendable {
         }
     }
 
-    /// Calls the interval subscriptions overlapping `r` within an open window (sequence odd).
+    /// Calls the interval subscriptions overlapping `r` within an open window (sequence odd, so
+    /// the tree is frozen and walked without the lock).
     func itreeInvalidateInWindow(_ r: InvalidationRange) {
-        let (subs, seq) = intervals.withLock { s -> ([IntervalSubscription], UInt64) in
-            (r.range.isEmpty ? [] : s.tree.overlaps(start: r.range.start, last: r.range.last), s.sequence)
-        }
-        if subs.isEmpty { return }
+        if r.range.isEmpty { return }
+        let (root, seq) = intervals.withLock { s in (s.tree.root, s.sequence) }
+        guard let root else { return }
         srcu.withReadLock {
-            for sub in subs { _ = sub.ops.invalidate(sub, range: r, currentSequence: seq) }
+            _ = IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
+                _ = sub.invalidate(r, currentSequence: seq)
+                return true
+            }
         }
     }
 
-    /// The interval half of an end: the last active invalidation makes the sequence even,
-    /// applies deferred inserts/removes and wakes `readBegin` and `remove` waiters.
+    /// The interval half of an end (`mn_itree_inv_end`): the last active invalidation makes the
+    /// sequence even, applies deferred inserts and removes, and wakes `readBegin` and `remove`
+    /// waiters. The tree's references to removed subscriptions are dropped after the lock.
     func itreeEnd(closingWindow: Bool) {
-        // What the lock replaced is released after it is dropped (see `IntervalTree`).
-        let (wake, _, _) = intervals.withLock {
-            s -> (Bool, IntervalTree<IntervalSubscription>.Retired, [IntervalSubscription]) in
-            var retired = IntervalTree<IntervalSubscription>.Retired()
+        let (wake, removed) = intervals.withLock { s -> (Bool, IntervalSubscription?) in
             s.activeInvalidations -= 1
             if closingWindow { s.openWindows -= 1 }
-            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return (false, retired, []) }
+            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return (false, nil) }
             s.sequence += 1
-            let pending = s.deferred  // keeps every deferred subscription alive past the lock
-            for sub in pending {
+            unowned(unsafe) var removed: IntervalSubscription? = nil
+            var node = s.deferredHead
+            while let sub = node {
+                node = sub.nextDeferred
+                sub.nextDeferred = nil
                 switch sub.membership {
                 case .pendingInsert:
-                    let handle = s.tree.insert(start: sub.range.start, last: sub.range.last,
-                                               value: sub, retired: &retired)
-                    sub.treeHandle.store(handle, ordering: .relaxed)
+                    s.tree.insert(sub)
                     sub.membership = .inTree
                 case .pendingRemove:
-                    s.tree.remove(handle: sub.treeHandle.load(ordering: .relaxed))
+                    s.tree.remove(sub)
                     sub.membership = .removed
-                case .inTree, .removed:
+                    sub.nextDeferred = removed
+                    removed = sub
+                case .notInserted, .inTree, .removed:
                     break
                 }
             }
-            if !pending.isEmpty { s.deferred.removeAll(keepingCapacity: true) }  // copies: `pending` shares it
+            s.deferredHead = nil
+            s.deferredTail = nil
             intervalSequence.store(s.sequence, ordering: .releasing)
-            return (true, retired, pending)
+            return (true, removed)
         }
         if wake { intervalEvents.wakeAll() }
+        releaseRemoved(removed)
+    }
+
+    /// Drops the tree's reference to each subscription of a list of removed ones (outside the
+    /// lock: a last release frees the object).
+    private func releaseRemoved(_ list: IntervalSubscription?) {
+        var node = list
+        while let sub = node {
+            node = sub.nextDeferred
+            sub.nextDeferred = nil
+            Unmanaged.passUnretained(sub).release()
+        }
     }
 
     /// Notifier starts inside one read section; nil if a non-blockable start was refused
@@ -342,39 +381,46 @@ public final class AddressSpace: Sendable {
 
     // MARK: Interval subscriptions
 
-    /// Subscribes `ops` to invalidations of `range` (`mmu_interval_notifier_insert`). During an
-    /// invalidation the insert is deferred to its end, and `readBegin` waits for that end.
+    /// Subscribes `sub` (`mmu_interval_notifier_insert`). During an invalidation the insert is
+    /// deferred to its end, and `readBegin` waits for that end. Allocates nothing under the lock.
+    public func insertInterval(_ sub: IntervalSubscription) throws(NotifierError) {
+        guard sub.space === self else { throw .foreignSubscription }
+        let reference = Unmanaged.passRetained(sub)  // the tree's, dropped after removal
+        do {
+            try intervals.withLock { s throws(NotifierError) in
+                if s.released { throw .spaceReleased }
+                guard sub.membership == .notInserted else { throw .alreadyInserted }
+                if s.activeInvalidations > 0 {
+                    // The sequence a new subscription starts with must differ from the space's,
+                    // so its first readBegin waits for the invalidation in flight.
+                    if s.sequence & 1 == 1 {
+                        s.defer_(sub)
+                        sub.membership = .pendingInsert
+                    } else {
+                        s.sequence |= 1
+                        intervalSequence.store(s.sequence, ordering: .releasing)
+                        s.tree.insert(sub)
+                        sub.membership = .inTree
+                    }
+                    sub.sequence.store(s.sequence, ordering: .releasing)
+                } else {
+                    sub.sequence.store(s.sequence - 1, ordering: .releasing)
+                    s.tree.insert(sub)
+                    sub.membership = .inTree
+                }
+            }
+        } catch {
+            reference.release()
+            throw error
+        }
+    }
+
+    /// Subscribes `ops` to invalidations of `range`: a plain subscription that calls `ops`.
     public func insertInterval(_ range: AddressRange, ops: any IntervalNotifierOps)
         throws(NotifierError) -> IntervalSubscription
     {
-        if range.isEmpty { throw .emptyRange }
-        let sub = IntervalSubscription(space: self, range: range, ops: ops)
-        _ = try intervals.withLock {
-            s throws(NotifierError) -> (IntervalTree<IntervalSubscription>.Retired, [IntervalSubscription]?) in
-            var retired = IntervalTree<IntervalSubscription>.Retired()
-            var retiredDeferred: [IntervalSubscription]? = nil
-            if s.released { throw .spaceReleased }
-            if s.activeInvalidations > 0 {
-                if s.sequence & 1 == 1 {
-                    if s.deferred.count == s.deferred.capacity { retiredDeferred = s.deferred }  // grow without freeing
-                    s.deferred.append(sub)
-                    sub.membership = .pendingInsert
-                } else {
-                    s.sequence |= 1
-                    intervalSequence.store(s.sequence, ordering: .releasing)
-                    sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub,
-                                                       retired: &retired), ordering: .relaxed)
-                    sub.membership = .inTree
-                }
-                sub.sequence.store(s.sequence, ordering: .releasing)
-            } else {
-                sub.sequence.store(s.sequence - 1, ordering: .releasing)
-                sub.treeHandle.store(s.tree.insert(start: range.start, last: range.last, value: sub,
-                                                   retired: &retired), ordering: .relaxed)
-                sub.membership = .inTree
-            }
-            return (retired, retiredDeferred)
-        }
+        let sub = try OpsIntervalSubscription(space: self, range: range, ops: ops)
+        try insertInterval(sub)
         return sub
     }
 
@@ -393,29 +439,30 @@ public final class AddressSpace: Sendable {
     public func removeInterval(_ sub: IntervalSubscription) throws(NotifierError) {
         guard sub.space === self else { throw .foreignSubscription }
         let insideCallback = srcu.isInsideReadSection
-        // `sub` is held by the caller, so dropping it from the tree or list frees nothing here.
-        let (waitFor, _) = try intervals.withLock {
-            s throws(NotifierError) -> (UInt64?, [IntervalSubscription]?) in
+        let (waitFor, dropReference) = try intervals.withLock { s throws(NotifierError) -> (UInt64?, Bool) in
             switch sub.membership {
+            case .notInserted:
+                throw .notInserted
             case .removed, .pendingRemove:
                 throw .alreadyRemoved
             case .pendingInsert:
-                s.deferred.removeAll { $0 === sub }
+                s.undefer(sub)
                 sub.membership = .removed
-                return (nil, nil)
+                return (nil, true)
             case .inTree:
                 if s.sequence & 1 == 1 {
                     if insideCallback { throw .wouldDeadlock("removeInterval() inside a callback") }
-                    let retired = s.deferred.count == s.deferred.capacity ? s.deferred : nil
-                    s.deferred.append(sub)
+                    s.defer_(sub)
                     sub.membership = .pendingRemove
-                    return (s.sequence, retired)
+                    return (s.sequence, false)
                 }
-                s.tree.remove(handle: sub.treeHandle.load(ordering: .relaxed))
+                s.tree.remove(sub)
                 sub.membership = .removed
-                return (nil, nil)
+                return (nil, true)
             }
         }
+        // The caller holds `sub`, so this is never the last reference.
+        if dropReference { Unmanaged.passUnretained(sub).release() }
         if let waitFor {
             intervalEvents.wait { intervalSequence.load(ordering: .acquiring) != waitFor }
         }
@@ -427,10 +474,28 @@ public final class AddressSpace: Sendable {
     /// Interval subscriptions in the index (deferred inserts not yet applied are not counted).
     public var intervalCount: Int { intervals.withLock { $0.tree.count } }
 
-    /// Subscriptions overlapping `range` (a query of the index, for tests and diagnostics).
+    /// Subscriptions overlapping `range` (a query of the index, for tests and diagnostics). The
+    /// result's storage is allocated before the lock is taken, never under it.
     public func intervals(overlapping range: AddressRange) -> [IntervalSubscription] {
         if range.isEmpty { return [] }
-        return intervals.withLock { $0.tree.overlaps(start: range.start, last: range.last) }
+        var result: [IntervalSubscription] = []
+        while true {
+            result.reserveCapacity(countIntervals(overlapping: range))
+            let complete = intervals.withLock { s -> Bool in
+                var fits = true
+                IntervalTree.forEachOverlap(s.tree.root, start: range.start, last: range.last) { sub in
+                    guard result.count < result.capacity else {
+                        fits = false
+                        return false
+                    }
+                    result.append(sub)
+                    return true
+                }
+                return fits
+            }
+            if complete { return result }
+            result.removeAll(keepingCapacity: true)  // the tree grew meanwhile: count again
+        }
     }
 
     /// Number of subscriptions overlapping `range`, without building a list (benchmarks).
@@ -438,7 +503,10 @@ public final class AddressSpace: Sendable {
         if range.isEmpty { return 0 }
         return intervals.withLock { s in
             var n = 0
-            s.tree.forEachOverlap(start: range.start, last: range.last) { _ in n += 1 }
+            IntervalTree.forEachOverlap(s.tree.root, start: range.start, last: range.last) { _ in
+                n += 1
+                return true
+            }
             return n
         }
     }

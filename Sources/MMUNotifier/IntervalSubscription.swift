@@ -1,6 +1,7 @@
 import Synchronization
 
-/// What an interval subscriber does when its range is invalidated (`mmu_interval_notifier_ops`).
+/// What an interval subscriber does when its range is invalidated (`mmu_interval_notifier_ops`),
+/// for subscribers that are not themselves a subclass of `IntervalSubscription`.
 public protocol IntervalNotifierOps: AnyObject, Sendable {
     /// Stop using translations of `subscription.range` that overlap `range.range`. Before
     /// dropping them, and under the same lock the subscriber holds when it calls `readRetry`,
@@ -22,7 +23,16 @@ public final class ClosureIntervalOps: IntervalNotifierOps {
     }
 }
 
-/// A range of one address space plus a sequence number (`struct mmu_interval_notifier`).
+/// A range of one address space plus a sequence number (`struct mmu_interval_notifier`), with
+/// the links that place it in the space's interval index.
+///
+/// Subclass it to keep a translation and its subscription in one object, as the kernel embeds
+/// `struct mmu_interval_notifier` (and its `interval_tree_node`) in the driver's own struct: a
+/// registration cache entry *is* its subscription. Inserting then allocates nothing, and the
+/// space's lock is never held across `malloc` or `free` (a thread in `free()` may be trimming
+/// watched heap pages and so waiting for a monitor that waits for that lock: DESIGN.md).
+/// Override `invalidate(_:currentSequence:)`; `space.insertInterval(_:ops:)` makes a plain
+/// subscription that calls an `IntervalNotifierOps` instead.
 ///
 /// The collision-retry protocol of a registration cache miss:
 /// ```
@@ -32,36 +42,59 @@ public final class ClosureIntervalOps: IntervalNotifierOps {
 /// if sub.readRetry(seq) { unlock; deregister(mr); retry }   // an invalidation raced: discard
 /// publish(mr); unlock(cacheLock)
 /// ```
-public final class IntervalSubscription: Sendable {
+///
+/// `@unchecked Sendable`: `range` and `space` never change and `sequence` is atomic. The tree
+/// fields (`left`, `right`, `maxLast`, `priority`, `nextDeferred`, `membership`) are written
+/// only under the space's interval lock, and read either under it or, without it, by an
+/// invalidation while the space's sequence is odd: then every insert and remove is deferred
+/// (`AddressSpace.itreeEnd`), so nothing writes them. Subclasses that add state must keep it
+/// `Sendable` themselves (atomics, or a lock) and say so.
+open class IntervalSubscription: @unchecked Sendable {
     enum Membership: UInt8 {
-        case pendingInsert = 0, inTree, pendingRemove, removed
+        case notInserted, pendingInsert, inTree, pendingRemove, removed
     }
 
     public let range: AddressRange
     /// The space holds the subscription while inserted, and the subscription holds the space
     /// (the kernel's mmgrab), so `remove` always has a space to remove from.
     public let space: AddressSpace
-    let ops: any IntervalNotifierOps
     let sequence = Atomic<UInt64>(0)
-    /// Guarded by the space's interval lock; atomic only to be `Sendable` without exceptions.
-    let membershipRaw = Atomic<UInt8>(Membership.pendingInsert.rawValue)
-    let treeHandle = Atomic<Int>(-1)
 
-    init(space: AddressSpace, range: AddressRange, ops: any IntervalNotifierOps) {
+    // Interval tree node, guarded as the type's comment says. `unowned(unsafe)`: the tree keeps
+    // each node alive with one retain taken at insert and dropped after removal.
+    @exclusivity(unchecked) unowned(unsafe) var left: IntervalSubscription? = nil
+    @exclusivity(unchecked) unowned(unsafe) var right: IntervalSubscription? = nil
+    @exclusivity(unchecked) var maxLast: UInt = 0
+    @exclusivity(unchecked) var priority: UInt32 = 0
+    /// Next in the space's deferred list (or in the list of removed nodes to release).
+    @exclusivity(unchecked) unowned(unsafe) var nextDeferred: IntervalSubscription? = nil
+    @exclusivity(unchecked) var membership: Membership = .notInserted
+
+    /// A subscription to `range` of `space`, not yet inserted (`insert()`).
+    public init(space: AddressSpace, range: AddressRange) throws(NotifierError) {
+        if range.isEmpty { throw .emptyRange }
         self.space = space
         self.range = range
-        self.ops = ops
     }
 
-    var membership: Membership {
-        get { Membership(rawValue: membershipRaw.load(ordering: .relaxed)) ?? .removed }
-        set { membershipRaw.store(newValue.rawValue, ordering: .relaxed) }
+    /// The invalidation callback (`mmu_interval_notifier_ops.invalidate`). Stop using
+    /// translations of `range` that overlap `invalidation.range`; before dropping them, and under
+    /// the same lock held around `readRetry`, call `setSequence(currentSequence)`. Return false
+    /// only if `invalidation.blockable` is false and the work would block. Runs inside a read
+    /// section of the space's SRCU domain; may block. The default only sets the sequence.
+    open func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
+        setSequence(currentSequence)
+        return true
     }
+
+    /// Subscribes to invalidations of `range` (`mmu_interval_notifier_insert`). During an
+    /// invalidation the insert is deferred to its end, and `readBegin` waits for that end.
+    public final func insert() throws(NotifierError) { try space.insertInterval(self) }
 
     /// Starts a read: returns a sequence for `readRetry`. Waits while an invalidation that
     /// covers this subscription (or a monitor's open invalidation of still unknown range) is
     /// in flight. Never call it holding a lock that an invalidate callback takes.
-    public func readBegin() -> UInt64 {
+    public final func readBegin() -> UInt64 {
         while true {
             let (seq, busy) = space.intervals.withLock { s -> (UInt64, UInt64?) in
                 let mine = sequence.load(ordering: .relaxed)
@@ -78,25 +111,45 @@ public final class IntervalSubscription: Sendable {
     /// True when an invalidation touched this subscription since `readBegin` returned `seq`:
     /// the caller must discard what it built. Call it under the lock the invalidate callback
     /// takes around `setSequence`; then a false answer holds until that lock is released.
-    public func readRetry(_ seq: UInt64) -> Bool {
+    public final func readRetry(_ seq: UInt64) -> Bool {
         sequence.load(ordering: .acquiring) != seq
     }
 
     /// The same test without the caller's lock (`mmu_interval_check_retry`): a cheap early
     /// exit; a false answer may be stale at once.
-    public func checkRetry(_ seq: UInt64) -> Bool {
+    public final func checkRetry(_ seq: UInt64) -> Bool {
         sequence.load(ordering: .acquiring) != seq
     }
 
     /// Called by the invalidate callback, under the subscriber's lock (`mmu_interval_set_seq`).
-    public func setSequence(_ currentSequence: UInt64) {
+    public final func setSequence(_ currentSequence: UInt64) {
         sequence.store(currentSequence, ordering: .releasing)
     }
 
     /// Same as `space.removeInterval(self)`.
-    public func remove() throws(NotifierError) { try space.removeInterval(self) }
+    public final func remove() throws(NotifierError) { try space.removeInterval(self) }
 
-    public var isRemoved: Bool {
+    public final var isRemoved: Bool {
         space.intervals.withLock { _ in membership == .removed || membership == .pendingRemove }
+    }
+
+    /// Whether the subscription is in the index or waiting to enter it.
+    public final var isInserted: Bool {
+        space.intervals.withLock { _ in membership == .inTree || membership == .pendingInsert }
+    }
+}
+
+/// The subscription `AddressSpace.insertInterval(_:ops:)` makes: calls its ops.
+final class OpsIntervalSubscription: IntervalSubscription, @unchecked Sendable {
+    // @unchecked: adds one immutable Sendable field to a base class whose comment proves the rest.
+    let ops: any IntervalNotifierOps
+
+    init(space: AddressSpace, range: AddressRange, ops: any IntervalNotifierOps) throws(NotifierError) {
+        self.ops = ops
+        try super.init(space: space, range: range)
+    }
+
+    override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
+        ops.invalidate(self, range: invalidation, currentSequence: currentSequence)
     }
 }

@@ -1,175 +1,123 @@
-/// An interval index (the kernel's augmented rbtree `interval_tree`): a treap ordered by
-/// (start, handle) where each node also keeps the largest `last` of its subtree, so an overlap
-/// query visits O(log n + k) nodes. Nodes live in one array addressed by handle (no per-node
-/// allocation or reference counting); removed handles are reused.
+/// The interval index of an address space (the kernel's augmented rbtree `interval_tree`): a
+/// treap of subscriptions ordered by (start, identity), where each node also keeps the largest
+/// `last` of its subtree, so an overlap query visits O(log n + k) nodes.
 ///
-/// Nothing here calls `free()`: when an array must grow, its old buffer is handed to the
-/// caller's `Retired` to be released after the caller drops its lock. `free()` can trim the
-/// heap with `madvise`/`munmap` on memory a userfaultfd monitor watches and then wait for that
-/// monitor, which may itself be waiting for the lock (DESIGN.md, monitor deadlocks).
-struct IntervalTree<Value: Sendable>: Sendable {
-    /// Buffers replaced under a lock, released when this goes out of scope (after unlocking).
-    struct Retired {
-        fileprivate var nodes: [Node]? = nil
-        fileprivate var handles: [Int32]? = nil
-    }
+/// Intrusive: the links live in the subscriptions themselves (`IntervalSubscription.left` ...),
+/// so inserting or removing allocates and frees nothing. That is what lets the space's interval
+/// lock be taken by a monitor's reader between waking up and `read()`: no holder of that lock
+/// ever waits for `malloc`'s arena lock, whose holder may be trimming watched heap pages and so
+/// waiting for that very `read()` (DESIGN.md, deadlocks to design out).
+///
+/// The tree holds one retain per node (taken by `AddressSpace` at insert, dropped after the
+/// removal, outside the lock); links are `unowned(unsafe)` and cost no reference counting.
+/// Mutated only under the space's interval lock; walked without it only while the space's
+/// sequence is odd, when every change is deferred.
+struct IntervalTree {
+    typealias Node = IntervalSubscription
 
-    fileprivate struct Node: Sendable {
-        var start: UInt
-        var last: UInt
-        var maxLast: UInt
-        var left: Int32
-        var right: Int32
-        var priority: UInt32
-        var value: Value?
-    }
-
-    private var nodes: [Node] = []
-    private var freeHandles: [Int32] = []
-    private var root: Int32 = -1
-    private var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
+    private(set) unowned(unsafe) var root: Node? = nil
     private(set) var count = 0
+    private var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
 
     var isEmpty: Bool { count == 0 }
 
-    /// Grows the node array (and the free-handle array, kept at the same capacity so that
-    /// `remove` never reallocates it) without freeing the old buffers here.
-    private mutating func growIfFull(_ retired: inout Retired) {
-        guard freeHandles.isEmpty, nodes.count == nodes.capacity else { return }
-        let capacity = max(16, nodes.capacity * 2)
-        var grownNodes: [Node] = []
-        grownNodes.reserveCapacity(capacity)
-        grownNodes.append(contentsOf: nodes)
-        var grownHandles: [Int32] = []
-        grownHandles.reserveCapacity(grownNodes.capacity)  // never less than the nodes: remove must not regrow it
-        grownHandles.append(contentsOf: freeHandles)
-        retired.nodes = nodes
-        retired.handles = freeHandles
-        nodes = grownNodes
-        freeHandles = grownHandles
-    }
-
-    /// Inserts `start...last` and returns a handle for `remove`.
-    mutating func insert(start: UInt, last: UInt, value: Value, retired: inout Retired) -> Int {
-        growIfFull(&retired)
+    /// Inserts `node` (not in any tree).
+    mutating func insert(_ node: Node) {
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17
-        let node = Node(start: start, last: last, maxLast: last, left: -1, right: -1,
-                        priority: UInt32(truncatingIfNeeded: rng >> 32), value: value)
-        let handle: Int32
-        if let reused = freeHandles.popLast() {
-            handle = reused
-            nodes[Int(handle)] = node
-        } else {
-            handle = Int32(nodes.count)
-            nodes.append(node)
-        }
-        let (l, r) = split(root, start: start, handle: handle)
-        root = merge(merge(l, handle), r)
+        node.priority = UInt32(truncatingIfNeeded: rng >> 32)
+        node.left = nil
+        node.right = nil
+        node.maxLast = node.range.last
+        let (l, r) = Self.split(root, before: node)
+        root = Self.merge(Self.merge(l, node), r)
         count += 1
-        return Int(handle)
     }
 
-    /// Removes the node `handle` (returned by `insert`); false if it is not in the tree.
-    @discardableResult
-    mutating func remove(handle: Int) -> Bool {
-        guard handle >= 0, handle < nodes.count, nodes[handle].value != nil else { return false }
-        let h = Int32(handle)
-        let start = nodes[handle].start
-        let (l, rest) = split(root, start: start, handle: h)
-        let (mid, r) = split(rest, start: start, handle: h + 1)
-        // `mid` holds exactly the nodes with key (start, h): this one.
-        _ = mid
-        root = merge(l, r)
-        nodes[handle].value = nil
-        nodes[handle].left = -1
-        nodes[handle].right = -1
-        freeHandles.append(h)
+    /// Removes `node`, which must be in this tree.
+    mutating func remove(_ node: Node) {
+        root = Self.remove(node, from: root)
+        node.left = nil
+        node.right = nil
         count -= 1
+    }
+
+    /// The first node (in key order) overlapping `start...last`, if any.
+    func firstOverlap(start: UInt, last: UInt) -> Node? {
+        var found: Node?
+        Self.forEachOverlap(root, start: start, last: last) { node in
+            found = node
+            return false
+        }
+        return found
+    }
+
+    /// Calls `body` for each node of the tree rooted at `root` overlapping `start...last`, in key
+    /// order, until it returns false; returns false when stopped. Reads links only: safe without
+    /// the lock while the tree is frozen (see the type's comment).
+    @discardableResult
+    static func forEachOverlap(_ root: Node?, start: UInt, last: UInt, _ body: (Node) -> Bool) -> Bool {
+        var t = root
+        while let n = t {
+            if n.maxLast < start { return true }  // nothing below reaches the query
+            if !forEachOverlap(n.left, start: start, last: last, body) { return false }
+            if n.range.start > last { return true }  // this node and everything right start after it
+            if n.range.last >= start, !body(n) { return false }
+            t = n.right
+        }
         return true
     }
 
-    /// `insert` for callers without a lock to respect (tests).
-    mutating func insert(start: UInt, last: UInt, value: Value) -> Int {
-        var retired = Retired()
-        return insert(start: start, last: last, value: value, retired: &retired)
+    /// Key order: start, then identity (two subscriptions may share a start).
+    @inline(__always)
+    private static func less(_ a: Node, _ b: Node) -> Bool {
+        a.range.start < b.range.start || (a.range.start == b.range.start && ObjectIdentifier(a) < ObjectIdentifier(b))
     }
 
-    /// Calls `body` for every stored interval overlapping `start...last`.
-    func forEachOverlap(start: UInt, last: UInt, _ body: (Value) -> Void) {
-        nodes.withUnsafeBufferPointer { buffer in
-            Self.visit(buffer, root, start, last, body)
-        }
+    @inline(__always)
+    private static func update(_ t: Node) {
+        var m = t.range.last
+        if let l = t.left { m = max(m, l.maxLast) }
+        if let r = t.right { m = max(m, r.maxLast) }
+        t.maxLast = m
     }
 
-    /// The overlapping values, in one exactly sized allocation (counted first): no buffer is
-    /// regrown, so nothing is freed while the caller holds its lock.
-    func overlaps(start: UInt, last: UInt) -> [Value] {
-        var count = 0
-        forEachOverlap(start: start, last: last) { _ in count += 1 }
-        if count == 0 { return [] }
-        var result: [Value] = []
-        result.reserveCapacity(count)
-        forEachOverlap(start: start, last: last) { result.append($0) }
-        return result
-    }
-
-    /// Reads node fields through the buffer (no copy of a node, so no retain of its value
-    /// for nodes that are only passed through).
-    private static func visit(_ nodes: UnsafeBufferPointer<Node>, _ t: Int32, _ qs: UInt, _ ql: UInt,
-                              _ body: (Value) -> Void) {
-        var t = t
-        while t >= 0 {
-            let i = Int(t)
-            if nodes[i].maxLast < qs { return }  // nothing below reaches the query
-            visit(nodes, nodes[i].left, qs, ql, body)
-            if nodes[i].start > ql { return }    // this node and everything right start after it
-            if nodes[i].last >= qs, let v = nodes[i].value { body(v) }
-            t = nodes[i].right
-        }
-    }
-
-    private func less(_ a: Int32, start: UInt, handle: Int32) -> Bool {
-        let n = nodes[Int(a)]
-        return n.start < start || (n.start == start && a < handle)
-    }
-
-    private mutating func update(_ t: Int32) {
-        var m = nodes[Int(t)].last
-        let l = nodes[Int(t)].left, r = nodes[Int(t)].right
-        if l >= 0 { m = max(m, nodes[Int(l)].maxLast) }
-        if r >= 0 { m = max(m, nodes[Int(r)].maxLast) }
-        nodes[Int(t)].maxLast = m
-    }
-
-    /// Splits `t` into keys < (start, handle) and keys >= it.
-    private mutating func split(_ t: Int32, start: UInt, handle: Int32) -> (Int32, Int32) {
-        if t < 0 { return (-1, -1) }
-        if less(t, start: start, handle: handle) {
-            let (l, r) = split(nodes[Int(t)].right, start: start, handle: handle)
-            nodes[Int(t)].right = l
+    /// Splits `t` into the keys before `key`'s and the rest.
+    private static func split(_ t: Node?, before key: Node) -> (Node?, Node?) {
+        guard let t else { return (nil, nil) }
+        if less(t, key) {
+            let (l, r) = split(t.right, before: key)
+            t.right = l
             update(t)
             return (t, r)
         } else {
-            let (l, r) = split(nodes[Int(t)].left, start: start, handle: handle)
-            nodes[Int(t)].left = r
+            let (l, r) = split(t.left, before: key)
+            t.left = r
             update(t)
             return (l, t)
         }
     }
 
+    /// `t` without `node` (which is in it): `node`'s place goes to the merge of its children.
+    private static func remove(_ node: Node, from t: Node?) -> Node? {
+        guard let t else { return nil }
+        if t === node { return merge(t.left, t.right) }
+        if less(node, t) { t.left = remove(node, from: t.left) } else { t.right = remove(node, from: t.right) }
+        update(t)
+        return t
+    }
+
     /// Joins two treaps where every key of `a` is below every key of `b`.
-    private mutating func merge(_ a: Int32, _ b: Int32) -> Int32 {
-        if a < 0 { return b }
-        if b < 0 { return a }
-        if nodes[Int(a)].priority > nodes[Int(b)].priority {
-            nodes[Int(a)].right = merge(nodes[Int(a)].right, b)
+    private static func merge(_ a: Node?, _ b: Node?) -> Node? {
+        guard let a else { return b }
+        guard let b else { return a }
+        if a.priority > b.priority {
+            a.right = merge(a.right, b)
             update(a)
             return a
         } else {
-            nodes[Int(b)].left = merge(a, nodes[Int(b)].left)
+            b.left = merge(a, b.left)
             update(b)
             return b
         }
     }
 }
-

@@ -11,6 +11,10 @@ public enum NotifierError: Error, Equatable, Sendable {
     case notRegistered
     /// The interval subscription was already removed (double remove).
     case alreadyRemoved
+    /// The interval subscription was already inserted (subscriptions are inserted once).
+    case alreadyInserted
+    /// `remove` of an interval subscription that was never inserted.
+    case notInserted
     /// The subscription belongs to another address space.
     case foreignSubscription
     /// The address space was released: no new notifiers or subscriptions.

@@ -276,39 +276,39 @@ struct IntervalSubscriptionTests {
 
 @Suite("Interval index")
 struct IntervalTreeTests {
-    @Test func randomOperationsMatchABruteForceModel() {
+    /// The intrusive treap against a brute-force list: random inserts, removes and overlap
+    /// queries (the tree is used directly here; the space's lock is what guards it elsewhere).
+    @Test func randomOperationsMatchABruteForceModel() throws {
         var rng = SeededRandom(seed: 12345)
-        var tree = IntervalTree<Int>()
-        var model: [Int: (UInt, UInt)] = [:]   // handle -> (start, last)
-        var handles: [Int] = []
+        let space = AddressSpace()
+        var tree = IntervalTree()
+        var live: [IntervalSubscription] = []
         for step in 0..<4000 {
-            if handles.isEmpty || rng.next() % 3 != 0 {
+            if live.isEmpty || rng.next() % 3 != 0 {
                 let start = UInt(rng.next() % 10_000)
-                let last = start + UInt(rng.next() % 300)
-                let h = tree.insert(start: start, last: last, value: step)
-                model[h] = (start, last)
-                handles.append(h)
+                let sub = try IntervalSubscription(space: space, range: AddressRange(start: start, last: start + UInt(rng.next() % 300)))
+                tree.insert(sub)
+                live.append(sub)
             } else {
-                let i = Int(rng.next() % UInt64(handles.count))
-                let h = handles.remove(at: i)
-                let removed = tree.remove(handle: h)
-                let removedTwice = tree.remove(handle: h)
-                #expect(removed && !removedTwice)
-                model[h] = nil
+                tree.remove(live.remove(at: Int(rng.next() % UInt64(live.count))))
             }
             if step % 50 == 0 {
                 let qs = UInt(rng.next() % 10_500)
                 let ql = qs + UInt(rng.next() % 500)
-                var got = 0
-                tree.forEachOverlap(start: qs, last: ql) { _ in got += 1 }
-                let want = model.values.filter { $0.0 <= ql && qs <= $0.1 }.count
-                #expect(got == want, "step \(step)")
+                var got: [ObjectIdentifier] = []
+                IntervalTree.forEachOverlap(tree.root, start: qs, last: ql) { got.append(ObjectIdentifier($0)); return true }
+                let want = live.filter { $0.range.start <= ql && qs <= $0.range.last }.map(ObjectIdentifier.init)
+                #expect(Set(got) == Set(want) && got.count == want.count, "step \(step)")
             }
         }
-        #expect(tree.count == model.count)
-        var top = IntervalTree<Int>()
-        _ = top.insert(start: UInt.max - 10, last: UInt.max, value: 1)
-        #expect(top.overlaps(start: UInt.max, last: UInt.max) == [1])
-        #expect(top.overlaps(start: 0, last: UInt.max - 11).isEmpty)
+        #expect(tree.count == live.count)
+        for sub in live { tree.remove(sub) }
+        #expect(tree.isEmpty && tree.root == nil)
+        var top = IntervalTree()
+        let high = try IntervalSubscription(space: space, range: AddressRange(start: UInt.max - 10, last: UInt.max))
+        top.insert(high)
+        #expect(top.firstOverlap(start: UInt.max, last: UInt.max) === high)
+        #expect(top.firstOverlap(start: 0, last: UInt.max - 11) == nil)
+        top.remove(high)
     }
 }

@@ -308,7 +308,7 @@ struct StressTests {
                     }
                     if let old {
                         do { try old.remove() } catch { violations.record("remove: \(error)") }
-                        (old.ops as? SlotOps)?.removeReturned.store(true, ordering: .releasing)
+                        ((old as? OpsIntervalSubscription)?.ops as? SlotOps)?.removeReturned.store(true, ordering: .releasing)
                     }
                     StressTests.jitter(&rng)
                     do {
