@@ -36,14 +36,14 @@ let package = Package(
             ]
         ),
         .target(name: "MMUNotifier", dependencies: ["CShims"]),
-        // The process's munmap(): lets a memory monitor take unmaps in the calling thread.
-        .target(name: "CMunmapHook"),
+        // The process's munmap, mprotect, shmat, shmdt: a memory monitor sees them in the calling thread.
+        .target(name: "CMemoryHooks"),
         // Anonymous mappings that tests, examples and benchmarks unmap and remap on purpose.
         .target(
             name: "MemoryMapping",
             dependencies: ["CShims", .product(name: "SystemPackage", package: "swift-system")]
         ),
-        .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", "CMunmapHook", .product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", "CMemoryHooks", .product(name: "SystemPackage", package: "swift-system")]),
         .target(
             name: "MemoryRegistration",
             dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", .product(name: "Metrics", package: "swift-metrics")]

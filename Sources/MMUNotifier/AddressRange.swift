@@ -68,7 +68,11 @@ public enum InvalidationEvent: Sendable, Hashable {
     case remove
     /// mremap: the old range moved away (userfaultfd REMAP reports the old range).
     case remap
-    /// mprotect or similar.
+    /// mprotect took write permission away; the pages stay mapped and readable. Translations that
+    /// may write must go (a device must not write memory the application made read-only);
+    /// read-only ones may stay.
+    case writeProtect
+    /// mprotect or similar took access away (nothing stays readable and writable).
     case protectionChange
     /// The whole address space is going away (`AddressSpace.release()`).
     case release

@@ -22,13 +22,13 @@ import MMUNotifier
 /// invalidated the merged range, so later wake-ups' windows may close at once.
 ///
 /// `@unchecked Sendable`: every stored property is set once in `init`. The pthread objects are
-/// used only through pthread calls. `head`, `tail`, `stopping` and the overflow fields are
+/// used only through pthread calls. `head`, `tail`, `stopping`, `poked` and the overflow fields are
 /// read and written only with `mutex` held. A slot's window and events are written by the
 /// reader between `tryReserve()` (which hands it a slot the worker is not using) and
 /// `publish()`, and read by the worker between `next()` and `release()`; the spare buffer is
 /// used by the reader only.
 final class EventQueue: @unchecked Sendable {
-    enum Work { case slot(Int), overflow }
+    enum Work { case slot(Int), overflow, poked }
 
     let slots: Int
     let slotBytes: Int
@@ -42,6 +42,7 @@ final class EventQueue: @unchecked Sendable {
     private var head = 0   // next slot the worker takes
     private var tail = 0   // next slot the reader fills
     private var stopping = false
+    private var poked = false
     private let overflowWindow: UnsafeMutablePointer<InvalidationWindow>
     private var overflowHeld = false
     private var overflowStart: UInt = 0
@@ -128,9 +129,13 @@ final class EventQueue: @unchecked Sendable {
     func next() -> Work? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
-        while head == tail && !overflowHeld {
+        while head == tail && !overflowHeld && !poked {
             if stopping { return nil }
             pthread_cond_wait(notEmpty, mutex)
+        }
+        if poked {
+            poked = false
+            return .poked
         }
         return overflowHeld ? .overflow : .slot(head % slots)
     }
@@ -170,6 +175,14 @@ final class EventQueue: @unchecked Sendable {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return overflows
+    }
+
+    /// Wakes the worker with no work (it then looks at its failure flags).
+    func poke() {
+        pthread_mutex_lock(mutex)
+        poked = true
+        pthread_cond_signal(notEmpty)
+        pthread_mutex_unlock(mutex)
     }
 
     /// Reader, after its last publish: the worker drains what is left and returns.

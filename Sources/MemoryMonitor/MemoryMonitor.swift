@@ -9,10 +9,22 @@ import MMUNotifier
 /// mode: `watch` answers `.uncached(reason)` for everything, so the cache registers memory
 /// without caching it and says why, and the library stays usable.
 public final class MemoryMonitor: Sendable {
-    public enum Mode: Sendable {
-        case userfaultfd(UserfaultfdPrivilege)
+    public enum Mode: Sendable, CustomStringConvertible {
+        /// userfaultfd, obtained with `privilege`, and what the process's hooks add to it.
+        case userfaultfd(UserfaultfdPrivilege, hooks: UserfaultfdMonitor.Hooks)
         /// No userfaultfd: why (the error names `vm.unprivileged_userfaultfd` and `/dev/userfaultfd`).
         case explicitOnly(MonitorError)
+        /// userfaultfd ran and failed (`MonitorError.monitorFailed`): everything cached was
+        /// revoked, and memory is registered uncached from then on.
+        case failed(MonitorError)
+
+        public var description: String {
+            switch self {
+            case let .userfaultfd(privilege, hooks): return "userfaultfd (\(privilege)); \(hooks)"
+            case let .explicitOnly(reason): return "explicit invalidation only: \(reason)"
+            case let .failed(reason): return "failed: \(reason)"
+            }
+        }
     }
 
     /// What `watch` decided for a range.
@@ -25,7 +37,7 @@ public final class MemoryMonitor: Sendable {
 
     public let space: AddressSpace
     public let userfaultfd: UserfaultfdMonitor?
-    public let mode: Mode
+    private let startMode: Mode
     public let explicit: ExplicitInvalidator
     private let sources = Locked<[any InvalidationSource]>([])
 
@@ -37,29 +49,37 @@ public final class MemoryMonitor: Sendable {
         explicit = ExplicitInvalidator(space: space)
         if !useUserfaultfd {
             userfaultfd = nil
-            mode = .explicitOnly(.explicitOnlyRequested)
+            startMode = .explicitOnly(.explicitOnlyRequested)
             return
         }
         do {
             let monitor = try UserfaultfdMonitor(space: space, configuration: configuration)
             userfaultfd = monitor
-            mode = .userfaultfd(monitor.privilege)
+            startMode = .userfaultfd(monitor.privilege, hooks: monitor.hooks)
         } catch {
             userfaultfd = nil
-            mode = .explicitOnly(error)
+            startMode = .explicitOnly(error)
         }
+    }
+
+    /// How invalidations reach the space now: userfaultfd (and the hooks), explicit calls only,
+    /// or a userfaultfd monitor that failed.
+    public var mode: Mode {
+        if let failure = userfaultfd?.failure { return .failed(failure) }
+        return startMode
     }
 
     public var isExplicitOnly: Bool { userfaultfd == nil }
 
-    /// Watches `range` if userfaultfd can; otherwise says why it is not watched.
-    public func watch(_ range: AddressRange) -> WatchResult {
+    /// Watches `range` if userfaultfd can; otherwise says why it is not watched. Shared memory
+    /// is refused unless `allowingSharedMemory` (see `UserfaultfdMonitor.watch`).
+    public func watch(_ range: AddressRange, allowingSharedMemory: Bool = false) -> WatchResult {
         guard let userfaultfd else {
-            if case let .explicitOnly(reason) = mode { return .uncached(reason) }
+            if case let .explicitOnly(reason) = startMode { return .uncached(reason) }
             return .uncached(.shutDown)
         }
         do {
-            try userfaultfd.watch(range)
+            try userfaultfd.watch(range, allowingSharedMemory: allowingSharedMemory)
             return .watched
         } catch {
             return .uncached(error)

@@ -24,6 +24,12 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
     case explicitOnlyRequested
     /// The monitor was shut down.
     case shutDown
+    /// The monitor's `thread` ("reader" or "worker") failed at `call` (with `errno` where the OS
+    /// gave one): monitoring stopped for good, every cached region was revoked, and memory is
+    /// registered uncached from then on.
+    case monitorFailed(thread: String, call: String, errno: Errno?)
+    /// A configuration value the monitor cannot work with.
+    case invalidConfiguration(argument: String, reason: String)
     /// The engine refused (for example, its address space was released).
     case engine(NotifierError)
 
@@ -52,6 +58,12 @@ public enum MonitorError: Error, Equatable, Sendable, CustomStringConvertible {
             return "explicit-only mode was requested: memory is not watched, only explicit invalidation reaches the engine"
         case .shutDown:
             return "the monitor was shut down"
+        case let .monitorFailed(thread, call, errno):
+            let cause = errno.map { ": \($0) (errno \($0.rawValue))" } ?? ""
+            return "the userfaultfd monitor's \(thread) thread failed at \(call)\(cause); monitoring stopped, "
+                + "every cached region was revoked, and memory is registered uncached from now on"
+        case let .invalidConfiguration(argument, reason):
+            return "UserfaultfdMonitor.Configuration(\(argument)): \(reason)"
         case let .engine(error):
             return "notifier engine: \(error)"
         }
@@ -84,6 +96,11 @@ public enum UnwatchableReason: Equatable, Sendable, CustomStringConvertible {
     case hugetlbUnsupported
     /// No mapping covers (all of) the range.
     case notMapped
+    /// Memory whose pages can be replaced with no userfaultfd event: a `MAP_SHARED` mapping
+    /// (memfd, tmpfs and `/dev/shm` files, `MAP_SHARED | MAP_ANONYMOUS`, `/dev/zero`) or a mapping
+    /// of a file (`mapping` says which, and where). Truncation or hole punching through any
+    /// descriptor, or another process's `MADV_REMOVE`, swaps the pages under a registration.
+    case sharedMemory(mapping: String)
     /// Something else: the call and errno that refused.
     case refused(call: String, errno: Errno)
 
@@ -94,6 +111,10 @@ public enum UnwatchableReason: Equatable, Sendable, CustomStringConvertible {
         case .ownedByAnotherUserfaultfd: return "registered with another userfaultfd (EBUSY)"
         case .hugetlbUnsupported: return "hugetlb memory this kernel cannot watch (EINVAL)"
         case .notMapped: return "not (entirely) mapped"
+        case let .sharedMemory(mapping):
+            return "shared memory (\(mapping)): truncation or hole punching through any descriptor, or another "
+                + "process, can replace its pages and userfaultfd reports none of it, so it is not cached "
+                + "(a process that owns it alone may opt in with cachesSharedMemory and invalidate around every truncation)"
         case let .refused(call, errno): return "\(call): \(errno)"
         }
     }

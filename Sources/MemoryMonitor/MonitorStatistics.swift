@@ -17,9 +17,12 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// Watches served without an ioctl: every granule was found wholly registered, with no
     /// unmap or remap there since (`UserfaultfdMonitor.validatedGranuleCount`).
     public var watchesWithoutIoctl: Int
-    /// `munmap` calls of watched memory handled in the calling thread (`MunmapHook`): each is
+    /// `munmap` calls of watched memory handled in the calling thread (`MemoryHooks`): each is
     /// an invalidation without an event.
     public var interceptedUnmaps: Int
+    /// `mprotect`, `shmat` and `shmdt` calls over registered memory seen by the hooks (changes
+    /// userfaultfd never reports).
+    public var interceptedChanges: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
 }
@@ -36,6 +39,7 @@ final class MonitorCounters: Sendable {
     let overflows = Atomic<Int>(0)
     let watchesWithoutIoctl = Atomic<Int>(0)
     let interceptedUnmaps = Atomic<Int>(0)
+    let interceptedChanges = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
         MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
@@ -46,6 +50,7 @@ final class MonitorCounters: Sendable {
                           unexpectedFaults: unexpectedFaults.load(ordering: .relaxed),
                           overflows: overflows.load(ordering: .relaxed),
                           watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed),
-                          interceptedUnmaps: interceptedUnmaps.load(ordering: .relaxed))
+                          interceptedUnmaps: interceptedUnmaps.load(ordering: .relaxed),
+                          interceptedChanges: interceptedChanges.load(ordering: .relaxed))
     }
 }

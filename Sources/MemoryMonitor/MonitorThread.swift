@@ -4,6 +4,7 @@ import Glibc
 import CShims
 import MMUNotifier
 import Synchronization
+import SystemPackage
 
 /// The monitor's two threads: the *reader*, which only waits, opens windows and reads, and
 /// the *worker*, which invalidates (runs the engine's callbacks) and closes the windows.
@@ -29,9 +30,25 @@ import Synchronization
 /// - A `munmap` through the C library's symbol never reaches this thread when the monitor
 ///   intercepts it (`MunmapHook`): its callbacks run in the unmapping thread, as the kernel's
 ///   mmu notifiers do, so there a callback must not take a lock held across that `munmap`.
+///
+/// Failure: if either thread stops for any reason but a requested stop (poll or read fails,
+/// POLLERR, an injected failure in tests), `terminate` ends the userfaultfd context at once
+/// (`UserfaultfdFile.releaseContext`: every thread waiting for an unread event wakes, every
+/// registration goes), refuses later watches with the reason, and invalidates the whole address
+/// space, so nothing cached outlives the monitoring and nothing waits for a reader that is gone.
 final class MonitorThreads: Sendable {
+    enum InjectedFailure: UInt8 {
+        case none = 0
+        /// The reader fails on its next wake-up with events, before reading them.
+        case readerBeforeRead
+        /// The worker fails on its next work item, before invalidating it.
+        case worker
+    }
+
     let descriptor: UserfaultfdDescriptor
+    let file: UserfaultfdFile
     let space: AddressSpace
+    let granules: Locked<GranuleTable>
     /// Granules where a watch skips its ioctls; the worker forgets those an unmap or remap
     /// touched before it closes the window.
     let validated: ValidatedGranules
@@ -46,6 +63,12 @@ final class MonitorThreads: Sendable {
     /// would take back a validation racing with it: `init` waits for this).
     let readerReady = Atomic<Bool>(false)
     let finished = Atomic<Bool>(false)
+    /// Set once by `terminate`.
+    let failed = Atomic<Bool>(false)
+    /// Set by `shutdown` when it runs on the worker: the worker closes the descriptor number
+    /// when its loop ends (nothing else may close it while the worker can still use it).
+    let closeWhenWorkerEnds = Atomic<Bool>(false)
+    private let injected = Atomic<UInt8>(InjectedFailure.none.rawValue)
     private let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
     /// Preallocated poll set, only used by the reader (bit pattern: Sendable without exception).
     private let pollAddress: UInt
@@ -54,18 +77,21 @@ final class MonitorThreads: Sendable {
     /// long: an unmapping thread whose event is read before it goes to sleep returns at once.
     private let spinNanoseconds: UInt64
 
-    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, validated: ValidatedGranules, eventsPerRead: Int,
+    init(descriptor: UserfaultfdDescriptor, file: UserfaultfdFile, space: AddressSpace,
+         granules: Locked<GranuleTable>, validated: ValidatedGranules, eventsPerRead: Int,
          slots: Int, spinMicroseconds: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
             throw .systemCall(call: "eventfd", argument: "EFD_CLOEXEC | EFD_NONBLOCK", errno: .init(rawValue: errno))
         }
         self.descriptor = descriptor
+        self.file = file
         self.space = space
+        self.granules = granules
         self.validated = validated
-        spinNanoseconds = UInt64(max(0, spinMicroseconds)) * 1000
+        spinNanoseconds = UInt64(spinMicroseconds) * 1000  // validated by the monitor's init
         stopFD = stop
-        queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)
+        queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)  // validated by the monitor's init
         let polls = UnsafeMutablePointer<pollfd>.allocate(capacity: 2)
         polls.initialize(repeating: pollfd(), count: 2)
         pollAddress = UInt(bitPattern: polls)
@@ -90,6 +116,40 @@ final class MonitorThreads: Sendable {
         _ = write(stopFD, &one, 8)
     }
 
+    /// Makes the reader or the worker fail at its next step, as a real failure would (tests).
+    func inject(_ failure: InjectedFailure) {
+        injected.store(failure.rawValue, ordering: .releasing)
+        if failure == .worker { queue.poke() }
+    }
+
+    private func takeInjected(_ failure: InjectedFailure) -> Bool {
+        injected.compareExchange(expected: failure.rawValue, desired: InjectedFailure.none.rawValue,
+                                 ordering: .acquiringAndReleasing).exchanged
+    }
+
+    /// The monitor stops monitoring for good (once): the userfaultfd context ends first, so no
+    /// thread waits any longer for a read that will not come, and from then on no thread can be
+    /// waiting for the reader; only then may this thread take the granule lock (whose holders
+    /// allocate) and run callbacks. Later watches fail with `error`; the whole address space is
+    /// invalidated, so every cached translation is revoked.
+    func terminate(_ error: MonitorError) {
+        if failed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        file.releaseContext()
+        requestStop()
+        granules.withLock { table in
+            if table.failure == nil { table.failure = error }
+            // The kernel dropped every registration with the context.
+            for start in table.records.keys {
+                _ = validated.slot.adjust(granule: start, size: validated.granuleSize, registered: -1)
+            }
+            table.records.removeAll()
+            validated.removeAll()
+        }
+        let window = space.beginInvalidation()
+        window.invalidate(.everything, event: .explicit)
+        window.end()
+    }
+
     // MARK: Reader
 
     func runReader() {
@@ -106,7 +166,8 @@ final class MonitorThreads: Sendable {
         space.beginInvalidation().end()
         readerReady.store(true, ordering: .releasing)
         var spinUntil: UInt64 = 0
-        while true {
+        var failure: MonitorError?
+        while !failed.load(ordering: .acquiring) {
             polls[0] = pollfd(fd: descriptor.fd, events: Int16(POLLIN), revents: 0)
             polls[1] = pollfd(fd: stopFD, events: Int16(POLLIN), revents: 0)
             // Spinning polls without a window: an empty poll must not make lookups wait.
@@ -114,24 +175,44 @@ final class MonitorThreads: Sendable {
             let ready = poll(polls, 2, spinning ? 0 : -1)
             if ready < 0 {
                 if errno == EINTR { continue }
+                failure = .monitorFailed(thread: "reader", call: "poll(userfaultfd)", errno: Errno(rawValue: errno))
                 break
             }
             if ready == 0 { continue }
             if polls[1].revents != 0 { break }
             if polls[0].revents & Int16(POLLIN) != 0 {
-                if readOnce() && spinNanoseconds > 0 { spinUntil = monotonicNanoseconds() + spinNanoseconds }
+                if takeInjected(.readerBeforeRead) {
+                    failure = .monitorFailed(thread: "reader", call: "read(userfaultfd) (injected failure)", errno: .ioError)
+                    break
+                }
+                switch readOnce() {
+                case .events: if spinNanoseconds > 0 { spinUntil = monotonicNanoseconds() + spinNanoseconds }
+                case .empty: break
+                case .failed(let error):
+                    failure = error
+                }
+                if failure != nil { break }
             } else if polls[0].revents & Int16(POLLERR | POLLHUP | POLLNVAL) != 0 {
+                failure = .monitorFailed(thread: "reader", call: "poll(userfaultfd) reported "
+                    + (polls[0].revents & Int16(POLLNVAL) != 0 ? "POLLNVAL" : polls[0].revents & Int16(POLLHUP) != 0 ? "POLLHUP" : "POLLERR"),
+                    errno: nil)
                 break
             }
         }
-        // Stop requested: events already queued still get their invalidation.
-        while readOnce() {}
+        if let failure {
+            terminate(failure)
+        } else if !failed.load(ordering: .acquiring) {
+            // Stop requested: events already queued still get their invalidation.
+            while case .events = readOnce() {}
+        }
         queue.stop()
     }
 
+    enum ReadOutcome { case events, empty, failed(MonitorError) }
+
     /// One wake-up: take a slot (or the spare buffer when all are full), open a window, read,
-    /// publish. Never waits for the worker. Returns false when read() found nothing.
-    private func readOnce() -> Bool {
+    /// publish. Never waits for the worker.
+    private func readOnce() -> ReadOutcome {
         counters.wakeups.wrappingAdd(1, ordering: .relaxed)
         let slot = queue.tryReserve()
         let buffer = slot.map { queue.buffer($0) } ?? queue.spare
@@ -139,9 +220,11 @@ final class MonitorThreads: Sendable {
         // --- internal one, no access to watched memory (see the type's comment).
         let window = space.beginInvalidation()
         var count = 0
+        var failure: Errno?
         while true {
             let n = read(descriptor.fd, buffer, queue.slotBytes)
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno != EAGAIN { failure = Errno(rawValue: errno) }
             count = n > 0 ? n / UserfaultfdEvent.size : 0
             break
         }
@@ -150,7 +233,8 @@ final class MonitorThreads: Sendable {
         if count == 0 {
             counters.emptyWakeups.wrappingAdd(1, ordering: .relaxed)
             window.end()
-            return false
+            if let failure { return .failed(.monitorFailed(thread: "reader", call: "read(userfaultfd)", errno: failure)) }
+            return .empty
         }
         guard let slot else {
             // Ring full: merge this wake-up's ranges into the overflow (see EventQueue).
@@ -166,10 +250,10 @@ final class MonitorThreads: Sendable {
                 }
             }
             queue.publishOverflow(window: window, start: start, end: end)
-            return true
+            return .events
         }
         queue.publish(slot, window: window, count: count)
-        return true
+        return .events
     }
 
     // MARK: Worker
@@ -177,27 +261,48 @@ final class MonitorThreads: Sendable {
     func runWorker() {
         workerID.store(UInt(pthread_self()), ordering: .releasing)
         while let work = queue.next() {
-            guard case let .slot(slot) = work else {
-                queue.drainOverflow { start, end in validated.forget(start: start, end: end) }
+            if takeInjected(.worker) {
+                terminate(.monitorFailed(thread: "worker", call: "invalidation (injected failure)", errno: nil))
+            }
+            if failed.load(ordering: .acquiring) {
+                // Everything was invalidated when the monitor failed: only end the windows.
+                switch work {
+                case .slot(let slot):
+                    queue.window(slot).end()
+                    queue.release()
+                case .overflow:
+                    queue.drainOverflow { _, _ in }
+                case .poked:
+                    break
+                }
                 continue
             }
-            let window = queue.window(slot)
-            let buffer = queue.buffer(slot)
-            for index in 0..<queue.events(slot) {
-                let event = UserfaultfdEvent(at: buffer + index * UserfaultfdEvent.size)
-                count(event)
-                if let range = event.range, let cause = event.invalidationEvent {
-                    window.invalidate(range, event: cause)
-                    // The old range may be unregistered now (a remove keeps its registration).
-                    if event.kind == .unmap || event.kind == .remap {
-                        validated.forget(start: event.start, end: event.end)
+            switch work {
+            case .poked:
+                continue
+            case .overflow:
+                queue.drainOverflow { start, end in validated.forget(start: start, end: end) }
+                continue
+            case .slot(let slot):
+                let window = queue.window(slot)
+                let buffer = queue.buffer(slot)
+                for index in 0..<queue.events(slot) {
+                    let event = UserfaultfdEvent(at: buffer + index * UserfaultfdEvent.size)
+                    count(event)
+                    if let range = event.range, let cause = event.invalidationEvent {
+                        window.invalidate(range, event: cause)
+                        // The old range may be unregistered now (a remove keeps its registration).
+                        if event.kind == .unmap || event.kind == .remap {
+                            validated.forget(start: event.start, end: event.end)
+                        }
                     }
                 }
+                window.end()
+                queue.release()
             }
-            window.end()
-            queue.release()
         }
         finished.store(true, ordering: .releasing)
+        if closeWhenWorkerEnds.load(ordering: .acquiring) { file.close() }
     }
 
     private func count(_ event: UserfaultfdEvent) {
@@ -209,7 +314,7 @@ final class MonitorThreads: Sendable {
             // Never expected: nothing write-protects these pages. Resolve it so the faulting
             // thread does not hang (UFFDIO_WRITEPROTECT mode 0 also wakes it).
             counters.unexpectedFaults.wrappingAdd(1, ordering: .relaxed)
-            _ = descriptor.isRegistered(start: event.start & ~(pageSize - 1), length: pageSize)
+            if !file.isReleased { _ = descriptor.isRegistered(start: event.start & ~(pageSize - 1), length: pageSize) }
         case .other: break
         }
     }

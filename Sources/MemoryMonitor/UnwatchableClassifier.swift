@@ -1,11 +1,40 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemoryHooks
 import SystemPackage
 
 /// Turns a refused UFFDIO_REGISTER into a reason a person can act on, by looking at what is
 /// mapped there (`/proc/self/maps`). Runs only on the failure path.
 enum UnwatchableClassifier {
+    /// Why [start, end) must not be cached on trust, or nil when every mapping there is private
+    /// anonymous memory (whose pages change only through this process's own calls, which
+    /// userfaultfd and the hooks see). Asked once per watched mapping or granule, never on a hit.
+    ///
+    /// Anything else can change its pages with no event: a `MAP_SHARED` mapping of any kind
+    /// (the kernel's VM_MAYSHARE: memfd, tmpfs, `/dev/shm`, `MAP_SHARED | MAP_ANONYMOUS` and
+    /// shared `/dev/zero`, which are all shmem) and a private mapping of a file (truncation
+    /// unmaps even its copied-on-write pages). Private `/dev/zero` and private anonymous
+    /// hugetlb memory are anonymous: no descriptor reaches their pages.
+    static func sharedMemory(start: UInt, end: UInt) -> UnwatchableReason? {
+        var vma = cmemhooks_vma()
+        var address = start
+        while address < end {
+            let failure = cmemhooks_vma_at_or_after(address, end, &vma)
+            if failure == ENOENT { return nil }  // a hole: the probe and mincore speak to those
+            if failure != 0 { return .refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: failure)) }
+            let name = withUnsafeBytes(of: &vma.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let shared = vma.flags & UInt32(CMEMHOOKS_VMA_SHARED.rawValue) != 0
+            let anonymous = vma.inode == 0 || name == "/dev/zero" || name.hasPrefix("/anon_hugepage")
+            if shared || !anonymous {
+                let span = "0x\(String(vma.start, radix: 16))-0x\(String(vma.end, radix: 16))"
+                return .sharedMemory(mapping: "\(shared ? "MAP_SHARED" : "MAP_PRIVATE") \(name.isEmpty ? "inode \(vma.inode)" : name) at \(span)")
+            }
+            address = vma.end
+        }
+        return nil
+    }
+
     struct MappingLine {
         var start: UInt
         var end: UInt

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CShims
 import SystemPackage
+import Synchronization
 
 /// How this process obtained its userfaultfd (the privilege it needed).
 public enum UserfaultfdPrivilege: String, Sendable, Equatable, CustomStringConvertible {
@@ -151,5 +152,48 @@ struct UserfaultfdDescriptor: Sendable {
     func isRegistered(start: UInt, length: UInt) -> Errno? {
         var request = uffdio_writeprotect(range: uffdio_range(start: UInt64(start), len: UInt64(length)), mode: 0)
         return cshims_ioctl_pointer(fd, CSHIMS_UFFDIO_WRITEPROTECT, &request) == 0 ? nil : Errno(rawValue: errno)
+    }
+}
+
+/// Owns a monitor's descriptor number, so that it is given up and closed exactly once, and in
+/// the right order for the threads still using it.
+///
+/// `releaseContext()` points the number at `/dev/null` (`dup2`): the kernel drops the
+/// userfaultfd context as soon as calls in flight on it return, which unregisters every range
+/// and wakes every thread still waiting for an unread event (`userfaultfd_release`), while the
+/// number stays valid, so a thread that still issues an ioctl on it reaches `/dev/null` and gets
+/// an error instead of reaching some file opened later under the same number. `close()` then
+/// closes the number, after the last user of it is joined.
+final class UserfaultfdFile: Sendable {
+    let fd: Int32
+    private let released = Atomic<Bool>(false)
+    private let closed = Atomic<Bool>(false)
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close() }
+
+    var isReleased: Bool { released.load(ordering: .acquiring) }
+
+    /// Ends the userfaultfd context behind the number (once). No allocation, no lock: the reader
+    /// calls it when it fails, while unmapping threads may be waiting for it.
+    func releaseContext() {
+        if released.exchange(true, ordering: .acquiringAndReleasing) { return }
+        let placeholder = Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)
+        if placeholder >= 0 {
+            _ = dup2(placeholder, fd)
+            _ = Glibc.close(placeholder)
+        } else {
+            // No descriptor left for the placeholder: closing is the only way to end the context.
+            closed.store(true, ordering: .releasing)
+            _ = Glibc.close(fd)
+        }
+    }
+
+    /// Closes the number (once), ending the context first if that has not happened.
+    func close() {
+        releaseContext()
+        if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        _ = Glibc.close(fd)
     }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemoryHooks
 import CShims
 import MMUNotifier
 import Synchronization
@@ -13,22 +14,31 @@ import SystemPackage
 /// Guarantee: once such a call on watched memory has returned, no `readBegin`/`readRetry`
 /// lookup of the engine that starts later can see the old pages (see `MonitorThread`).
 ///
-/// - `munmap` calls through the C library are intercepted by default (`MunmapHook`): the
+/// - `munmap` calls through the C library are intercepted by default (`MemoryHooks`): the
 ///   range is invalidated and unregistered in the calling thread, then unmapped, so the kernel
 ///   queues no event and the caller does not sleep until the reader reads one. Callbacks then
 ///   run in that thread. `Configuration.interceptsMunmap = false` leaves every unmap to events.
+///   `mprotect` taking write access away and `shmat(SHM_REMAP)` over watched memory, which
+///   userfaultfd never reports, are hooked the same way; `RDMAMEMORY_HOOKS=off` turns every
+///   hook off (`hooks` says so).
 /// - `watch(range)` registers the range's granules (write-protect mode, never protecting a
 ///   page, so ordinary faults need no answer) and checks with the kernel that the pages
 ///   mapped *now* are registered; call it on every cache miss, after `readBegin` (see
 ///   `watch`). `unwatch(range)` drops the count; the last buffer of a granule unregisters it.
-/// - Unwatchable memory throws `.unwatchable(range, reason)`: file-backed, System V shared
-///   memory, another userfaultfd's range, hugetlb where unsupported, or not mapped.
+/// - Unwatchable memory throws `.unwatchable(range, reason)`: shared memory (any `MAP_SHARED`
+///   mapping, or a mapping of a file: its pages can change with no event) unless the caller
+///   opts in, System V shared memory, another userfaultfd's range, hugetlb where unsupported,
+///   or not mapped.
+/// - Failure: if the reader or worker thread fails, monitoring stops for good (see
+///   `MonitorThreads`): nothing waits for an unread event, every subscriber is invalidated,
+///   later watches throw `.monitorFailed`, and `failure` says what happened.
 /// - fork(): the child inherits no monitoring (EVENT_FORK is not requested, so the kernel
 ///   clears the child's registrations); the child's unmaps never wait for this thread and
 ///   the parent's monitoring is unaffected. The descriptor is close-on-exec.
-/// - `shutdown()` (also run by deinit) unregisters everything, stops and joins the thread,
-///   closes the descriptor and invalidates the whole address space once (events between the
-///   last read and the close are lost, so nothing cached may outlive the watch). Idempotent.
+/// - `shutdown()` (also run by deinit) unregisters everything, stops and joins the reader, ends
+///   the userfaultfd context, invalidates the whole address space once (events between the last
+///   read and the end are lost, so nothing cached may outlive the watch), joins the worker and
+///   only then closes the descriptor. Idempotent.
 public final class UserfaultfdMonitor: Sendable {
     public struct Configuration: Sendable {
         /// Registration granule in bytes: a power of two, at least a page. Larger means fewer
@@ -45,7 +55,7 @@ public final class UserfaultfdMonitor: Sendable {
         public var spinMicroseconds: Int = 0
         /// `munmap` calls made through the C library's symbol are handled in the calling
         /// thread (invalidated, unregistered, then unmapped: no event, no sleep; see
-        /// `MunmapHook`). Raw system calls, glibc's own unmaps (`free`), `mmap(MAP_FIXED)`,
+        /// `MemoryHooks`). Raw system calls, glibc's own unmaps (`free`), `mmap(MAP_FIXED)`,
         /// `mremap`, `madvise` and `brk` are events either way.
         public var interceptsMunmap: Bool = true
         public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
@@ -58,17 +68,72 @@ public final class UserfaultfdMonitor: Sendable {
             self.spinMicroseconds = spinMicroseconds
             self.interceptsMunmap = interceptsMunmap
         }
+
+        static let maxEventsPerRead = 4096
+        static let maxQueueSlots = 65536
+        static let maxSpinMicroseconds = 10_000_000
+
+        /// Checks every value before any arithmetic uses it.
+        func validate(pageSize: UInt) throws(MonitorError) {
+            guard granuleSize >= pageSize, granuleSize & (granuleSize - 1) == 0, granuleSize <= 1 << 40 else {
+                throw .invalidConfiguration(argument: "granuleSize: \(granuleSize)",
+                                            reason: "must be a power of two from the page size (\(pageSize)) to 1 TiB")
+            }
+            guard (1...Self.maxEventsPerRead).contains(eventsPerRead) else {
+                throw .invalidConfiguration(argument: "eventsPerRead: \(eventsPerRead)", reason: "must be 1...\(Self.maxEventsPerRead)")
+            }
+            guard (1...Self.maxQueueSlots).contains(queueSlots) else {
+                throw .invalidConfiguration(argument: "queueSlots: \(queueSlots)", reason: "must be 1...\(Self.maxQueueSlots)")
+            }
+            guard (0...Self.maxSpinMicroseconds).contains(spinMicroseconds) else {
+                throw .invalidConfiguration(argument: "spinMicroseconds: \(spinMicroseconds)",
+                                            reason: "must be 0...\(Self.maxSpinMicroseconds)")
+            }
+        }
+    }
+
+    /// How the process's hooks serve this monitor.
+    public enum Hooks: Sendable, Equatable, CustomStringConvertible {
+        /// `munmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` through the C library are
+        /// handled in the calling thread.
+        case active
+        /// The same, except `munmap`: unmaps are userfaultfd events (`interceptsMunmap: false`).
+        case activeExceptMunmap
+        /// `RDMAMEMORY_HOOKS=off`: nothing is hooked. Unmaps are events only (the unmapping
+        /// thread sleeps until the reader reads them); `mprotect` and `shmat(SHM_REMAP)` are not
+        /// seen at all, so a region registered for write stays writable by the device after
+        /// the memory is made read-only.
+        case disabledByEnvironment
+        /// No slot in the hooks' granule map was free (more than 32 monitors): as disabled.
+        case unavailable
+
+        public var description: String {
+            switch self {
+            case .active: return "munmap, mprotect, shmat and shmdt intercepted in the calling thread"
+            case .activeExceptMunmap: return "mprotect, shmat and shmdt intercepted; munmap seen as userfaultfd events"
+            case .disabledByEnvironment:
+                return "hooks off (RDMAMEMORY_HOOKS=off): unmaps are seen as userfaultfd events only; "
+                    + "mprotect and shmat(SHM_REMAP) are not seen, so revoke such memory explicitly"
+            case .unavailable:
+                return "hooks unavailable (no free slot): unmaps are seen as userfaultfd events only; "
+                    + "mprotect and shmat(SHM_REMAP) are not seen"
+            }
+        }
     }
 
     public let space: AddressSpace
     public let granuleSize: UInt
+    /// How the process's hooks serve this monitor.
+    public let hooks: Hooks
     let pageSize: UInt
     let descriptor: UserfaultfdDescriptor
+    let file: UserfaultfdFile
     let threads: MonitorThreads
     let granules = Locked(GranuleTable())
     let validated: ValidatedGranules
-    /// This monitor's part in the process's `munmap` hook; nil when it does not take part.
-    let interceptor: UnmapInterceptor?
+    let slot: HookSlot
+    /// This monitor's part in the process's hooks; nil when it takes no part.
+    let interceptor: HookInterceptor?
     let readerPthread = Atomic<UInt>(0)
     let workerPthread = Atomic<UInt>(0)
     let stopped = Atomic<Bool>(false)
@@ -80,35 +145,43 @@ public final class UserfaultfdMonitor: Sendable {
     /// UFFD_FEATURE_* bits the kernel offers.
     public var offeredFeatures: UInt64 { descriptor.offered }
 
+    /// Opens a userfaultfd and starts the reader and the worker. Every resource it takes is
+    /// given back exactly once if a later step fails (the descriptor by `UserfaultfdFile`, the
+    /// hooks' slot, each thread that started), and `shutdown` then finds nothing more to do.
     public init(space: AddressSpace, configuration: Configuration = Configuration()) throws(MonitorError) {
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
-        let granule = configuration.granuleSize
-        guard granule >= page, granule & (granule - 1) == 0 else {
-            throw .invalidRange(call: "UserfaultfdMonitor.init", argument: "granuleSize: \(granule)")
-        }
+        try configuration.validate(pageSize: page)
         self.space = space
         pageSize = page
-        granuleSize = granule
+        granuleSize = configuration.granuleSize
         descriptor = try UserfaultfdDescriptor.open(strategy: configuration.strategy)
-        validated = ValidatedGranules(granuleSize: granule)
+        file = UserfaultfdFile(fd: descriptor.fd)
+        let slot = MemoryHooks.acquireSlot()
+        self.slot = slot
+        hooks = slot.isActive ? (configuration.interceptsMunmap ? .active : .activeExceptMunmap)
+            : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : .unavailable
+        validated = ValidatedGranules(granuleSize: configuration.granuleSize, slot: slot)
         do {
-            threads = try MonitorThreads(descriptor: descriptor, space: space, validated: validated,
-                                         eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots,
+            threads = try MonitorThreads(descriptor: descriptor, file: file, space: space, granules: granules,
+                                         validated: validated, eventsPerRead: configuration.eventsPerRead,
+                                         slots: configuration.queueSlots,
                                          spinMicroseconds: configuration.spinMicroseconds)
         } catch {
-            close(descriptor.fd)
+            // `self` is not fully initialized: no deinit will run. The file closes itself.
+            if slot.isActive { cmemhooks_slot_release(slot.index) }
             throw error
         }
-        interceptor = configuration.interceptsMunmap
-            ? UnmapInterceptor(space: space, descriptor: descriptor, granules: granules, validated: validated,
-                               counters: threads.counters, granuleSize: granule)
+        interceptor = slot.isActive
+            ? HookInterceptor(space: space, interceptsMunmap: configuration.interceptsMunmap, slot: slot,
+                              descriptor: descriptor, granules: granules, validated: validated,
+                              counters: threads.counters, granuleSize: configuration.granuleSize)
             : nil
+        // From here on `self` is whole: a throw runs deinit, whose shutdown() stops what started.
         var worker = pthread_t()
         let workerContext = Unmanaged.passRetained(threads).toOpaque()
         let workerCreated = pthread_create(&worker, nil, { monitorWorkerEntry($0) }, workerContext)
         guard workerCreated == 0 else {
             Unmanaged<MonitorThreads>.fromOpaque(workerContext).release()
-            close(descriptor.fd)
             throw .systemCall(call: "pthread_create", argument: "userfaultfd worker", errno: Errno(rawValue: workerCreated))
         }
         workerPthread.store(UInt(worker), ordering: .releasing)
@@ -117,14 +190,11 @@ public final class UserfaultfdMonitor: Sendable {
         let readerCreated = pthread_create(&reader, nil, { monitorReaderEntry($0) }, readerContext)
         guard readerCreated == 0 else {
             Unmanaged<MonitorThreads>.fromOpaque(readerContext).release()
-            threads.queue.stop()
-            pthread_join(worker, nil)
-            close(descriptor.fd)
             throw .systemCall(call: "pthread_create", argument: "userfaultfd reader", errno: Errno(rawValue: readerCreated))
         }
         readerPthread.store(UInt(reader), ordering: .releasing)
         while !threads.readerReady.load(ordering: .acquiring) { sched_yield() }
-        if let interceptor { MunmapHook.add(interceptor) }
+        if let interceptor { MemoryHooks.add(interceptor) }
     }
 
     deinit { shutdown() }
@@ -145,7 +215,16 @@ public final class UserfaultfdMonitor: Sendable {
         }
     }
 
-    public var isRunning: Bool { !threads.finished.load(ordering: .acquiring) && !stopped.load(ordering: .acquiring) }
+    public var isRunning: Bool {
+        !threads.finished.load(ordering: .acquiring) && !stopped.load(ordering: .acquiring)
+            && !threads.failed.load(ordering: .acquiring)
+    }
+
+    /// Why monitoring stopped on its own (a thread failed), or nil.
+    public var failure: MonitorError? { granules.withLock { $0.failure } }
+
+    /// Makes the reader or the worker fail at its next step, as a real failure would (tests).
+    func injectFailure(_ failure: MonitorThreads.InjectedFailure) { threads.inject(failure) }
 
     // MARK: watch / unwatch
 
@@ -163,11 +242,19 @@ public final class UserfaultfdMonitor: Sendable {
     /// an unwatched mapping whose later unmap nobody reports.) Calling it before as well is
     /// harmless: it is counted twice and needs two `unwatch` calls.
     ///
+    /// Shared memory (any `MAP_SHARED` mapping, or a mapping of a file) is refused with
+    /// `.unwatchable(range, .sharedMemory(...))`: its pages can be replaced by truncation, hole
+    /// punching or another process with no event (see `UnwatchableClassifier`). The check runs
+    /// when the buffer's mapping is registered, not in a validated granule (which holds private
+    /// anonymous memory only). `allowingSharedMemory: true` watches it anyway: only for memory
+    /// this process owns alone and invalidates explicitly around every truncation.
+    ///
     /// Each successful `watch` needs one `unwatch` of the same range.
-    public func watch(_ range: AddressRange) throws(MonitorError) {
+    public func watch(_ range: AddressRange, allowingSharedMemory: Bool = false) throws(MonitorError) {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "watch") }
         let pages = try pageRange(range, call: "watch")
         try granules.withLock { table throws(MonitorError) in
+            if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
             // No window open (sequence even): the worker has forgotten every granule that an
@@ -194,8 +281,19 @@ public final class UserfaultfdMonitor: Sendable {
                     }
                 } else {
                     for start in starts {
-                        var record = try registerGranule(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
-                                                         existing: table.records[start], range: range)
+                        let existing = table.records[start]
+                        // Counted in the hooks' map before the kernel registers anything.
+                        if existing == nil, !slot.adjust(granule: start, size: granuleSize, registered: 1) {
+                            throw .systemCall(call: "cmemhooks_slot_adjust", argument: describe(start, granuleSize), errno: .noMemory)
+                        }
+                        var record: GranuleRecord
+                        do throws(MonitorError) {
+                            record = try registerGranule(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
+                                                         existing: existing, range: range)
+                        } catch {
+                            if existing == nil { _ = slot.adjust(granule: start, size: granuleSize, registered: -1) }
+                            throw error
+                        }
                         record.buffers += 1
                         table.records[start] = record
                         counted.append(start)
@@ -206,6 +304,9 @@ public final class UserfaultfdMonitor: Sendable {
                 var covered = try probe(pages)
                 if !covered { covered = try probeEachPage(pages) }
                 if covered && isFullyMapped(pages) {
+                    if !allowingSharedMemory, let shared = UnwatchableClassifier.sharedMemory(start: pages.start, end: pages.end) {
+                        throw .unwatchable(range: range, reason: shared)
+                    }
                     for start in starts { validateIfWhole(start, in: &table) }
                     return
                 }
@@ -224,7 +325,7 @@ public final class UserfaultfdMonitor: Sendable {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "unwatch") }
         let pages = try pageRange(range, call: "unwatch")
         try granules.withLock { table throws(MonitorError) in
-            if table.shutDown { return }
+            if table.shutDown || table.failure != nil { return }
             let starts = granuleStarts(pages)
             for start in starts where table.records[start] == nil { throw .notWatched(range: range) }
             for start in starts { release(start, in: &table) }
@@ -233,33 +334,39 @@ public final class UserfaultfdMonitor: Sendable {
 
     // MARK: Shutdown
 
-    /// Stops monitoring: every granule is unregistered, the thread reads what is queued and
-    /// ends, the descriptor is closed, and the whole address space is invalidated once (a
-    /// change between the last read and the close would otherwise go unreported). A second
-    /// call does nothing. From an invalidation callback (on the worker) it unregisters and
-    /// requests the stop, and the worker finishes it (closes and invalidates) when it ends.
+    /// Stops monitoring: every granule is unregistered, the reader reads what is queued and
+    /// ends, the userfaultfd context ends (a thread still waiting for an unread event wakes),
+    /// the whole address space is invalidated once (a change between the last read and the end
+    /// would otherwise go unreported), the worker is joined, and only then is the descriptor
+    /// closed. A second call does nothing. From an invalidation callback (on the worker) the
+    /// worker cannot be joined: it closes the descriptor itself when its loop ends.
     public func shutdown() {
         if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
-        if let interceptor { MunmapHook.remove(interceptor) }
         granules.withLock { table in
             table.shutDown = true
             validated.removeAll()
-            for (start, record) in table.records { unregister(start, record) }
+            for (start, record) in table.records {
+                unregister(start, record)
+                _ = slot.adjust(granule: start, size: granuleSize, registered: -1)
+            }
             table.records.removeAll()
         }
+        if let interceptor { MemoryHooks.remove(interceptor) } else if slot.isActive { cmemhooks_slot_release(slot.index) }
         threads.requestStop()
-        let reader = readerPthread.load(ordering: .acquiring)
-        if reader != 0 { pthread_join(pthread_t(reader), nil) }
+        let reader = readerPthread.exchange(0, ordering: .acquiringAndReleasing)
+        if reader != 0 { pthread_join(pthread_t(reader), nil) } else { threads.queue.stop() }
         let window = space.beginInvalidation()
-        close(descriptor.fd)
+        file.releaseContext()
         window.invalidate(.everything, event: .explicit)
         window.end()
-        if threads.isWorkerThread {
-            pthread_detach(pthread_t(workerPthread.load(ordering: .acquiring)))
+        let worker = workerPthread.exchange(0, ordering: .acquiringAndReleasing)
+        if worker != 0 && threads.isWorkerThread {
+            threads.closeWhenWorkerEnds.store(true, ordering: .releasing)
+            pthread_detach(pthread_t(worker))
             return
         }
-        let worker = workerPthread.load(ordering: .acquiring)
         if worker != 0 { pthread_join(pthread_t(worker), nil) }
+        file.close()
     }
 
     // MARK: Internals (granule lock held)
@@ -346,6 +453,7 @@ public final class UserfaultfdMonitor: Sendable {
         table.records[start] = nil
         validated.remove(start)  // before the unregister makes it untrue
         unregister(start, record)
+        _ = slot.adjust(granule: start, size: granuleSize, registered: -1)  // after: see `HookSlot`
     }
 
     /// Marks a granule registered whole as validated when registered mappings now cover all of
@@ -367,12 +475,15 @@ public final class UserfaultfdMonitor: Sendable {
         let before = space.invalidationSequence
         guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
         let whole = PageRange(start: start, end: start &+ granuleSize)
-        guard isFullyMapped(whole), (try? probe(whole)) == true else {
+        // Only private anonymous memory may skip later checks: a watch in a validated granule
+        // does not look at what is mapped there.
+        guard isFullyMapped(whole), (try? probe(whole)) == true,
+              UnwatchableClassifier.sharedMemory(start: whole.start, end: whole.end) == nil else {
             record.validationCountdown = GranuleRecord.revalidateEvery
             table.records[start] = record
             return
         }
-        validated.insert(start)
+        guard validated.insert(start) else { return }
         if space.invalidationSequence != before { validated.remove(start) }
     }
 

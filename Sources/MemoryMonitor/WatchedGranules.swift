@@ -1,3 +1,4 @@
+import CMemoryHooks
 import MMUNotifier
 
 /// The monitor's bookkeeping of what it registered with userfaultfd.
@@ -46,11 +47,32 @@ struct PageRange: Hashable, Sendable {
 ///
 /// Lock rule: taken by threads calling `watch`, `unwatch` and `shutdown` (the worker too, from
 /// callbacks), which may allocate and issue ioctls while holding it; the *reader* thread never
-/// takes it, so a holder whose allocation trims watched heap pages waits only for the
-/// reader's read(), which never waits for this lock.
+/// takes it while the descriptor is live, so a holder whose allocation trims watched heap pages
+/// waits only for the reader's read(), which never waits for this lock.
 struct GranuleTable: Sendable {
     var records: [UInt: GranuleRecord] = [:]
     var shutDown = false
+    /// Set when the monitor failed (its descriptor is gone): watches are refused with it.
+    var failure: MonitorError?
+}
+
+/// This monitor's slot in the hooks' granule map (`CMemoryHooks`): which 2 MiB chunks hold its
+/// registered and validated granules, read lock-free by every hooked call of the process.
+/// Counts go up before the kernel registers and down after it unregistered, so a hook that
+/// reads zero knows the memory is not registered at that instant (a watch racing it either
+/// registers before the call, and the kernel reports an unmap, or after, and its probe sees the
+/// change). No slot (hooks off, or all taken): every method does nothing.
+struct HookSlot: Sendable {
+    let index: Int32
+
+    static let none = HookSlot(index: -1)
+
+    var isActive: Bool { index >= 0 }
+
+    func adjust(granule start: UInt, size: UInt, registered: Int32 = 0, validated: Int32 = 0) -> Bool {
+        guard isActive else { return true }
+        return cmemhooks_slot_adjust(index, start, start &+ size, registered, validated) == 0
+    }
 }
 
 /// Granules found wholly registered: one registered mapping covers every page, so a buffer
@@ -69,33 +91,60 @@ struct GranuleTable: Sendable {
 /// never takes either.
 final class ValidatedGranules: Sendable {
     let granuleSize: UInt
+    let slot: HookSlot
     private let starts = Locked(Set<UInt>())
 
-    init(granuleSize: UInt) { self.granuleSize = granuleSize }
+    init(granuleSize: UInt, slot: HookSlot) {
+        self.granuleSize = granuleSize
+        self.slot = slot
+    }
 
     func containsAll(_ granules: StrideTo<UInt>) -> Bool {
         starts.withLock { set in granules.allSatisfy { set.contains($0) } }
     }
 
-    func insert(_ granule: UInt) { _ = starts.withLock { $0.insert(granule) } }
+    /// Marks `granule` validated; false (nothing marked) when the hooks' map has no room.
+    @discardableResult
+    func insert(_ granule: UInt) -> Bool {
+        starts.withLock { set in
+            guard !set.contains(granule) else { return true }
+            guard slot.adjust(granule: granule, size: granuleSize, validated: 1) else { return false }
+            set.insert(granule)
+            return true
+        }
+    }
 
-    func remove(_ granule: UInt) { _ = starts.withLock { $0.remove(granule) } }
+    func remove(_ granule: UInt) {
+        starts.withLock { set in
+            if set.remove(granule) != nil { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
+        }
+    }
 
-    func removeAll() { starts.withLock { $0.removeAll() } }
+    func removeAll() {
+        starts.withLock { set in
+            for granule in set { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
+            set.removeAll()
+        }
+    }
 
     var count: Int { starts.withLock { $0.count } }
 
     /// Forgets every granule overlapping `[start, end)` (the worker, before closing the window
-    /// of an unmap or remap there).
+    /// of an unmap or remap there; a hook, before a shmat or shmdt there).
     func forget(start: UInt, end: UInt) {
         guard end > start else { return }
         let first = start & ~(granuleSize - 1)
         starts.withLock { set in
             if set.isEmpty { return }
             if (end - first) / granuleSize > UInt(set.count) {
-                set = set.filter { $0 &+ granuleSize <= start || $0 >= end }
+                for granule in set where !(granule &+ granuleSize <= start || granule >= end) {
+                    set.remove(granule)
+                    _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
+                }
             } else {
-                for granule in stride(from: first, to: end, by: Int(granuleSize)) { set.remove(granule) }
+                for granule in stride(from: first, to: end, by: Int(granuleSize)) where set.remove(granule) != nil {
+                    _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
+                }
             }
         }
     }

@@ -239,7 +239,7 @@ public final class RegistrationCache: Sendable {
             // and bumps the sequence readRetry checks. Watching only before readBegin (as
             // DESIGN.md orders it) leaves that munmap + mmap gap open: the stress test found it.
             var watched = false
-            switch monitor.watch(range) {
+            switch monitor.watch(range, allowingSharedMemory: options.cachesSharedMemory) {
             case .watched: watched = true
             case .uncached(let reason):
                 if options.monitoring == .userfaultfd {
@@ -259,7 +259,8 @@ public final class RegistrationCache: Sendable {
                 continue
             } catch {
                 abandon(subscription, range: range, watched: watched)
-                throw error as? RegistrationError ?? .device(error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
+                let verbs = error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)")
+                throw .device(verbs, address: address, length: Int(end - address), access: access)
             }
             let entry = state.withLock { state -> CacheEntry? in
                 guard !subscription.readRetry(sequence), state.closedReason == nil else { return nil }
@@ -317,7 +318,7 @@ public final class RegistrationCache: Sendable {
             return Registration(address: address, length: length, backing: .uncached(memory, reclaimer),
                                 uncachedReason: reason)
         } catch let error as VerbsError {
-            throw .device(error)
+            throw .device(error, address: address, length: length, access: access)
         } catch {
             throw .device(VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
         }
@@ -359,10 +360,14 @@ public final class RegistrationCache: Sendable {
 
     /// The invalidation callback: revoke every entry of `subscription`. Runs on the monitor's
     /// worker (or the explicit caller), never on the thread that reads userfaultfd events.
-    func revoke(_ subscription: IntervalSubscription, sequence: UInt64) {
+    /// A write-protect change keeps a published region that cannot write; anything else (and
+    /// a registration still in flight, whose access may yet include write) is revoked.
+    func revoke(_ subscription: IntervalSubscription, sequence: UInt64, event: InvalidationEvent) {
         state.withLock { state in
+            let entry = state.entries[ObjectIdentifier(subscription)]
+            if event == .writeProtect, let entry, !entry.access.needsWritableMemory { return }
             subscription.setSequence(sequence)
-            guard let entry = state.entries[ObjectIdentifier(subscription)] else { return }
+            guard let entry else { return }
             unpublish(entry, &state)
             entry.revoked.store(true, ordering: .releasing)
             counters.invalidations.add(1, ordering: .relaxed)
@@ -425,7 +430,7 @@ final class InvalidationHandler: IntervalNotifierOps {
 
     func invalidate(_ subscription: IntervalSubscription, range: InvalidationRange, currentSequence: UInt64) -> Bool {
         if let cache {
-            cache.revoke(subscription, sequence: currentSequence)
+            cache.revoke(subscription, sequence: currentSequence, event: range.event)
         } else {
             subscription.setSequence(currentSequence)
         }

@@ -36,6 +36,17 @@ extension RegistrationCache {
         public var accessPolicy: AccessPolicy = .asRequested
         /// Registrations discarded because an invalidation raced them, before giving up.
         public var maxAttempts: Int = 8
+        /// Cache shared memory too. By default every `MAP_SHARED` mapping (memfd, tmpfs and
+        /// `/dev/shm` files, `MAP_SHARED | MAP_ANONYMOUS`, shared `/dev/zero`) and every mapping
+        /// of a file is registered uncached, with a reason: its pages can be replaced with no
+        /// event userfaultfd or a hook could see (an `ftruncate` shrink or `fallocate` hole
+        /// punch through any descriptor, by any process; another process's `MADV_REMOVE`), and a
+        /// cached region would then keep the old pages, so RDMA would silently miss the memory.
+        ///
+        /// Risk of `true`: correct only if this process owns the memory alone and calls
+        /// `invalidate(address:length:)` before every truncation, hole punch or replacement of
+        /// its pages, by anyone. A forgotten call is a stale region: data lost without an error.
+        public var cachesSharedMemory = false
 
         public init() {}
     }

@@ -5,10 +5,19 @@ import Verbs
 /// Why the cache refused a request. Each case names what was wrong; device failures carry the
 /// `VerbsError` (call, argument, errno) underneath.
 public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The error for a device refusal of `[address, address + length)` with `access`: the typed
+    /// read-only case where the kernel refused write access to read-only memory.
+    static func device(_ error: VerbsError, address: UInt, length: Int, access: AccessFlags) -> RegistrationError {
+        error.isWriteToReadOnlyMemory ? .readOnlyMemory(address: address, length: length, access: access) : .device(error)
+    }
+
     /// `register(address:length:)` got an unusable range.
     case invalidRange(call: String, address: UInt, length: Int, reason: String)
     /// The device refused the registration (`ibv_reg_mr`), even after evicting idle ones.
     case device(VerbsError)
+    /// Write access (`access`) was asked for memory the process maps read-only (after an
+    /// `mprotect`, say): register it with read access only, or make it writable first.
+    case readOnlyMemory(address: UInt, length: Int, access: AccessFlags)
     /// The memory kept changing under every attempt: `attempts` registrations raced an
     /// invalidation and were thrown away.
     case keptChanging(address: UInt, length: Int, attempts: Int)
@@ -23,6 +32,8 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
             "\(call)(address: 0x\(String(address, radix: 16)), length: \(length)): \(reason)"
         case let .device(error):
             "\(error)"
+        case let .readOnlyMemory(address, length, access):
+            "register(address: 0x\(String(address, radix: 16)), length: \(length), access: \(access)): the memory is mapped read-only; ask for read access only"
         case let .keptChanging(address, length, attempts):
             "register(address: 0x\(String(address, radix: 16)), length: \(length)): the memory changed during each of \(attempts) attempts"
         case let .alreadyReleased(lkey):

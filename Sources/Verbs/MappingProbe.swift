@@ -27,6 +27,7 @@ enum MappingProbe {
             if access.needsWritableMemory && !mapping.writable {
                 explained.argument = "access: \(access)"
                 explained.detail = "write access asked for read-only memory at 0x\(hex(cursor))"
+                explained.isWriteToReadOnlyMemory = true
                 return explained
             }
             cursor = mapping.end

@@ -14,6 +14,9 @@ public struct VerbsError: Error, Equatable, CustomStringConvertible, Sendable {
     public var errno: Errno?
     /// Extra words for failures errno cannot express (a timeout, a work completion status).
     public var detail: String?
+    /// True when the call was refused because write access was asked for memory the process
+    /// maps read-only (`ibv_reg_mr` says only EFAULT; the module looked at the mapping).
+    public var isWriteToReadOnlyMemory = false
 
     public init(call: String, argument: String? = nil, errno: Errno? = nil, detail: String? = nil) {
         self.call = call

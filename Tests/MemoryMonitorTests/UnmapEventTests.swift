@@ -136,7 +136,9 @@ extension MemoryMonitorTests {
             let base = try mapAnonymous(length, shared: true)
             defer { unmap(base, length) }
             let watched = try range(base, length)
-            try harness.monitor.watch(watched)
+            // Shared memory is refused unless the caller opts in (its pages can change unseen).
+            #expect(throws: MonitorError.self) { try harness.monitor.watch(watched) }
+            try harness.monitor.watch(watched, allowingSharedMemory: true)
             let probe = try RangeProbe(harness.space, watched)
             #expect(madvise(UnsafeMutableRawPointer(bitPattern: base), Int(pageSize), MADV_REMOVE) == 0)
             #expect(probe.seenByNewLookup == [.remove])

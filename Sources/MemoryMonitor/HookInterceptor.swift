@@ -1,32 +1,38 @@
 import MMUNotifier
 
-/// One monitor's share of the process's `munmap` hook (`MunmapHook`): it tells whether an
-/// unmap touches memory the monitor registered, and takes that memory out of userfaultfd just
-/// before the unmap, so the kernel queues no event and the unmapping thread never sleeps
-/// waiting for the monitor's reader.
+/// One monitor's share of the process's hooks (`MemoryHooks`): whether a hooked call touches
+/// memory the monitor registered, taking that memory out of userfaultfd just before an unmap
+/// (so the kernel queues no event and the unmapping thread never sleeps waiting for the
+/// reader), and forgetting validated granules where a shmat or shmdt changes the mappings.
 ///
-/// Why it is safe: the hook opens a window and invalidates the range before it calls
-/// `unregisterWatched`, and closes it only after the real unmap returned, so the promise is the
-/// same as the event path's (no lookup that starts after `munmap` returned sees the old pages).
-/// A watch racing with the hook either registers the range again before the unmap (then the
-/// kernel reports the unmap as an event, as before) or runs after it (then the mapping is gone
-/// or new). Granules it touches are forgotten as validated under the granule lock, before the
-/// unregister, as `ValidatedGranules` requires.
+/// Why an intercepted unmap is safe: the hook opens a window and invalidates the range before it
+/// calls `unregisterWatched`, and closes it only after the real unmap returned, so the promise
+/// is the same as the event path's (no lookup that starts after `munmap` returned sees the old
+/// pages). A watch racing with the hook either registers the range again before the unmap
+/// (then the kernel reports the unmap as an event, as before) or runs after it (then the
+/// mapping is gone or new). Granules it touches are forgotten as validated under the granule
+/// lock, before the unregister, as `ValidatedGranules` requires.
 ///
-/// It holds what it needs, not the monitor, so the process-wide list never keeps a monitor
-/// alive; `UserfaultfdMonitor.shutdown()` takes it off the list, and a hook still holding it
-/// finds the table shut down and leaves the unmap to the kernel.
-final class UnmapInterceptor: Sendable {
+/// It holds what it needs, not the monitor, so the process-wide table never keeps a monitor
+/// alive; `UserfaultfdMonitor.shutdown()` takes it out, and a hook still holding it finds the
+/// table shut down and leaves the call to the kernel.
+final class HookInterceptor: Sendable {
     let space: AddressSpace
+    /// Whether `munmap` is handled here (false: unmaps stay userfaultfd events).
+    let interceptsMunmap: Bool
+    let slot: HookSlot
     private let descriptor: UserfaultfdDescriptor
     private let granules: Locked<GranuleTable>
     private let validated: ValidatedGranules
     private let counters: MonitorCounters
     private let granuleSize: UInt
 
-    init(space: AddressSpace, descriptor: UserfaultfdDescriptor, granules: Locked<GranuleTable>,
-         validated: ValidatedGranules, counters: MonitorCounters, granuleSize: UInt) {
+    init(space: AddressSpace, interceptsMunmap: Bool, slot: HookSlot, descriptor: UserfaultfdDescriptor,
+         granules: Locked<GranuleTable>, validated: ValidatedGranules, counters: MonitorCounters,
+         granuleSize: UInt) {
         self.space = space
+        self.interceptsMunmap = interceptsMunmap
+        self.slot = slot
         self.descriptor = descriptor
         self.granules = granules
         self.validated = validated
@@ -34,11 +40,11 @@ final class UnmapInterceptor: Sendable {
         self.granuleSize = granuleSize
     }
 
-    /// True when `pages` touches a granule this monitor registered. No allocation: every
-    /// `munmap` of the process asks this.
+    /// True when `pages` touches a granule this monitor registered (the exact answer, under the
+    /// granule lock; the hooks' lock-free map said "maybe").
     func touchesWatched(_ pages: PageRange) -> Bool {
         granules.withLock { table in
-            if table.shutDown || table.records.isEmpty { return false }
+            if table.shutDown || table.failure != nil || table.records.isEmpty { return false }
             return !forEachRecord(overlapping: pages, in: table) { _, _ in false }
         }
     }
@@ -48,7 +54,7 @@ final class UnmapInterceptor: Sendable {
     /// whatever stayed registered is reported by an event when it is unmapped.
     func unregisterWatched(_ pages: PageRange) {
         let touched = granules.withLock { table -> Bool in
-            if table.shutDown { return false }
+            if table.shutDown || table.failure != nil { return false }
             validated.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
             return forEachWatchedPiece(of: pages, in: table) { piece in
                 _ = descriptor.unregister(start: piece.start, length: piece.length)
@@ -61,12 +67,22 @@ final class UnmapInterceptor: Sendable {
     /// still mapped and must stay watched.
     func reregisterWatched(_ pages: PageRange) {
         granules.withLock { table in
-            if table.shutDown { return }
+            if table.shutDown || table.failure != nil { return }
             _ = forEachWatchedPiece(of: pages, in: table) { piece in
                 _ = descriptor.register(start: piece.start, length: piece.length)
             }
         }
     }
+
+    /// Forgets the validated granules `pages` touches: a shmat or shmdt there changes mappings
+    /// without telling userfaultfd, so the next watch there must register and probe again.
+    func forgetValidated(_ pages: PageRange) {
+        granules.withLock { _ in validated.forget(start: pages.start, end: pages.end) }
+        counters.interceptedChanges.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// Counts a hooked protection change (an invalidation without any event).
+    func countProtectionChange() { counters.interceptedChanges.wrappingAdd(1, ordering: .relaxed) }
 
     /// Calls `body` with each registered piece of `pages`: the part inside a whole granule, or
     /// the overlap with a granule's registered pieces. Consecutive whole granules make one

@@ -1,0 +1,134 @@
+#pragma once
+// The process's munmap(), mprotect(), pkey_mprotect(), shmat() and shmdt(), defined here so that
+// a memory monitor sees the changes userfaultfd reports late (munmap: the caller sleeps until the
+// monitor reads the event) or never (mprotect, shmat over memory, shmdt), in the calling thread.
+// See MemoryMonitor's MemoryHooks.swift for why, and what is still unseen.
+//
+// Three parts, each in its own file:
+// - memory_hooks.c: the definitions. On a call that touches no memory a monitor registered they
+//   take no lock and allocate nothing (a lock-free look at the granule maps below), so an
+//   allocator that calls them while holding its own lock cannot re-enter itself.
+// - granule_map.c: per monitor, which 2 MiB chunks hold registered and validated granules;
+//   written under the monitor's lock, read lock-free by the hooks. Immortal once made.
+// - vma_query.c: what is mapped at an address (PROCMAP_QUERY where the kernel has it, else
+//   /proc/self/maps), allocation-free.
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Hooks
+
+enum cmemhooks_kind {
+    CMEMHOOKS_MUNMAP = 1,
+    CMEMHOOKS_MPROTECT = 2,
+    CMEMHOOKS_SHMAT = 3,
+    CMEMHOOKS_SHMDT = 4,
+};
+
+/// What a protection change takes away (the hooks call the handler only when it takes some).
+enum cmemhooks_protection_loss {
+    CMEMHOOKS_LOSES_WRITE = 1,   // readable, not writable any more
+    CMEMHOOKS_LOSES_ALL = 2,     // neither readable nor writable
+};
+
+/// One intercepted call, as the handler sees it.
+typedef struct cmemhooks_call {
+    int kind;                  // enum cmemhooks_kind
+    uintptr_t start, end;      // the page range the call changes
+    uint32_t slots;            // the granule-map slots (monitors) whose memory it touches
+    int protection_loss;       // CMEMHOOKS_MPROTECT: enum cmemhooks_protection_loss
+    int performed;             // set once the real call ran (cmemhooks_perform)
+    // The arguments of the real call.
+    void *address;
+    size_t length;
+    int prot;
+    int pkey;                  // -1: plain mprotect
+    int shmid;
+    int shmflags;
+    // Its outcome: munmap/mprotect/shmdt 0 or -1, shmat the address or -1; errno when -1.
+    intptr_t result;
+    int error;
+} cmemhooks_call;
+
+/// Handles an intercepted call. When `call->performed` is 0 the handler invalidates what it
+/// must and calls cmemhooks_perform(call) exactly once; when it is 1 the call already ran
+/// (a change the pre-check did not see as watched: a racing watch) and the handler only
+/// invalidates. errno is set by the hook after the handler returns.
+typedef void (*cmemhooks_handler)(cmemhooks_call *call);
+
+/// Routes later intercepted calls through `handler` (NULL: straight to the kernel). A forked
+/// child goes back to NULL: the parent's monitors are not the child's. Returns 0, or -1 when
+/// the hooks are switched off by RDMAMEMORY_HOOKS=off (read once, at the first install).
+int cmemhooks_install(cmemhooks_handler handler);
+
+/// 1 when RDMAMEMORY_HOOKS=off switched the hooks off (read once).
+int cmemhooks_disabled(void);
+
+/// Runs the real call of `call` (once) and records its outcome.
+void cmemhooks_perform(cmemhooks_call *call);
+
+/// 1 while the calling thread is inside a hook's handler (calls it makes go straight through).
+int cmemhooks_inside_handler(void);
+
+/// The real munmap (raw system call, or ThreadSanitizer's interceptor under TSan): 0 or errno.
+int cmemhooks_real_munmap(void *address, size_t length);
+
+// ---------------------------------------------------------------------------------------------
+// Granule maps
+
+/// Slots (monitors) at most.
+#define CMEMHOOKS_SLOTS 32
+
+/// Takes a free slot for a monitor: its index, or -1 (all taken, or out of memory).
+int cmemhooks_slot_acquire(void);
+
+/// Gives a slot back; every count in it must be zero again.
+void cmemhooks_slot_release(int slot);
+
+/// Adds `registered` and `validated` (each -1, 0 or +1) to every 2 MiB chunk that
+/// [start, end) overlaps. Thread-safe. Add before the kernel
+/// registers, subtract after it unregistered: a hook that reads zero then knows the memory is
+/// not registered at that instant. 0, or ENOMEM (nothing changed).
+int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int registered, int validated);
+
+/// The slots in use (bit per slot).
+uint32_t cmemhooks_active_slots(void);
+
+/// The slots (bit per slot) with a registered granule in [start, end), or, with
+/// `validated_only`, a validated one. Lock-free, allocation-free.
+uint32_t cmemhooks_touching(uintptr_t start, uintptr_t end, int validated_only);
+
+// ---------------------------------------------------------------------------------------------
+// What is mapped
+
+enum cmemhooks_vma_flags {
+    CMEMHOOKS_VMA_READ = 1,
+    CMEMHOOKS_VMA_WRITE = 2,
+    CMEMHOOKS_VMA_EXEC = 4,
+    CMEMHOOKS_VMA_SHARED = 8,
+};
+
+typedef struct cmemhooks_vma {
+    uintptr_t start, end;
+    uint64_t offset;
+    uint64_t inode;            // 0: anonymous memory
+    uint32_t dev_major, dev_minor;
+    uint32_t flags;            // enum cmemhooks_vma_flags
+    char name[256];            // path, [heap], [stack], ... or "" (truncated)
+} cmemhooks_vma;
+
+/// The mapping covering `address`, or else the first one above it, if it starts below `limit`.
+/// 0 (found), ENOENT (none), or the errno of reading /proc/self/maps. Allocation-free.
+int cmemhooks_vma_at_or_after(uintptr_t address, uintptr_t limit, cmemhooks_vma *out);
+
+/// 1 when the kernel answers PROCMAP_QUERY (Linux 6.11+): one ioctl per mapping instead of a
+/// read of /proc/self/maps.
+int cmemhooks_vma_query_is_fast(void);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,138 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemoryHooks
+import MMUNotifier
+import Synchronization
+
+/// The process's `munmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` (defined in C by
+/// `CMemoryHooks`), for the changes userfaultfd reports late or never.
+///
+/// Why each is hooked:
+/// - `munmap`: the kernel holds a thread in `munmap` of registered memory until the monitor's
+///   reader has read the UNMAP event: a sleep and a wake-up (measured on a VM: a watched 4 KiB
+///   munmap 10x an unwatched one). Handled here: open a window on the monitor's address space,
+///   invalidate (callbacks run in this thread, as the kernel's mmu notifiers do), take the
+///   range out of userfaultfd, unmap, close the window. No event, no sleep.
+/// - `mprotect` / `pkey_mprotect` taking write (or all) access away: userfaultfd has no event
+///   for it, yet a region registered for write would let a peer keep writing memory the
+///   application made read-only. Invalidated as `.writeProtect` (or `.protectionChange` when
+///   nothing stays readable) around the call, and once more after it for a watch that raced.
+/// - `shmat(SHM_REMAP)` over memory: the kernel replaces the mapping with no UNMAP event.
+///   Invalidated as an unmap around the call (and after it, for a racing watch); validated
+///   granules there are forgotten.
+/// - `shmdt`: System V memory is never watched, but detaching a segment that a raw `shmat` put
+///   inside a validated granule leaves a hole there; the granule is forgotten first.
+///
+/// What no hook sees: raw system calls (`syscall(SYS_munmap)` is still a userfaultfd event;
+/// `syscall(SYS_shmat)` over memory, `syscall(SYS_mprotect)` and changes of protection keys
+/// through PKRU are not seen at all), and glibc's internal calls (its `free()` unmaps, which
+/// are events). A raw `shmat(SHM_REMAP)` over cached memory leaves that region stale until its
+/// next invalidation; the granule is still re-validated before later buffers there are trusted.
+///
+/// On a call that touches no registered memory the C side takes no lock and allocates nothing
+/// (one lock-free read of the granule maps), so an allocator that calls these while holding
+/// its own lock cannot re-enter itself. Calls made from inside a handler (a callback that
+/// unmaps) go straight to the kernel. `RDMAMEMORY_HOOKS=off` in the environment (read once,
+/// when the first monitor starts) switches all of them off: unmaps are then events only, and
+/// the modes say so. Not async-signal-safe when a monitor is running (locks are taken for
+/// watched memory): a signal handler must not unmap or reprotect watched memory.
+enum MemoryHooks {
+    /// The interceptor of each granule-map slot.
+    private static let interceptors = Locked<[HookInterceptor?]>(Array(repeating: nil, count: Int(CMEMHOOKS_SLOTS)))
+    private static let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+
+    /// True when `RDMAMEMORY_HOOKS=off` switched the hooks off.
+    static var disabledByEnvironment: Bool { cmemhooks_disabled() != 0 }
+
+    /// A slot in the hooks' granule map for a new monitor: `.none` when the hooks are off or all
+    /// slots are taken (the monitor then relies on events alone).
+    static func acquireSlot() -> HookSlot {
+        if disabledByEnvironment { return .none }
+        let index = cmemhooks_slot_acquire()
+        return index >= 0 ? HookSlot(index: index) : .none
+    }
+
+    static func add(_ interceptor: HookInterceptor) {
+        guard interceptor.slot.isActive else { return }
+        interceptors.withLock { $0[Int(interceptor.slot.index)] = interceptor }
+        _ = cmemhooks_install(hookEntry)
+    }
+
+    /// Takes the interceptor out and frees its slot (every count in it must be zero by now).
+    static func remove(_ interceptor: HookInterceptor) {
+        guard interceptor.slot.isActive else { return }
+        interceptors.withLock { list in
+            if list[Int(interceptor.slot.index)] === interceptor { list[Int(interceptor.slot.index)] = nil }
+        }
+        cmemhooks_slot_release(interceptor.slot.index)
+    }
+
+    /// Handles one intercepted call: the interceptors of the slots it touches, then the call.
+    static func handle(_ call: UnsafeMutablePointer<cmemhooks_call>) {
+        let slots = call.pointee.slots
+        let involved = interceptors.withLock { list in
+            list.indices.compactMap { slots & (1 << UInt32($0)) != 0 ? list[$0] : nil }
+        }
+        let pages = PageRange(start: call.pointee.start, end: call.pointee.end)
+        guard let range = try? AddressRange(start: pages.start, length: pages.length) else {
+            cmemhooks_perform(call)
+            return
+        }
+        handle(call, pages, range, through: involved[...])
+    }
+
+    /// Opens a window for each interceptor the call concerns (recursively, so each window lives
+    /// on this stack until the call returned), then performs it.
+    private static func handle(_ call: UnsafeMutablePointer<cmemhooks_call>, _ pages: PageRange, _ range: AddressRange,
+                               through list: ArraySlice<HookInterceptor>) {
+        guard let interceptor = list.first else {
+            cmemhooks_perform(call)
+            return
+        }
+        let rest = list.dropFirst()
+        let kind = call.pointee.kind
+        let performed = call.pointee.performed != 0
+        switch Int(kind) {
+        case Int(CMEMHOOKS_MUNMAP.rawValue):
+            guard interceptor.interceptsMunmap, interceptor.touchesWatched(pages) else {
+                return handle(call, pages, range, through: rest)
+            }
+            let window = interceptor.space.beginInvalidation()
+            window.invalidate(range, event: .unmap)
+            interceptor.unregisterWatched(pages)
+            handle(call, pages, range, through: rest)
+            if call.pointee.result != 0 { interceptor.reregisterWatched(pages) }
+            window.end()
+        case Int(CMEMHOOKS_MPROTECT.rawValue):
+            let event: InvalidationEvent = call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue)
+                ? .writeProtect : .protectionChange
+            interceptor.countProtectionChange()
+            if performed {
+                interceptor.space.invalidate(range, event: event)
+                return handle(call, pages, range, through: rest)
+            }
+            let window = interceptor.space.beginInvalidation()
+            window.invalidate(range, event: event)
+            handle(call, pages, range, through: rest)
+            window.end()
+        default:  // shmat over memory, shmdt: mappings change with no event
+            if performed {
+                interceptor.forgetValidated(pages)
+                interceptor.space.invalidate(range, event: .unmap)
+                return handle(call, pages, range, through: rest)
+            }
+            let window = interceptor.space.beginInvalidation()
+            interceptor.forgetValidated(pages)
+            window.invalidate(range, event: .unmap)
+            handle(call, pages, range, through: rest)
+            window.end()
+        }
+    }
+}
+
+/// The C hooks' entry (a nonisolated function: hooks run on any thread).
+private func hookEntry(_ call: UnsafeMutablePointer<cmemhooks_call>?) {
+    guard let call else { return }
+    MemoryHooks.handle(call)
+}
