@@ -1,16 +1,20 @@
 #define _GNU_SOURCE
 #include "monitor_shim.h"
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 void *cshims_sbrk(intptr_t increment) { return sbrk(increment); }
+
+void cshims_name_thread(const char *name) { pthread_setname_np(pthread_self(), name); }
 
 void *cshims_mremap_in_place(void *address, unsigned long old_length, unsigned long new_length) {
     return mremap(address, old_length, new_length, 0);
@@ -34,6 +38,34 @@ void *cshims_shm_attach_private(unsigned long size) {
 }
 
 int cshims_shmdt(void *address) { return shmdt(address); }
+
+int cshims_shm_create(unsigned long size) { return shmget(IPC_PRIVATE, size, IPC_CREAT | 0600); }
+
+int cshims_shm_remove(int id) { return shmctl(id, IPC_RMID, NULL); }
+
+void *cshims_shmat(int id, void *address, int flags) { return shmat(id, address, flags); }
+
+void *cshims_raw_shmat(int id, void *address, int flags) { return (void *)syscall(SYS_shmat, id, address, flags); }
+
+int cshims_raw_shmdt(void *address) { return (int)syscall(SYS_shmdt, address); }
+
+const int CSHIMS_SHM_REMAP = SHM_REMAP;
+
+int cshims_memfd(const char *name, unsigned long size) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+int cshims_raw_mprotect(void *address, unsigned long length, int prot) {
+    return (int)syscall(SYS_mprotect, address, length, prot);
+}
 
 int cshims_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 

@@ -154,6 +154,7 @@ final class MonitorThreads: Sendable {
 
     func runReader() {
         readerID.store(UInt(pthread_self()), ordering: .releasing)
+        cshims_name_thread("uffd-reader")
         guard let polls = UnsafeMutablePointer<pollfd>(bitPattern: pollAddress) else {
             readerReady.store(true, ordering: .releasing)
             return
@@ -260,6 +261,7 @@ final class MonitorThreads: Sendable {
 
     func runWorker() {
         workerID.store(UInt(pthread_self()), ordering: .releasing)
+        cshims_name_thread("uffd-worker")
         while let work = queue.next() {
             if takeInjected(.worker) {
                 terminate(.monitorFailed(thread: "worker", call: "invalidation (injected failure)", errno: nil))

@@ -148,7 +148,14 @@ public final class UserfaultfdMonitor: Sendable {
     /// Opens a userfaultfd and starts the reader and the worker. Every resource it takes is
     /// given back exactly once if a later step fails (the descriptor by `UserfaultfdFile`, the
     /// hooks' slot, each thread that started), and `shutdown` then finds nothing more to do.
-    public init(space: AddressSpace, configuration: Configuration = Configuration()) throws(MonitorError) {
+    public convenience init(space: AddressSpace, configuration: Configuration = Configuration()) throws(MonitorError) {
+        try self.init(space: space, configuration: configuration, failingAt: nil)
+    }
+
+    /// A step of `init` that tests make fail as the OS would (pthread_create answering EAGAIN).
+    enum InitStep: Sendable { case workerThread, readerThread }
+
+    init(space: AddressSpace, configuration: Configuration, failingAt failing: InitStep?) throws(MonitorError) {
         let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
         try configuration.validate(pageSize: page)
         self.space = space
@@ -179,7 +186,8 @@ public final class UserfaultfdMonitor: Sendable {
         // From here on `self` is whole: a throw runs deinit, whose shutdown() stops what started.
         var worker = pthread_t()
         let workerContext = Unmanaged.passRetained(threads).toOpaque()
-        let workerCreated = pthread_create(&worker, nil, { monitorWorkerEntry($0) }, workerContext)
+        let workerCreated = failing == .workerThread ? EAGAIN
+            : pthread_create(&worker, nil, { monitorWorkerEntry($0) }, workerContext)
         guard workerCreated == 0 else {
             Unmanaged<MonitorThreads>.fromOpaque(workerContext).release()
             throw .systemCall(call: "pthread_create", argument: "userfaultfd worker", errno: Errno(rawValue: workerCreated))
@@ -187,7 +195,8 @@ public final class UserfaultfdMonitor: Sendable {
         workerPthread.store(UInt(worker), ordering: .releasing)
         var reader = pthread_t()
         let readerContext = Unmanaged.passRetained(threads).toOpaque()
-        let readerCreated = pthread_create(&reader, nil, { monitorReaderEntry($0) }, readerContext)
+        let readerCreated = failing == .readerThread ? EAGAIN
+            : pthread_create(&reader, nil, { monitorReaderEntry($0) }, readerContext)
         guard readerCreated == 0 else {
             Unmanaged<MonitorThreads>.fromOpaque(readerContext).release()
             throw .systemCall(call: "pthread_create", argument: "userfaultfd reader", errno: Errno(rawValue: readerCreated))

@@ -28,9 +28,16 @@ public final class CompletionQueue: @unchecked Sendable {
 
     deinit { ibv_destroy_cq(pointer) }
 
+    /// The most completions one `poll` takes.
+    public static let maxPollEntries = 4096
+
     /// The completions ready now, at most `maxEntries` (`ibv_poll_cq`, never blocks).
     public func poll(maxEntries: Int = 16) throws -> [WorkCompletion] {
-        var entries = [ibv_wc](repeating: ibv_wc(), count: max(1, maxEntries))
+        guard (1...Self.maxPollEntries).contains(maxEntries) else {
+            throw VerbsError(call: "ibv_poll_cq", argument: "num_entries: \(maxEntries)", errno: .invalidArgument,
+                             detail: "must be 1...\(Self.maxPollEntries)")
+        }
+        var entries = [ibv_wc](repeating: ibv_wc(), count: maxEntries)
         let count = ibv_poll_cq(pointer, Int32(entries.count), &entries)
         guard count >= 0 else { throw VerbsError.fromReturn("ibv_poll_cq", count) }
         return entries.prefix(Int(count)).map(WorkCompletion.init)
@@ -41,11 +48,15 @@ public final class CompletionQueue: @unchecked Sendable {
     /// Nothing in this package waits unbounded for the device: a lost completion becomes a
     /// `VerbsError` with ETIMEDOUT that says how many arrived, not a hang.
     public func waitForCompletions(_ count: Int, timeout: Duration = .seconds(10)) throws -> [WorkCompletion] {
+        guard count >= 0 else {
+            throw VerbsError(call: "ibv_poll_cq", argument: "expecting \(count) completions", errno: .invalidArgument,
+                             detail: "the count must not be negative")
+        }
         let deadline = ContinuousClock.now.advanced(by: timeout)
         var completions: [WorkCompletion] = []
         var idleRounds = 0
         while completions.count < count {
-            let batch = try poll(maxEntries: count - completions.count)
+            let batch = try poll(maxEntries: min(count - completions.count, Self.maxPollEntries))
             completions += batch
             if !batch.isEmpty { idleRounds = 0; continue }
             guard ContinuousClock.now < deadline else {

@@ -35,7 +35,7 @@ public final class Connection: Sendable {
         let identifier = try ConnectionIdentifier(channel: EventChannel())
         let resolved = try ResolvedAddress(node: address, port: port, passive: false)
         defer { resolved.free() }
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000)
+        let milliseconds = timeout.clampedMilliseconds
         guard rdma_resolve_addr(identifier.pointer, resolved.info.pointee.ai_src_addr,
                                 resolved.info.pointee.ai_dst_addr, milliseconds) == 0 else {
             throw VerbsError.fromErrno("rdma_resolve_addr", argument: "address: \"\(address)\"")

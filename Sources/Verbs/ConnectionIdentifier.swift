@@ -35,8 +35,7 @@ final class EventChannel: @unchecked Sendable {
     ///   the event that came instead (REJECTED, UNREACHABLE, ADDR_ERROR...) and its status.
     func next(_ expected: rdma_cm_event_type, after call: String, timeout: Duration) throws -> Event {
         var descriptor = pollfd(fd: pointer.pointee.fd, events: Int16(POLLIN), revents: 0)
-        let milliseconds = Int32(clamping: timeout.components.seconds * 1000
-            + timeout.components.attoseconds / 1_000_000_000_000_000)
+        let milliseconds = timeout.clampedMilliseconds
         let ready = poll(&descriptor, 1, milliseconds)
         if ready < 0 { throw VerbsError.fromErrno("poll", argument: "rdma_cm event channel") }
         guard ready > 0 else {

@@ -23,12 +23,13 @@ extension QueuePair {
 
     /// Gives the device local pieces to receive one incoming message into.
     public func postReceive(_ local: [ScatterGatherElement], id: UInt64) throws {
+        let count = try Self.scatterGatherCount(local, call: "ibv_post_recv", id: id)
         var elements = local.map(\.raw)
         let code = elements.withUnsafeMutableBufferPointer { sgl -> Int32 in
             var request = ibv_recv_wr()
             request.wr_id = id
             request.sg_list = sgl.baseAddress
-            request.num_sge = Int32(sgl.count)
+            request.num_sge = count
             var bad: UnsafeMutablePointer<ibv_recv_wr>?
             return ibv_post_recv(pointer, &request, &bad)
         }
@@ -37,14 +38,24 @@ extension QueuePair {
         }
     }
 
+    /// The list's length as verbs takes it (`num_sge`, an Int32), or an error naming it.
+    private static func scatterGatherCount(_ local: [ScatterGatherElement], call: String, id: UInt64) throws -> Int32 {
+        guard let count = Int32(exactly: local.count) else {
+            throw VerbsError(call: call, argument: "wr_id: \(id), num_sge: \(local.count)", errno: .invalidArgument,
+                             detail: "more scatter-gather elements than a work request can carry")
+        }
+        return count
+    }
+
     private func postSend(opcode: ibv_wr_opcode, _ local: [ScatterGatherElement], id: UInt64, signaled: Bool,
                           remote: (address: UInt64, rkey: UInt32)?, call: String) throws {
+        let count = try Self.scatterGatherCount(local, call: call, id: id)
         var elements = local.map(\.raw)
         let code = elements.withUnsafeMutableBufferPointer { sgl -> Int32 in
             var request = ibv_send_wr()
             request.wr_id = id
             request.sg_list = sgl.baseAddress
-            request.num_sge = Int32(sgl.count)
+            request.num_sge = count
             request.opcode = opcode
             request.send_flags = signaled ? IBV_SEND_SIGNALED.rawValue : 0
             if let remote {

@@ -21,6 +21,35 @@ void *cshims_shm_attach_private(unsigned long size);
 /// shmdt(address): 0, or -1 with errno set.
 int cshims_shmdt(void *address);
 
+/// shmget(IPC_PRIVATE, size, 0600): the segment id, or -1 with errno set.
+int cshims_shm_create(unsigned long size);
+
+/// shmctl(id, IPC_RMID): the segment goes away with its last detach.
+int cshims_shm_remove(int id);
+
+/// shmat(id, address, flags) through the C library (and so through any hook of it): the
+/// attached address, or (void *)-1 with errno set.
+void *cshims_shmat(int id, void *address, int flags);
+
+/// The same as a raw system call: no hook sees it.
+void *cshims_raw_shmat(int id, void *address, int flags);
+
+/// shmdt as a raw system call: no hook sees it.
+int cshims_raw_shmdt(void *address);
+
+/// SHM_REMAP (Linux) for shmat's flags.
+extern const int CSHIMS_SHM_REMAP;
+
+/// memfd_create(name, MFD_CLOEXEC) and ftruncate(fd, size): the descriptor, or -1 with errno set.
+int cshims_memfd(const char *name, unsigned long size);
+
+/// mprotect as a raw system call: no hook sees it.
+int cshims_raw_mprotect(void *address, unsigned long length, int prot);
+
+/// Names the calling thread (pthread_setname_np, at most 15 characters): what `ps -T`, gdb
+/// and /proc/self/task/*/comm show.
+void cshims_name_thread(const char *name);
+
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK): the monitor thread's stop signal.
 int cshims_eventfd(void);
 
