@@ -115,10 +115,18 @@ extension RxeIntegration {
             try cache.waitForPendingTeardowns()
 
             // The device must refuse the old key now: a peer can no longer write read-only memory.
+            // A requester QP and a separate responder QP, so the requester hears the responder's
+            // NAK (one QP connected to itself reports its own flush instead, on Linux 7.3).
+            let peer = try QueuePair(protectionDomain: loopback.domain, sendCompletionQueue: loopback.queue)
+            let requester = try QueuePair(protectionDomain: loopback.domain, sendCompletionQueue: loopback.queue)
+            try peer.connect(to: requester.endpoint())
+            try requester.connect(to: peer.endpoint())
             let payload = try AnonymousMapping(length: Self.length)
             payload.fill { _ in 0xA5 }
             let source = try loopback.domain.registerMemory(payload.bytes, access: .rdma)
-            let completion = try loopback.write(from: source, to: idle.address, rkey: oldRkey)
+            try requester.postWrite([ScatterGatherElement(region: source)], remoteAddress: UInt64(idle.address),
+                                    rkey: oldRkey, id: 9)
+            let completion = try loopback.queue.waitForCompletions(1)[0]
             #expect(completion.status == .remoteAccessError, "\(completion.status)")
             #expect(idle.count { $0 == 0xA5 } == 0)
 
