@@ -133,6 +133,85 @@ func unmapStorm(monitor: UserfaultfdMonitor, threads: Int, pagesPerThread: Int, 
     return Double(events) / seconds
 }
 
+/// What the hooks cost a call that touches no watched memory: mean nanoseconds of the call
+/// through the C library (and so through the hook, with a monitor running) against the same
+/// call as a raw system call, alternated call by call on the same unwatched memory.
+struct HookCost {
+    let name: String
+    let hooked: Double
+    let raw: Double
+    var ratio: Double { hooked / raw }
+}
+
+func hookCosts(iterations: Int) -> [HookCost] {
+    func time(_ body: () -> Void) -> UInt64 {
+        let start = nowNanoseconds()
+        body()
+        return nowNanoseconds() - start
+    }
+    var costs: [HookCost] = []
+    // munmap of a touched 4 KiB mapping. Two mappings made one after the other are neighbours
+    // the kernel merges into one, and the first unmap of the two splits it: which one goes
+    // first alternates, so both sides pay the split equally often.
+    var hooked: UInt64 = 0, raw: UInt64 = 0
+    for index in 0..<iterations {
+        let a = mapTouched(pageSize), b = mapTouched(pageSize)
+        let hookedUnmap = { time { munmap(UnsafeMutableRawPointer(bitPattern: a), Int(pageSize)) } }
+        let rawUnmap = { time { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: b), pageSize) } }
+        if index % 2 == 0 {
+            hooked += hookedUnmap()
+            raw += rawUnmap()
+        } else {
+            raw += rawUnmap()
+            hooked += hookedUnmap()
+        }
+    }
+    costs.append(HookCost(name: "munmap 4 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
+    // mprotect to read-only (the only kind the hook looks at), then back (untimed).
+    let page = mapTouched(16 * pageSize)
+    let pointer = UnsafeMutableRawPointer(bitPattern: page)
+    hooked = 0
+    raw = 0
+    for _ in 0..<iterations {
+        hooked += time { mprotect(pointer, Int(16 * pageSize), PROT_READ) }
+        _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
+        raw += time { _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ) }
+        _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
+    }
+    costs.append(HookCost(name: "mprotect(PROT_READ) 64 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
+    munmap(pointer, Int(16 * pageSize))
+    // shmat of a 64 KiB segment where the kernel chooses, and shmat(SHM_REMAP) over unwatched
+    // memory (the hook asks the segment's size first); each detached untimed by raw shmdt.
+    let id = cshims_shm_create(64 << 10)
+    defer { _ = cshims_shm_remove(id) }
+    for remap in [false, true] {
+        hooked = 0
+        raw = 0
+        let target = remap ? UnsafeMutableRawPointer(bitPattern: mapTouched(64 << 10)) : nil
+        let flags = remap ? CSHIMS_SHM_REMAP : 0
+        for _ in 0..<iterations {
+            var attached: UnsafeMutableRawPointer?
+            hooked += time { attached = cshims_shmat(id, target, flags) }
+            _ = cshims_raw_shmdt(attached)
+            raw += time { attached = cshims_raw_shmat(id, target, flags) }
+            _ = cshims_raw_shmdt(attached)
+        }
+        costs.append(HookCost(name: remap ? "shmat(SHM_REMAP) 64 KiB" : "shmat 64 KiB", hooked: Double(hooked) / Double(iterations),
+                              raw: Double(raw) / Double(iterations)))
+    }
+    // shmdt (the hook looks up the segment's extent while a monitor runs).
+    hooked = 0
+    raw = 0
+    for _ in 0..<iterations {
+        let a = cshims_raw_shmat(id, nil, 0)
+        hooked += time { _ = cshims_shmdt(a) }
+        let b = cshims_raw_shmat(id, nil, 0)
+        raw += time { _ = cshims_raw_shmdt(b) }
+    }
+    costs.append(HookCost(name: "shmdt 64 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
+    return costs
+}
+
 /// Nanoseconds of one `watch` + `unwatch` of a page in an already watched granule.
 func watchCost(monitor: UserfaultfdMonitor, iterations: Int) -> Double {
     let length: UInt = 2 << 20
@@ -201,6 +280,14 @@ func runFigures(rounds: Int, configuration: UserfaultfdMonitor.Configuration) {
         rates = []
         for _ in 0..<rounds { rates.append(unmapStorm(monitor: monitor, threads: 2, pagesPerThread: 8192, raw: false)) }
         print("unmap storm, 2 threads, munmap() intercepted: \(format(median(rates) / 1000, 1)) k unmaps/s")
+    }
+    if configuration.interceptsMunmap {
+        let rounds = (0..<rounds).map { _ in hookCosts(iterations: 2000) }
+        for (index, first) in rounds[0].enumerated() {
+            let hooked = median(rounds.map { $0[index].hooked }), raw = median(rounds.map { $0[index].raw })
+            print("unwatched \(first.name): hooked \(format(hooked / 1000)) µs, raw syscall \(format(raw / 1000)) µs, "
+                  + "ratio \(format(median(rounds.map { $0[index].ratio })))x")
+        }
     }
     var watches: [Double] = []
     for _ in 0..<rounds { watches.append(watchCost(monitor: monitor, iterations: 20000)) }

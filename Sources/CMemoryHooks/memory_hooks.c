@@ -184,7 +184,7 @@ void *shmat(int shmid, const void *address, int flags) {
     struct shmid_ds segment;
     uintptr_t at = (uintptr_t)address;
     if (at && (flags & SHM_RND)) at &= ~(uintptr_t)(SHMLBA - 1);
-    if (!handler || handler_depth != 0 || !at || !(flags & SHM_REMAP) ||
+    if (!handler || handler_depth != 0 || !at || !(flags & SHM_REMAP) || cmemhooks_active_slots() == 0 ||
         syscall(SYS_shmctl, shmid, IPC_STAT, &segment) != 0 ||
         !page_range((void *)at, segment.shm_segsz, &call.start, &call.end)) {
         cmemhooks_perform(&call);

@@ -7,6 +7,7 @@
 #include "memory_hooks.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -39,8 +40,35 @@ struct cmemhooks_procmap_query {
 
 // 1: PROCMAP_QUERY works, 0: not tried yet, -1: the kernel lacks it.
 static _Atomic int query_state;
+// Where PROCMAP_QUERY works, one /proc/self/maps descriptor serves every query (the ioctl keeps
+// no state between calls): a query is then one system call. A forked child must not use its
+// parent's, which names the parent's mappings: it forgets it.
+static _Atomic int shared_maps_fd = -1;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void forget_in_child(void) {
+    int fd = atomic_exchange(&shared_maps_fd, -1);
+    if (fd >= 0) close(fd);
+}
+
+static void register_fork_handler(void) { pthread_atfork(NULL, NULL, forget_in_child); }
 
 static int open_maps(void) { return open("/proc/self/maps", O_RDONLY | O_CLOEXEC); }
+
+// The shared descriptor (opened on first use), or -1 with errno set.
+static int shared_maps(void) {
+    int fd = atomic_load(&shared_maps_fd);
+    if (fd >= 0) return fd;
+    pthread_once(&fork_once, register_fork_handler);
+    fd = open_maps();
+    if (fd < 0) return -1;
+    int expected = -1;
+    if (!atomic_compare_exchange_strong(&shared_maps_fd, &expected, fd)) {
+        close(fd);
+        return expected;
+    }
+    return fd;
+}
 
 static int query_ioctl(int fd, uintptr_t address, cmemhooks_vma *out) {
     struct cmemhooks_procmap_query q;
@@ -160,22 +188,26 @@ static int scan_maps(int fd, uintptr_t address, cmemhooks_vma *out) {
 }
 
 int cmemhooks_vma_at_or_after(uintptr_t address, uintptr_t limit, cmemhooks_vma *out) {
-    int fd = open_maps();
-    if (fd < 0) return errno;
     int state = atomic_load_explicit(&query_state, memory_order_relaxed);
     int failure;
-    if (state >= 0) {
+    if (state == 1) {
+        int fd = shared_maps();
+        if (fd < 0) return errno;
         failure = query_ioctl(fd, address, out);
+    } else {
+        int fd = open_maps();
+        if (fd < 0) return errno;
         if (state == 0) {
+            failure = query_ioctl(fd, address, out);
             // ENOTTY/EINVAL: no PROCMAP_QUERY here; ENOENT: it worked, nothing above `address`.
             int works = failure == 0 || failure == ENOENT;
             atomic_store_explicit(&query_state, works ? 1 : -1, memory_order_relaxed);
             if (!works) failure = scan_maps(fd, address, out);
+        } else {
+            failure = scan_maps(fd, address, out);
         }
-    } else {
-        failure = scan_maps(fd, address, out);
+        close(fd);
     }
-    close(fd);
     if (failure == 0 && out->start >= limit) return ENOENT;
     return failure;
 }

@@ -41,7 +41,7 @@ final class MonitorThreads: Sendable {
         case none = 0
         /// The reader fails on its next wake-up with events, before reading them.
         case readerBeforeRead
-        /// The worker fails on its next work item, before invalidating it.
+        /// The worker fails at once (it is woken for it), before invalidating anything more.
         case worker
     }
 
@@ -69,6 +69,9 @@ final class MonitorThreads: Sendable {
     /// when its loop ends (nothing else may close it while the worker can still use it).
     let closeWhenWorkerEnds = Atomic<Bool>(false)
     private let injected = Atomic<UInt8>(InjectedFailure.none.rawValue)
+    /// Tests close it to hold the worker before it invalidates what the reader read: the window
+    /// stays open, which is how a test watches a lookup wait deterministically.
+    let workerGate = Atomic<Bool>(false)
     private let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
     /// Preallocated poll set, only used by the reader (bit pattern: Sendable without exception).
     private let pollAddress: UInt
@@ -127,13 +130,16 @@ final class MonitorThreads: Sendable {
                                  ordering: .acquiringAndReleasing).exchanged
     }
 
-    /// The monitor stops monitoring for good (once): the userfaultfd context ends first, so no
-    /// thread waits any longer for a read that will not come, and from then on no thread can be
-    /// waiting for the reader; only then may this thread take the granule lock (whose holders
-    /// allocate) and run callbacks. Later watches fail with `error`; the whole address space is
-    /// invalidated, so every cached translation is revoked.
+    /// The monitor stops monitoring for good (once). A window opens first, so that lookups
+    /// wait; then the userfaultfd context ends, so no thread waits any longer for a read that
+    /// will not come (an unmap released that way has not been invalidated yet: the open window
+    /// keeps every lookup that starts after it returned waiting until the invalidation below),
+    /// and from then on no thread can be waiting for the reader; only then may this thread take
+    /// the granule lock (whose holders allocate) and run callbacks. Later watches fail with
+    /// `error`; the whole address space is invalidated, so every cached translation is revoked.
     func terminate(_ error: MonitorError) {
         if failed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        let window = space.beginInvalidation()
         file.releaseContext()
         requestStop()
         granules.withLock { table in
@@ -145,7 +151,6 @@ final class MonitorThreads: Sendable {
             table.records.removeAll()
             validated.removeAll()
         }
-        let window = space.beginInvalidation()
         window.invalidate(.everything, event: .explicit)
         window.end()
     }
@@ -286,6 +291,7 @@ final class MonitorThreads: Sendable {
                 queue.drainOverflow { start, end in validated.forget(start: start, end: end) }
                 continue
             case .slot(let slot):
+                while workerGate.load(ordering: .acquiring) { sched_yield() }
                 let window = queue.window(slot)
                 let buffer = queue.buffer(slot)
                 for index in 0..<queue.events(slot) {

@@ -235,6 +235,9 @@ public final class UserfaultfdMonitor: Sendable {
     /// Makes the reader or the worker fail at its next step, as a real failure would (tests).
     func injectFailure(_ failure: MonitorThreads.InjectedFailure) { threads.inject(failure) }
 
+    /// Holds (true) or lets go (false) the worker before it invalidates what was read (tests).
+    func holdWorker(_ held: Bool) { threads.workerGate.store(held, ordering: .releasing) }
+
     // MARK: watch / unwatch
 
     /// Watches `range`: registers its granules (again: the kernel skips what is registered

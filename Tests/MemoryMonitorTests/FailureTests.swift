@@ -83,10 +83,6 @@ extension MemoryMonitorTests {
             defer { unmap(base, 4 * pageSize) }
             #expect(monitor.watch(try range(base, 4 * pageSize)) == .watched)
             userfaultfd.injectFailure(.worker)
-            let other = try mapIsolated(4 * pageSize)
-            #expect(monitor.watch(try range(other, 4 * pageSize)) == .watched)
-            unmap(other, 4 * pageSize)  // intercepted: no event; a raw one is
-            _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), UInt(4 * pageSize))
             #expect(finishes(within: 20) { while userfaultfd.failure == nil { usleep(1000) } })
             guard case .failed = monitor.mode else {
                 Issue.record("mode: \(monitor.mode)")

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import MMUNotifier
 import MemoryMapping
-import MemoryMonitor
+@testable import MemoryMonitor
 import Synchronization
 import Testing
 
@@ -27,6 +27,28 @@ extension MemoryMonitorTests {
             let hits = Atomic<Int>(0)
             let misses = Atomic<Int>(0)
             let samples = TestLock<[String]>([])
+        }
+
+        /// The guarantee, forced: the worker is held before it invalidates, so the window the
+        /// reader opened before reading stays open after munmap returned. A lookup that starts
+        /// then must wait (the space's sequence is odd: `readBegin` waits while a window is
+        /// open), and once the worker is let go it sees the invalidation.
+        @Test("after munmap returned, a lookup waits for the invalidation (worker held open)")
+        func lookupWaitsForTheWindow() throws {
+            let harness = try Harness(configuration: .init(interceptsMunmap: false))
+            defer { harness.close() }
+            let length = 4 * pageSize
+            let base = try mapIsolated(length)
+            let watched = try range(base, length)
+            try harness.monitor.watch(watched)
+            let probe = try RangeProbe(harness.space, watched)
+            harness.monitor.holdWorker(true)
+            unmap(base, length)  // an event: returns once the reader has read it
+            #expect(harness.space.invalidationSequence & 1 == 1, "no window open after munmap returned")
+            #expect(probe.log.events.withLock { $0 }.isEmpty, "invalidated before the worker was let go")
+            let lookup = spawnLookup(probe)
+            harness.monitor.holdWorker(false)
+            #expect(lookup.wait() == [.unmap], "the lookup did not see the invalidation")
         }
 
         @Test("unmap/map loop against concurrent lookups: zero violations (munmap intercepted; events with a queue of 256, and of 1 so wake-ups overflow)",
@@ -108,5 +130,38 @@ extension MemoryMonitorTests {
                 #expect(monitor.statistics.unmapEvents > 0)
             }
         }
+    }
+}
+
+/// A lookup (`seenByNewLookup`) on a thread of its own, joined by `wait()`.
+final class LookupThread: @unchecked Sendable {
+    // @unchecked: `result` is written by the thread before it ends and read after the join.
+    var result: [InvalidationEvent] = []
+    var thread = pthread_t()
+}
+
+func spawnLookup(_ probe: RangeProbe) -> LookupHandle {
+    let box = LookupThread()
+    final class Context: @unchecked Sendable {
+        // @unchecked: immutable after init.
+        let probe: RangeProbe
+        let box: LookupThread
+        init(_ probe: RangeProbe, _ box: LookupThread) { self.probe = probe; self.box = box }
+    }
+    let context = Unmanaged.passRetained(Context(probe, box)).toOpaque()
+    pthread_create(&box.thread, nil, { raw in
+        guard let raw else { return nil }
+        let context = Unmanaged<Context>.fromOpaque(raw).takeRetainedValue()
+        context.box.result = context.probe.seenByNewLookup
+        return nil
+    }, context)
+    return LookupHandle(box: box)
+}
+
+struct LookupHandle {
+    let box: LookupThread
+    func wait() -> [InvalidationEvent] {
+        pthread_join(box.thread, nil)
+        return box.result
     }
 }
