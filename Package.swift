@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", "CMemoryHooks", .product(name: "SystemPackage", package: "swift-system")]),
         .target(
             name: "MemoryRegistration",
-            dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", .product(name: "Metrics", package: "swift-metrics")]
+            dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", "CShims", .product(name: "Metrics", package: "swift-metrics")]
         ),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
 
@@ -85,7 +85,7 @@ let package = Package(
                 .product(name: "MetricsTestKit", package: "swift-metrics"),
             ]
         ),
-        .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping"]),
+        .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping", "SharedTestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
     ],
     swiftLanguageModes: [.v6]

@@ -129,7 +129,7 @@ struct CacheFigures {
             cached += Double(returned - start)
             guard registration.isRevoked else { throw BenchmarkFailure("munmap of a cached region was not seen") }
             revoked += Double(nowNanoseconds() - returned)
-            try registration.release()
+            registration.release()
             let plain = try AnonymousMapping(length: size)
             start = nowNanoseconds()
             try plain.unmap()

@@ -98,22 +98,24 @@ func showCacheFix(domain: ProtectionDomain, queuePair: QueuePair) throws -> Bool
     print("  Monitoring: \(cache.monitoring).")
     let buffer = try AnonymousMapping(length: length)
     let first = try cache.register(buffer.bytes, access: .rdma)
-    print("  1. Registered \(length / 1024) KiB at 0x\(String(first.address, radix: 16)) through the cache (rkey \(first.rkey)).")
-    try first.release()
+    let firstRkey = first.rkey
+    print("  1. Registered \(length / 1024) KiB at 0x\(String(first.address, radix: 16)) through the cache (rkey \(firstRkey)).")
+    first.release()
     try buffer.replaceWithFreshMapping()
     print("  2. munmap() + mmap(MAP_FIXED) at the same address, as before.")
     let again = try cache.register(buffer.bytes, access: .rdma)
     print("  3. Registered the same address again: rkey \(again.rkey), "
-        + (again.rkey == first.rkey ? "THE OLD REGION (stale)." : "a new region for the new pages."))
+        + (again.rkey == firstRkey ? "THE OLD REGION (stale)." : "a new region for the new pages."))
 
     let (completion, landed) = try writePattern(length, domain: domain, queuePair: queuePair,
                                                 to: again.address, rkey: again.rkey, id: 5, into: buffer)
     print("  4. RDMA WRITE of \(length) bytes through it: completion \(completion.status); the application's")
     print("     memory now holds \(landed) of \(length) written bytes.")
-    try again.release()
+    let againRkey = again.rkey
+    again.release()
     let statistics = cache.statistics
     print("  Cache: \(statistics.misses) misses, \(statistics.invalidations) invalidation, \(statistics.hits) hits.")
-    let fixed = completion.status == .success && landed == length && again.rkey != first.rkey
+    let fixed = completion.status == .success && landed == length && againRkey != firstRkey
     print(fixed ? "  Fixed: the data is where the application's memory is." : "  NOT FIXED.")
     return fixed
 }

@@ -20,6 +20,8 @@ final class GracePeriodReclaimer: Sendable {
         var stopping = false
         /// Callers waiting in `barrier()`: the batch must not wait for company.
         var barriersWaiting = 0
+        /// Set by `expedite()`: the next batch starts without waiting for company.
+        var expedited = false
     }
 
     static let batchDelay = 200_000  // nanoseconds
@@ -59,6 +61,12 @@ final class GracePeriodReclaimer: Sendable {
         events.wakeAll()
         events.wait { state.withLock { $0.completed >= target } }
         state.withLock { $0.barriersWaiting -= 1 }
+    }
+
+    /// Cuts the batching delay of the batch gathering now.
+    func expedite() {
+        state.withLock { $0.expedited = true }
+        events.wakeAll()
     }
 
     /// Lets the thread finish what is queued and exit (the domain is going away).
@@ -111,11 +119,12 @@ final class GracePeriodReclaimer: Sendable {
                 }
             }
             _ = events.wait(until: {
-                state.withLock { s in s.stopping || s.barriersWaiting > 0 || s.queue.count >= Self.batchLimit }
+                state.withLock { s in s.stopping || s.barriersWaiting > 0 || s.expedited || s.queue.count >= Self.batchLimit }
             }, atMost: Self.batchDelay)
             let (batch, upTo, stopping) = state.withLock { s in
                 let batch = s.queue
                 s.queue = []
+                s.expedited = false
                 return (batch, s.enqueued, s.stopping)
             }
             if batch.isEmpty && stopping { return }

@@ -54,7 +54,11 @@ open class IntervalSubscription: @unchecked Sendable {
         case notInserted, pendingInsert, inTree, pendingRemove, removed
     }
 
+    // Declared in this order so the small fields fill the tail of `range` (17 bytes): a cache
+    // entry, which is a subscription, stays one small allocation.
     public let range: AddressRange
+    @exclusivity(unchecked) var membership: Membership = .notInserted
+    @exclusivity(unchecked) var priority: UInt32 = 0
     /// The space holds the subscription while inserted, and the subscription holds the space
     /// (the kernel's mmgrab), so `remove` always has a space to remove from.
     public let space: AddressSpace
@@ -65,10 +69,8 @@ open class IntervalSubscription: @unchecked Sendable {
     @exclusivity(unchecked) unowned(unsafe) var left: IntervalSubscription? = nil
     @exclusivity(unchecked) unowned(unsafe) var right: IntervalSubscription? = nil
     @exclusivity(unchecked) var maxLast: UInt = 0
-    @exclusivity(unchecked) var priority: UInt32 = 0
     /// Next in the space's deferred list (or in the list of removed nodes to release).
     @exclusivity(unchecked) unowned(unsafe) var nextDeferred: IntervalSubscription? = nil
-    @exclusivity(unchecked) var membership: Membership = .notInserted
 
     /// A subscription to `range` of `space`, not yet inserted (`insert()`).
     public init(space: AddressSpace, range: AddressRange) throws(NotifierError) {

@@ -73,6 +73,10 @@ public final class SRCUDomain: Sendable {
         reclaimer.enqueue(callback)
     }
 
+    /// Starts the grace period of the callbacks queued so far now, instead of after the batching
+    /// delay (a caller that needs their work soon: a cache out of room).
+    public func expedite() { reclaimer.expedite() }
+
     /// Waits until every callback queued before this call has run.
     public func barrier() throws(NotifierError) {
         if isInsideReadSection { throw .wouldDeadlock("barrier() inside a read section") }

@@ -11,11 +11,11 @@ import Darwin
 /// `@unchecked Sendable`: the only stored properties are pointers to a pthread mutex and
 /// condition variable, allocated once in `init`, never reassigned, and only ever used through
 /// the pthread calls, which are safe from any thread by design.
-final class WaitQueue: @unchecked Sendable {
+public final class WaitQueue: @unchecked Sendable {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
-    init() {
+    public init() {
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
         pthread_mutex_init(mutex, nil)
@@ -36,14 +36,14 @@ final class WaitQueue: @unchecked Sendable {
     }
 
     /// Blocks until `predicate` (evaluated under the queue's mutex) is true.
-    func wait(until predicate: () -> Bool) {
+    public func wait(until predicate: () -> Bool) {
         pthread_mutex_lock(mutex)
         while !predicate() { pthread_cond_wait(condition, mutex) }
         pthread_mutex_unlock(mutex)
     }
 
     /// Blocks until `predicate` is true or `nanoseconds` have passed; returns the predicate.
-    func wait(until predicate: () -> Bool, atMost nanoseconds: Int) -> Bool {
+    public func wait(until predicate: () -> Bool, atMost nanoseconds: Int) -> Bool {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
         let total = Int(deadline.tv_nsec) + nanoseconds
@@ -57,7 +57,7 @@ final class WaitQueue: @unchecked Sendable {
         return true
     }
 
-    func wakeAll() {
+    public func wakeAll() {
         pthread_mutex_lock(mutex)
         pthread_cond_broadcast(condition)
         pthread_mutex_unlock(mutex)

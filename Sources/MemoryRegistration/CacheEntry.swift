@@ -2,23 +2,31 @@ import MMUNotifier
 import Synchronization
 import Verbs
 
-/// One cached registration: a device region over a page-aligned range, the interval
-/// subscription that tells the cache when that range changes, and the count of its users.
+/// One cached registration, in one allocation: it *is* the interval subscription that tells the
+/// cache when its range changes (tree links inside, as the kernel embeds its interval notifier
+/// in the driver's struct), and carries the device keys, the registrar's handle, the count of its
+/// users and its CLOCK slot. The index refers to it by address; nothing maps it by identity.
 ///
-/// `holders` counts the index's own reference (1 while the entry can be found) plus one per
-/// counted `Registration`. Lookups take a reference with `getUnlessZero` inside an SRCU read
-/// section and then check the entry is not revoked (seed 004: speculative references);
-/// eviction freezes an idle count (1 → 0) so a racing lookup and the eviction cannot both win.
-/// The region is deregistered when the count reaches 0 and every reader is done.
-final class CacheEntry: Sendable {
-    let start: UInt
-    let end: UInt
-    let access: AccessFlags
-    let memory: any RegisteredMemory
-    let subscription: IntervalSubscription
-    /// Whether the monitor watches the range for this entry (undone at teardown).
-    let watched: Bool
-    let holders = SpeculativeRefCount(1)
+/// Lifetime: the address space's interval tree keeps it alive while its subscription is
+/// inserted, which is until its teardown (`CacheTeardown`); the CLOCK ring holds it while it is
+/// cached. Lookups find it through the index inside an SRCU read section; an entry taken out of
+/// the index is torn down only after a grace period, so a reader never sees a freed one.
+///
+/// `holders` counts the index's reference (1 while the entry can be found) plus one per counted
+/// `Registration`. It starts at 0 and is set to 2 (the index's and the caller's) when the miss
+/// publishes it; lookups take a reference with `getUnlessZero` and then check `revoked` (seed
+/// 004: speculative references); eviction freezes an idle count (1 → 0) so a racing lookup and
+/// the eviction cannot both win.
+///
+/// `@unchecked Sendable`: `core` never changes. `region`, `access` and `watched` are written by
+/// the missing thread before the entry is published (the index's release store) and never
+/// after; readers load them after the index's acquire load. `clockSlot` is read and written
+/// under the cache's state lock only. The rest is atomic. The base class's comment covers its
+/// own fields.
+final class CacheEntry: IntervalSubscription, @unchecked Sendable {
+    let core: CacheCore
+    @exclusivity(unchecked) var region = RegisteredRegion(lkey: 0, rkey: 0, handle: 0)
+    @exclusivity(unchecked) var access: AccessFlags = []
     /// Set once, when an invalidation revoked the entry: holders see `isRevoked`.
     let revoked = Atomic<Bool>(false)
     /// The CLOCK bit: set by lookups (only when clear, so a hot entry is not written on every
@@ -26,31 +34,36 @@ final class CacheEntry: Sendable {
     let referenced = Atomic<Bool>(true)
     /// Set by whichever path deregisters the region, so it happens once.
     let tornDown = Atomic<Bool>(false)
+    /// Whether the monitor watches the range for this entry (undone at teardown).
+    @exclusivity(unchecked) var watched = false
+    /// Index in the CLOCK ring, -1 when not cached (never published, revoked or evicted).
+    @exclusivity(unchecked) var clockSlot: Int32 = -1
+    let holders = SpeculativeRefCount(0)
 
-    init(start: UInt, end: UInt, access: AccessFlags, memory: any RegisteredMemory,
-         subscription: IntervalSubscription, watched: Bool) {
-        self.start = start
-        self.end = end
-        self.access = access
-        self.memory = memory
-        self.subscription = subscription
-        self.watched = watched
+    init(core: CacheCore, range: AddressRange) throws(NotifierError) {
+        self.core = core
+        try super.init(space: core.space, range: range)
     }
 
-    var length: Int { Int(end - start) }
+    var start: UInt { range.start }
+    /// One past the last byte (regions are page-aligned and never end at the top of memory).
+    var end: UInt { range.last &+ 1 }
+    var length: Int { Int(range.last - range.start) + 1 }
 
-    /// This entry as the index refers to it (its `Unmanaged` bits). The cache keeps the entry
-    /// alive while any record with these bits can still be read (until a grace period after
-    /// it was removed from the index).
-    var owner: UInt { UInt(bitPattern: Unmanaged.passUnretained(self).toOpaque()) }
-
-    var record: RegionRecord {
-        RegionRecord(start: start, end: end, access: access.rawValue, lkey: memory.lkey, rkey: memory.rkey,
-                     owner: owner)
+    /// Whether the entry serves `[start, end)` with at least `access`.
+    @inline(__always)
+    func covers(start: UInt, end: UInt, access wanted: UInt32) -> Bool {
+        range.start <= start && end &- 1 <= range.last && access.rawValue & wanted == wanted
     }
 
     @inline(__always)
     func markReferenced() {
         if !referenced.load(ordering: .relaxed) { referenced.store(true, ordering: .relaxed) }
+    }
+
+    /// The invalidation callback: see `CacheCore.invalidate(_:_:sequence:)`.
+    override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
+        core.invalidate(self, invalidation, sequence: currentSequence)
+        return true
     }
 }

@@ -1,33 +1,54 @@
 import Synchronization
 
-/// One granule's records in one cache-line-aligned allocation: a header, then `capacity` record
-/// slots of which the first `count` are published (header and first record share a line).
+/// One granule's entries in one cache-line-aligned allocation: a header, then `capacity` slots of
+/// which the first `count` have been used. A slot is an entry's address plus its range relative
+/// to the granule (`Hint`: 16 bytes a slot), so a lookup compares ranges in the bucket and
+/// touches only the entry it wants.
 ///
-/// A writer appends by filling the first free slot and then storing `count + 1` (release); a
-/// published slot is never written again while the bucket is in the table, so readers scan
-/// `0..<count` (acquire) without a lock, and a miss retires nothing. Removing a record, or
-/// appending to a full bucket, builds a new bucket that replaces this one in the table; this one
-/// is freed after a grace period.
+/// Writers (serialized by the index) fill a slot's range first and then store its entry with
+/// release ordering; clearing a slot stores 0 there; a cleared slot is reused in place. Readers
+/// load the entry with acquire ordering and then the range: a range read as the slot is reused
+/// may belong to the next entry, so a reader checks the entry itself before using it (the entry
+/// outlives every reader that could still load its address: it is freed only after a grace
+/// period). Only a full bucket is replaced (by a larger copy), and the old one is freed after a
+/// grace period: removals and most inserts allocate and free nothing.
 struct Bucket: Equatable {
     let header: UnsafeMutablePointer<BucketHeader>
 
     struct BucketHeader: ~Copyable {
         let granule: UInt
         let capacity: Int
+        /// Slots used so far (published with release ordering after the slot is filled).
         let count: Atomic<Int>
+    }
+
+    struct Slot: ~Copyable {
+        /// The entry's address bits (`Unmanaged.toOpaque`), 0 when the slot is free.
+        let entry = Atomic<UInt>(0)
+        /// The entry's range relative to the granule (`Hint`).
+        let hint = Atomic<UInt64>(0)
     }
 
     static let alignment = 64
 
-    /// A bucket holding `records`, with room to append `spare` more in place.
-    static func make(granule: UInt, records: some Collection<RegionRecord>, spare: Int) -> Bucket {
-        let capacity = max(1, records.count + spare)
-        let bytes = MemoryLayout<BucketHeader>.stride + capacity * MemoryLayout<RegionRecord>.stride
+    /// A bucket with room for `capacity` entries, the first `count` slots copied from `old`.
+    static func make(granule: UInt, capacity: Int, copying old: Bucket? = nil) -> Bucket {
+        let capacity = max(1, capacity)
+        let bytes = MemoryLayout<BucketHeader>.stride + capacity * MemoryLayout<Slot>.stride
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
         let header = raw.bindMemory(to: BucketHeader.self, capacity: 1)
-        header.initialize(to: BucketHeader(granule: granule, capacity: capacity, count: Atomic(records.count)))
+        header.initialize(to: BucketHeader(granule: granule, capacity: capacity, count: Atomic(0)))
         let bucket = Bucket(header: header)
-        _ = UnsafeMutableBufferPointer(start: bucket.slots, count: records.count).initialize(from: records)
+        for index in 0..<capacity { (bucket.slots + index).initialize(to: Slot()) }
+        var used = 0
+        if let old {
+            for index in 0..<old.used where old.slots[index].entry.load(ordering: .relaxed) != 0 {
+                bucket.fill(used, entry: old.slots[index].entry.load(ordering: .relaxed),
+                            hint: old.slots[index].hint.load(ordering: .relaxed))
+                used += 1
+            }
+        }
+        header.pointee.count.store(used, ordering: .releasing)
         return bucket
     }
 
@@ -42,30 +63,75 @@ struct Bucket: Equatable {
     var granule: UInt { header.pointee.granule }
     var capacity: Int { header.pointee.capacity }
 
-    private var slots: UnsafeMutablePointer<RegionRecord> {
-        UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: RegionRecord.self)
+    var slots: UnsafeMutablePointer<Slot> {
+        UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: Slot.self)
     }
 
-    /// The published records (acquire: their contents are visible).
+    /// Slots used so far (acquire: their contents are visible).
     @inline(__always)
-    var records: UnsafeBufferPointer<RegionRecord> {
-        UnsafeBufferPointer(start: slots, count: header.pointee.count.load(ordering: .acquiring))
+    var used: Int { header.pointee.count.load(ordering: .acquiring) }
+
+    /// Whether any slot holds an entry.
+    var isEmpty: Bool { (0..<used).allSatisfy { slots[$0].entry.load(ordering: .relaxed) == 0 } }
+
+    private func fill(_ index: Int, entry: UInt, hint: UInt64) {
+        slots[index].hint.store(hint, ordering: .relaxed)
+        slots[index].entry.store(entry, ordering: .releasing)
     }
 
-    /// Appends `record` in place if a slot is free. Writers only (serialized).
-    func append(_ record: RegionRecord) -> Bool {
+    /// Puts `entry` into a free slot; false when the bucket is full. Writers only.
+    func insert(entry: UInt, hint: UInt64) -> Bool {
         let count = header.pointee.count.load(ordering: .relaxed)
+        for index in 0..<count where slots[index].entry.load(ordering: .relaxed) == 0 {
+            fill(index, entry: entry, hint: hint)
+            return true
+        }
         guard count < capacity else { return false }
-        (slots + count).initialize(to: record)
+        fill(count, entry: entry, hint: hint)
         header.pointee.count.store(count + 1, ordering: .releasing)
         return true
     }
 
+    /// Clears the slot holding `entry`; false if none does. Writers only.
+    @discardableResult
+    func remove(entry: UInt) -> Bool {
+        let count = header.pointee.count.load(ordering: .relaxed)
+        for index in 0..<count where slots[index].entry.load(ordering: .relaxed) == entry {
+            slots[index].entry.store(0, ordering: .releasing)
+            return true
+        }
+        return false
+    }
+
+    /// Entries in use (writers, or a reader's estimate).
+    var liveCount: Int { (0..<used).reduce(0) { $0 + (slots[$1].entry.load(ordering: .relaxed) != 0 ? 1 : 0) } }
+
     static func free(_ bucket: Bucket) {
-        let count = bucket.header.pointee.count.load(ordering: .relaxed)
-        bucket.slots.deinitialize(count: count)
+        bucket.slots.deinitialize(count: bucket.capacity)
         bucket.header.deinitialize(count: 1)
         UnsafeMutableRawPointer(bucket.header).deallocate()
+    }
+}
+
+/// An entry's range relative to its bucket's granule, in one word: start and end offsets as 32-bit
+/// signed numbers, clamped (a start before the granule is -1, an end past 2^31 bytes beyond it is
+/// `Int32.max`). Clamping only widens the range, so a range check on hints never misses an
+/// entry that covers a request; the entry itself decides.
+enum Hint {
+    static func make(start: UInt, end: UInt, granuleStart: UInt) -> UInt64 {
+        let relativeStart: Int32 = start < granuleStart ? -1 : Int32(clamping: start - granuleStart)
+        let relativeEnd: Int32 = end < granuleStart ? -1 : Int32(clamping: end - granuleStart)
+        return UInt64(UInt32(bitPattern: relativeStart)) | UInt64(UInt32(bitPattern: relativeEnd)) << 32
+    }
+
+    /// Whether the hinted range may cover `[start, end)` (start inside the granule).
+    @inline(__always)
+    static func mayCover(_ hint: UInt64, start: UInt, end: UInt, granuleStart: UInt) -> Bool {
+        let relativeStart = Int32(bitPattern: UInt32(truncatingIfNeeded: hint))
+        let relativeEnd = Int32(bitPattern: UInt32(truncatingIfNeeded: hint >> 32))
+        let wantedStart = Int32(truncatingIfNeeded: start &- granuleStart)
+        let wantedEnd = Int32(clamping: end &- granuleStart)
+        return relativeStart <= wantedStart && wantedEnd <= relativeEnd
     }
 }
 
@@ -79,7 +145,7 @@ final class GranuleTable: @unchecked Sendable {
     private let mask: Int
     /// Bucket pointers as bits; 0 is an empty slot (probing stops there).
     private let slots: UnsafeMutablePointer<Atomic<UInt>>
-    /// Slots holding a bucket, tombstones (empty buckets) included. Writers only.
+    /// Slots holding a bucket, empty buckets included. Writers only.
     private(set) var used = 0
 
     init(capacity: Int) {
@@ -99,7 +165,7 @@ final class GranuleTable: @unchecked Sendable {
         Int(truncatingIfNeeded: (granule &* 0x9E37_79B9_7F4A_7C15) >> 20) & mask
     }
 
-    /// The bucket for `granule`, if one was ever published (possibly a tombstone).
+    /// The bucket for `granule`, if one was ever published (possibly empty).
     @inline(__always)
     func find(_ granule: UInt) -> Bucket? {
         var index = home(granule)
@@ -110,7 +176,7 @@ final class GranuleTable: @unchecked Sendable {
         }
     }
 
-    /// Puts `bucket` in its granule's slot (release store: its records are visible first);
+    /// Puts `bucket` in its granule's slot (release store: its contents are visible first);
     /// returns the bucket it replaced. Writers only; the table must have a free slot.
     func publish(_ bucket: Bucket) -> Bucket? {
         var index = home(bucket.granule)
@@ -135,7 +201,7 @@ final class GranuleTable: @unchecked Sendable {
 
     var liveBucketCount: Int {
         var live = 0
-        forEachBucket { if !$0.records.isEmpty { live += 1 } }
+        forEachBucket { if !$0.isEmpty { live += 1 } }
         return live
     }
 

@@ -1,20 +1,20 @@
 import MMUNotifier
 import Synchronization
 
-/// The cache's index of registrations, read without locks inside an SRCU read section.
+/// The cache's index of entries, read without locks inside an SRCU read section.
 ///
 /// Address space is cut into granules (64 KiB by default); a hash table maps each granule that
-/// any registration overlaps to a *bucket*: an immutable array of the records overlapping it.
-/// A lookup hashes the granule of its first byte, scans that one bucket and copies a record
-/// out: loads only, no lock, no reference count, so threads hitting the same buffer never
-/// write a shared cache line (seed 000; UCX's per-region refcount measured 0.52× on 2 threads).
+/// any entry overlaps to a *bucket* of slots (entry address and range `Hint`). A lookup hashes
+/// the granule of its first byte, compares the ranges in that one bucket and returns the entry
+/// that covers the request: loads only, no lock, no reference count, so threads hitting the same
+/// buffer never write a shared cache line (seed 000; UCX's per-region refcount measured 0.52x on
+/// 2 threads).
 ///
-/// Writers (insert, remove; serialized by `writerLock`) never change a published record. An
-/// insert appends into a free slot of the bucket and then publishes it by a release store of
-/// the bucket's count. A remove (or an insert into a full bucket) builds a new bucket, publishes
-/// it with a release store, and frees the old one through the SRCU domain's `call`, after every
-/// reader that could still see it has left (RCU copy-on-write). The table grows the same way. Records are plain values and buckets plain memory, so a
-/// reader holds nothing that a writer must wait for, except the grace period.
+/// Writers (insert, remove; serialized by `writerLock`) fill or clear slots in place (see
+/// `Bucket`); a full bucket is replaced by a larger copy, the table by a larger one, and what
+/// they replace is freed through the SRCU domain's `call`, after every reader that could still
+/// see it has left. An entry itself must outlive every reader that could load its address: the
+/// cache frees an entry only a grace period after it left the index.
 public final class RegionIndex: Sendable {
     /// `log2` of the granule size.
     public let granuleShift: Int
@@ -39,97 +39,92 @@ public final class RegionIndex: Sendable {
         current.release()
     }
 
-    /// The record serving `[start, end)` with at least `access`, if any. Call it inside a read
-    /// section of `srcu` and use the record's keys only until that section ends (or take a
-    /// reference on its owner first): after it, the registration may be torn down.
+    /// The address bits of the entry serving `[start, end)` with at least `access`, or 0. Call it
+    /// inside a read section of `srcu` and use the entry only until that section ends (or take a
+    /// reference on it first).
     @inline(__always)
-    public func lookup(start: UInt, end: UInt, access: UInt32) -> RegionRecord? {
+    func lookup(start: UInt, end: UInt, access: UInt32) -> UInt {
         let current = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
-        return current._withUnsafeGuaranteedRef { table in
-            guard let bucket = table.find(start >> UInt(granuleShift)) else { return nil }
-            for record in bucket.records where record.covers(start: start, end: end, access: access) {
-                return record
-            }
-            return nil
-        }
-    }
-
-    /// Every record overlapping `[start, end)` (for invalidation and tests). Inside a read
-    /// section, or under the caller's own writer-side serialization.
-    public func records(overlapping start: UInt, _ end: UInt) -> [RegionRecord] {
-        guard start < end else { return [] }
-        var found: [RegionRecord] = []
-        withCurrentTable { table in
-            for granule in granules(start, end) {
-                guard let bucket = table.find(granule) else { continue }
-                for record in bucket.records
-                where record.start < end && start < record.end && !found.contains(record) {
-                    found.append(record)
+        return current._withUnsafeGuaranteedRef { table -> UInt in
+            let granule = start >> UInt(granuleShift)
+            guard let bucket = table.find(granule) else { return 0 }
+            let granuleStart = granule << UInt(granuleShift)
+            let slots = bucket.slots
+            for index in 0..<bucket.used {
+                let bits = slots[index].entry.load(ordering: .acquiring)
+                guard bits != 0, Hint.mayCover(slots[index].hint.load(ordering: .relaxed), start: start, end: end,
+                                               granuleStart: granuleStart) else { continue }
+                // The range read may be the next entry's (the slot was reused meanwhile): ask the
+                // entry itself. It is alive: freed only a grace period after leaving the index.
+                let covers = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))._withUnsafeGuaranteedRef {
+                    $0.covers(start: start, end: end, access: access)
                 }
+                if covers { return bits }
             }
+            return 0
         }
-        return found
     }
 
-    /// Publishes `record`: lookups that start after this returns can find it.
-    public func insert(_ record: RegionRecord) {
-        guard record.start < record.end else { return }
+    /// Publishes `entry`: lookups that start after this returns can find it.
+    func insert(_ entry: CacheEntry) {
+        let bits = Self.bits(entry)
+        let (start, end) = (entry.start, entry.end)
         writerLock.withLock { _ in
             var retired: [Bucket] = []
-            let span = granules(record.start, record.end)
+            let span = granules(start, end)
             makeRoom(for: span.count, retiring: &retired)
             withCurrentTable { table in
                 for granule in span {
+                    let hint = Hint.make(start: start, end: end, granuleStart: granule << UInt(granuleShift))
                     let old = table.find(granule)
-                    if let old, old.append(record) { continue }
-                    // Full (or new): a larger copy, so appends stay amortized O(1).
-                    let records = Array(old?.records ?? UnsafeBufferPointer(start: nil, count: 0)) + [record]
-                    let replaced = table.publish(Bucket.make(granule: granule, records: records,
-                                                             spare: max(3, records.count)))
-                    if let replaced { retired.append(replaced) }
+                    if let old, old.insert(entry: bits, hint: hint) { continue }
+                    // Full (or new): a larger copy (half as large again), so inserts stay amortized O(1).
+                    let live = old?.liveCount ?? 0
+                    let grown = Bucket.make(granule: granule, capacity: max(2, live + live / 2 + 1), copying: old)
+                    _ = grown.insert(entry: bits, hint: hint)
+                    if let replaced = table.publish(grown) { retired.append(replaced) }
                 }
             }
             retire(retired)
         }
     }
 
-    /// Unpublishes the record of `owner` over `[start, end)`: lookups that start after this
-    /// returns cannot find it; readers already holding it keep valid keys until their section
-    /// ends.
-    public func remove(owner: UInt, start: UInt, end: UInt) {
-        guard start < end else { return }
+    /// Unpublishes `entry`: lookups that start after this returns cannot find it; readers that
+    /// already found it may use it until their section ends.
+    func remove(_ entry: CacheEntry) {
+        let bits = Self.bits(entry)
+        let (start, end) = (entry.start, entry.end)
         writerLock.withLock { _ in
-            var retired: [Bucket] = []
             withCurrentTable { table in
-                for granule in granules(start, end) {
-                    guard let old = table.find(granule) else { continue }
-                    let kept = old.records.filter { $0.owner != owner }
-                    guard kept.count != old.records.count else { continue }
-                    // An empty bucket stays as a tombstone: probing for other granules must
-                    // walk past its slot. Growing the table drops tombstones. The copy keeps
-                    // the old one's room, so the next insert appends in place.
-                    if let replaced = table.publish(Bucket.make(granule: granule, records: kept,
-                                                                spare: old.capacity - kept.count)) {
-                        retired.append(replaced)
-                    }
-                }
+                for granule in granules(start, end) { table.find(granule)?.remove(entry: bits) }
             }
-            retire(retired)
         }
     }
 
-    /// Records in the index (each counted once).
+    /// Entries in the index (each counted once).
     public var count: Int {
-        var owners = Set<UInt>()
-        withCurrentTable { table in table.forEachBucket { owners.formUnion($0.records.map(\.owner)) } }
-        return owners.count
+        var entries = Set<UInt>()
+        withCurrentTable { table in
+            table.forEachBucket { bucket in
+                for index in 0..<bucket.used {
+                    let bits = bucket.slots[index].entry.load(ordering: .relaxed)
+                    if bits != 0 { entries.insert(bits) }
+                }
+            }
+        }
+        return entries.count
     }
+
+    /// The entry's address as the slots hold it. Turned back into the entry only by readers
+    /// inside a read section, which the cache's grace period covers (see the type's comment).
+    @inline(__always)
+    static func bits(_ entry: CacheEntry) -> UInt { UInt(bitPattern: Unmanaged.passUnretained(entry).toOpaque()) }
 
     // MARK: - Writer side
 
     /// Before `newBuckets` more slots are used, replaces the table with a larger one if it would
-    /// be over half full (tombstones count, and probing needs free slots to end). The live
-    /// buckets move as they are, tombstones are retired, and the old table goes after a grace
+    /// be over half full (empty buckets count, and probing needs free slots to end). The live
+    /// buckets move as they are, empty ones are retired, and the old table goes after a grace
     /// period.
     private func makeRoom(for newBuckets: Int, retiring retired: inout [Bucket]) {
         let old = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
@@ -139,7 +134,7 @@ public final class RegionIndex: Sendable {
             let live = current.liveBucketCount
             let larger = GranuleTable(capacity: max(current.capacity, ((live + newBuckets) * 4).nextPowerOfTwo))
             current.forEachBucket { bucket in
-                if bucket.records.isEmpty { retired.append(bucket) } else { _ = larger.publish(bucket) }
+                if bucket.isEmpty { retired.append(bucket) } else { _ = larger.publish(bucket) }
             }
             return larger
         }
@@ -176,8 +171,8 @@ struct UnsafeSendable<Value>: @unchecked Sendable {
 }
 
 @inline(__always)
-private func rawPointer(_ bits: UInt) -> UnsafeMutableRawPointer {
-    // The table pointer is set in init and only ever replaced by another valid table.
+func rawPointer(_ bits: UInt) -> UnsafeMutableRawPointer {
+    // Only ever called on bits made from a live object's address (a table or an entry).
     UnsafeMutableRawPointer(bitPattern: bits).unsafelyUnwrapped
 }
 

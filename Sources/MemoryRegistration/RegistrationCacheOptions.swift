@@ -51,24 +51,36 @@ extension RegistrationCache {
         public init() {}
     }
 
-    /// The limits in force, from the options and the device.
-    struct Limits {
+    /// The limits in force, from the options and the device, and the slack eviction keeps free
+    /// below each (1/16: see `CacheCore.makeRoom`).
+    struct Limits: Sendable {
         var maxRegions: Int
         var maxPinnedBytes: Int
+        var regionSlack: Int { maxRegions / 16 }
+        var byteSlack: Int { maxPinnedBytes / 16 }
 
         init(_ options: Options, device: (maxRegionBytes: UInt64, maxRegions: Int)) {
-            maxRegions = options.maxRegions ?? min(1_000_000, max(1, device.maxRegions / 2))
+            self.init(options, device: device, memlock: Self.memlockLimit(), root: geteuid() == 0)
+        }
+
+        /// The limits for a process with `memlock` (RLIMIT_MEMLOCK, nil when unlimited) that is or
+        /// is not root: root may pin beyond RLIMIT_MEMLOCK (CAP_IPC_LOCK), anyone else not.
+        init(_ options: Options, device: (maxRegionBytes: UInt64, maxRegions: Int), memlock: UInt64?, root: Bool) {
+            maxRegions = max(1, options.maxRegions ?? min(1_000_000, max(1, device.maxRegions / 2)))
             if let bytes = options.maxPinnedBytes {
-                maxPinnedBytes = bytes
+                maxPinnedBytes = max(1, bytes)
             } else {
-                // RLIMIT_MEMLOCK bounds what verbs may pin, except for root (CAP_IPC_LOCK).
-                var limit = rlimit()
-                let bounded = geteuid() != 0
-                    && getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit) == 0
-                    && limit.rlim_cur != rlim_t.max
-                let memlock = bounded ? Int(clamping: limit.rlim_cur / 4 * 3) : Int.max
-                maxPinnedBytes = min(memlock, Int(clamping: device.maxRegionBytes))
+                let bounded = root ? Int.max : memlock.map { Int(clamping: $0 / 4 * 3) } ?? Int.max
+                maxPinnedBytes = max(1, min(bounded, Int(clamping: device.maxRegionBytes)))
             }
+        }
+
+        /// RLIMIT_MEMLOCK's soft limit, nil when unlimited or unknown.
+        static func memlockLimit() -> UInt64? {
+            var limit = rlimit()
+            guard getrlimit(__rlimit_resource_t(__RLIMIT_MEMLOCK.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max
+            else { return nil }
+            return UInt64(limit.rlim_cur)
         }
     }
 }

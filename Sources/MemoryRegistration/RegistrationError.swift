@@ -21,8 +21,10 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
     /// The memory kept changing under every attempt: `attempts` registrations raced an
     /// invalidation and were thrown away.
     case keptChanging(address: UInt, length: Int, attempts: Int)
-    /// `release()` of a registration already released.
-    case alreadyReleased(lkey: UInt32)
+    /// The cache is at `maxRegions` or `maxPinnedBytes` and every cached region is held (or
+    /// waiting for a teardown that did not finish in time): nothing can be evicted for
+    /// `requested` more bytes. Release registrations, or raise the limits.
+    case limitReached(regions: Int, maxRegions: Int, pinnedBytes: Int, maxPinnedBytes: Int, requested: Int)
     /// The cache was shut down (or its device failed) before this call.
     case shutDown(reason: String)
 
@@ -36,8 +38,8 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
             "register(address: 0x\(String(address, radix: 16)), length: \(length), access: \(access)): the memory is mapped read-only; ask for read access only"
         case let .keptChanging(address, length, attempts):
             "register(address: 0x\(String(address, radix: 16)), length: \(length)): the memory changed during each of \(attempts) attempts"
-        case let .alreadyReleased(lkey):
-            "release(): registration with lkey \(lkey) was already released"
+        case let .limitReached(regions, maxRegions, pinnedBytes, maxPinnedBytes, requested):
+            "register(\(requested) bytes): the cache holds \(regions) of at most \(maxRegions) regions and \(pinnedBytes) of at most \(maxPinnedBytes) pinned bytes, and every cached region is in use"
         case let .shutDown(reason):
             "the registration cache is shut down: \(reason)"
         }

@@ -28,6 +28,11 @@ public final class ProtectionDomain: @unchecked Sendable {
     /// with a hole, or write access to read-only memory each throw a `VerbsError` that names
     /// the argument at fault and the errno (the kernel's own, where it decides).
     public func registerMemory(address: UInt, length: Int, access: AccessFlags) throws -> MemoryRegion {
+        MemoryRegion(try register(address: address, length: length, access: access), protectionDomain: self, access: access)
+    }
+
+    /// `ibv_reg_mr` with the checks and error explanations of `registerMemory`.
+    private func register(address: UInt, length: Int, access: AccessFlags) throws -> UnsafeMutablePointer<ibv_mr> {
         let described = "address: 0x\(String(address, radix: 16)), length: \(length)"
         guard length > 0 else {
             throw VerbsError(call: "ibv_reg_mr", argument: "length: \(length)", errno: .invalidArgument,
@@ -43,7 +48,29 @@ public final class ProtectionDomain: @unchecked Sendable {
             let failure = VerbsError.fromErrno("ibv_reg_mr", argument: described)
             throw MappingProbe.explain(failure, address: address, length: length, access: access)
         }
-        return MemoryRegion(mr, protectionDomain: self, access: access)
+        return mr
+    }
+
+    /// Registers memory without a `MemoryRegion` object: the keys and a handle, for an owner that
+    /// keeps them in its own storage (a registration cache keeps them in the one allocation of
+    /// its region). The handle is the `ibv_mr` pointer's bits; give it back to
+    /// `deregisterMemory(handle:)` exactly once. The domain must outlive it.
+    public func registerMemoryHandle(address: UInt, length: Int, access: AccessFlags) throws
+        -> (lkey: UInt32, rkey: UInt32, handle: UInt)
+    {
+        let mr = try register(address: address, length: length, access: access)
+        return (mr.pointee.lkey, mr.pointee.rkey, UInt(bitPattern: mr))
+    }
+
+    /// `ibv_dereg_mr` of a handle from `registerMemoryHandle`. The handle is turned back into the
+    /// `ibv_mr` pointer it was made from: valid because that registration is live until this call
+    /// (libibverbs frees the struct in `ibv_dereg_mr`), and the caller gives each handle back once.
+    public func deregisterMemory(handle: UInt) throws {
+        guard let mr = UnsafeMutablePointer<ibv_mr>(bitPattern: handle) else {
+            throw VerbsError(call: "ibv_dereg_mr", argument: "handle: 0", errno: .invalidArgument)
+        }
+        let code = ibv_dereg_mr(mr)
+        if code != 0 { throw VerbsError.fromReturn("ibv_dereg_mr", code, argument: "handle: 0x\(String(handle, radix: 16))") }
     }
 
     /// Registers a buffer; see `registerMemory(address:length:access:)`.

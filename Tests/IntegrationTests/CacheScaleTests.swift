@@ -23,11 +23,11 @@ extension RxeIntegration {
             for index in 0..<count {
                 let registration = try cache.register(address: mapping.address + UInt(index * stride), length: 4096,
                                                       access: .rdma)
-                try registration.release()
                 guard registration.isCached else {
                     Issue.record("buffer \(index) not cached: \(registration.uncachedReason ?? "")")
                     return
                 }
+                registration.release()
             }
             print("[rxe-scale] \(count) registrations in \(ContinuousClock.now - start)")
             #expect(cache.statistics.cachedRegions == count)

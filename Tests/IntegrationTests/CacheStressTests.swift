@@ -73,12 +73,13 @@ extension RxeIntegration {
                                         remoteAddress: UInt64(registration.address), rkey: registration.rkey,
                                         id: iteration)
                 let completion = try queuePair.sendCompletionQueue.waitForCompletions(1, timeout: .seconds(30))[0]
-                try registration.release()
+                let cached = registration.isCached
+                registration.release()
                 let landed = buffer.count { $0 == pattern }
                 counters.writes.add(1, ordering: .relaxed)
                 if completion.status != .success || landed != length {
                     if counters.failures.add(1, ordering: .relaxed).newValue <= 5 {
-                        print("[rxe-cache-stress] worker \(worker) iteration \(iteration): \(completion.status), \(landed) of \(length) bytes landed (cached: \(registration.isCached))")
+                        print("[rxe-cache-stress] worker \(worker) iteration \(iteration): \(completion.status), \(landed) of \(length) bytes landed (cached: \(cached))")
                     }
                 }
             }

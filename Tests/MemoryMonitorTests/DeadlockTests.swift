@@ -5,6 +5,7 @@ import MMUNotifier
 import MemoryMapping
 import MemoryMonitor
 import Synchronization
+import SharedTestSupport
 import Testing
 
 /// A notifier whose invalidate callback runs `action` (once per event, on whatever thread

@@ -5,6 +5,7 @@ import CMemoryHooks
 import CShims
 import MMUNotifier
 @testable import MemoryMonitor
+import SharedTestSupport
 import Testing
 
 extension MemoryMonitorTests {

@@ -6,6 +6,7 @@ import MMUNotifier
 import MemoryMapping
 import MemoryMonitor
 import Synchronization
+import SharedTestSupport
 import Testing
 
 /// Threads of this process (entries of /proc/self/task).

@@ -4,6 +4,7 @@ import Glibc
 import MMUNotifier
 import MemoryMapping
 import MemoryMonitor
+
 import Testing
 
 let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
@@ -152,37 +153,6 @@ func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
         threads.append(thread)
     }
     for thread in threads { pthread_join(thread, nil) }
-}
-
-/// Fails the test (instead of hanging the run) if `body` does not finish within `seconds`:
-/// runs it on a thread and waits with a deadline.
-func finishes(within seconds: Double, _ body: @escaping @Sendable () -> Void) -> Bool {
-    let done = TestLock(false)
-    var thread = pthread_t()
-    final class Box: @unchecked Sendable {
-        // @unchecked: immutable after init.
-        let body: @Sendable () -> Void
-        let done: TestLock<Bool>
-        init(_ body: @escaping @Sendable () -> Void, _ done: TestLock<Bool>) { self.body = body; self.done = done }
-    }
-    let box = Unmanaged.passRetained(Box(body, done)).toOpaque()
-    pthread_create(&thread, nil, { context in
-        guard let context else { return nil }
-        let box = Unmanaged<Box>.fromOpaque(context).takeRetainedValue()
-        box.body()
-        box.done.withLock { $0 = true }
-        return nil
-    }, box)
-    let deadline = now() + seconds
-    while now() < deadline {
-        if done.withLock({ $0 }) {
-            pthread_join(thread, nil)
-            return true
-        }
-        usleep(1000)
-    }
-    pthread_detach(thread)
-    return false
 }
 
 /// Every monitor test runs in this one serialized suite: each test has its own userfaultfd,

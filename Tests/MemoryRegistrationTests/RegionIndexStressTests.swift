@@ -11,11 +11,14 @@ import Testing
         Double(ProcessInfo.processInfo.environment["RDMAMEMORY_STRESS_SECONDS"] ?? "") ?? 1
     }
 
-    /// Invariants: a record read is never torn or freed (its keys match its owner), and once
-    /// `remove` has returned, no lookup that starts afterwards finds the removed registration.
-    @Test func readersNeverSeeRemovedOrTornRecords() throws {
+    /// Invariants: an entry found is never a torn or wrong one (its key and range match, even
+    /// while slots are reused under the reader), and once `remove` has returned, no lookup that
+    /// starts afterwards finds the removed entry.
+    @Test func readersNeverSeeRemovedOrTornEntries() throws {
         let srcu = SRCUDomain()
         let index = RegionIndex(srcu: srcu, granuleShift: 16, initialCapacity: 16)
+        let factory = EntryFactory()
+        let kept = Locked<[CacheEntry]>([])  // entries stay alive to the end (readers hold addresses)
         let slots: UInt = 512
         let shared = Shared()
         let seed = UInt64.random(in: 0...UInt64.max)
@@ -31,13 +34,18 @@ import Testing
                     let before = shared.removedThrough.load(ordering: .acquiring)
                     let slot = UInt(random.next() % UInt64(slots))
                     let start = 0x4000_0000 + slot * 0x3000
-                    let found = srcu.withReadLock { index.lookup(start: start, end: start + 0x1000, access: 1) }
+                    let found: (key: UInt, start: UInt, covers: Bool)? = srcu.withReadLock {
+                        let bits = index.lookup(start: start, end: start + 0x1000, access: 1)
+                        guard bits != 0, let pointer = UnsafeRawPointer(bitPattern: bits) else { return nil }
+                        let entry = Unmanaged<CacheEntry>.fromOpaque(pointer).takeUnretainedValue()
+                        return (UInt(entry.region.lkey), entry.start, entry.covers(start: start, end: start + 0x1000, access: 1))
+                    }
                     if let found {
-                        if found.lkey != UInt32(truncatingIfNeeded: found.owner) || found.start != address(found.owner) {
-                            shared.violation("torn record \(found)")
+                        if found.start != address(found.key) || !found.covers {
+                            shared.violation("wrong entry \(found) for 0x\(String(start, radix: 16))")
                         }
-                        if found.owner <= before {
-                            shared.violation("owner \(found.owner) found after its removal (\(before))")
+                        if found.key <= before {
+                            shared.violation("key \(found.key) found after its removal (\(before))")
                         }
                     }
                     done += 1
@@ -47,15 +55,17 @@ import Testing
         }
 
         var owner: UInt = 0
+        var live: [UInt: CacheEntry] = [:]
         let deadline = ContinuousClock.now + .seconds(Self.seconds)
         while ContinuousClock.now < deadline {
             owner += 1
-            let start = address(owner)
-            index.insert(RegionRecord(start: start, end: start + 0x2000, access: 0b11,
-                                      lkey: UInt32(truncatingIfNeeded: owner), rkey: 0, owner: owner))
+            let entry = try factory.entry(address(owner), 0x2000, access: 0b11, key: UInt32(truncatingIfNeeded: owner))
+            kept.withLock { $0.append(entry) }
+            live[owner] = entry
+            index.insert(entry)
             if owner > slots / 2 {
                 let victim = owner - slots / 2
-                index.remove(owner: victim, start: address(victim), end: address(victim) + 0x2000)
+                if let removed = live.removeValue(forKey: victim) { index.remove(removed) }
                 shared.removedThrough.store(victim, ordering: .releasing)
             }
         }

@@ -3,83 +3,115 @@ import MMUNotifier
 import Synchronization
 import SharedTestSupport
 import Testing
+import Verbs
 @testable import MemoryRegistration
+
+/// Entries made for the index alone (a core that registers nothing and watches nothing); the
+/// index holds them by address, so the tests keep them alive.
+struct EntryFactory {
+    let core: CacheCore = {
+        var options = RegistrationCache.Options()
+        options.monitoring = .explicitOnly
+        return CacheCore(registrar: NullRegistrar(), options: options, monitor: nil)
+    }()
+
+    func entry(_ start: UInt, _ length: UInt, access: UInt32 = 0b111, key: UInt32) throws -> CacheEntry {
+        let entry = try CacheEntry(core: core, range: AddressRange(start: start, length: length))
+        entry.region = RegisteredRegion(lkey: key, rkey: key &+ 1, handle: UInt(key))
+        entry.access = AccessFlags(rawValue: access)
+        return entry
+    }
+}
 
 @Suite("Region index") struct RegionIndexTests {
     let srcu = SRCUDomain()
+    let factory = EntryFactory()
 
-    func record(_ start: UInt, _ length: UInt, access: UInt32 = 0b111, owner: UInt) -> RegionRecord {
-        RegionRecord(start: start, end: start + length, access: access, lkey: UInt32(owner), rkey: UInt32(owner) + 1,
-                     owner: owner)
-    }
-
-    func find(_ index: RegionIndex, _ start: UInt, _ length: UInt, access: UInt32 = 0b1) -> RegionRecord? {
-        srcu.withReadLock { index.lookup(start: start, end: start + length, access: access) }
-    }
-
-    @Test func findsWhatCoversTheBufferOnly() {
-        let index = RegionIndex(srcu: srcu)
-        index.insert(record(0x10_0000, 0x4000, owner: 1))
-        #expect(find(index, 0x10_0000, 0x4000)?.owner == 1)
-        #expect(find(index, 0x10_1000, 0x100)?.owner == 1)       // inside
-        #expect(find(index, 0x10_3000, 0x1000)?.owner == 1)      // ends at the end
-        #expect(find(index, 0x10_3000, 0x1001) == nil)           // runs past the end
-        #expect(find(index, 0x0F_F000, 0x2000) == nil)           // starts before
-        #expect(find(index, 0x20_0000, 0x10) == nil)             // elsewhere
-    }
-
-    @Test func needsAtLeastTheAskedAccess() {
-        let index = RegionIndex(srcu: srcu)
-        index.insert(record(0x10_0000, 0x1000, access: 0b001, owner: 1))
-        #expect(find(index, 0x10_0000, 0x1000, access: 0b001)?.owner == 1)
-        #expect(find(index, 0x10_0000, 0x1000, access: 0b011) == nil)
-        index.insert(record(0x10_0000, 0x1000, access: 0b011, owner: 2))
-        #expect(find(index, 0x10_0000, 0x1000, access: 0b011)?.owner == 2)
-    }
-
-    @Test("a region spanning many granules is found from each of them")
-    func spansGranules() {
-        let index = RegionIndex(srcu: srcu, granuleShift: 16)
-        index.insert(record(0x7_0000_8000, 1 << 20, owner: 9))   // 1 MiB, not granule aligned
-        for offset in stride(from: UInt(0), to: 1 << 20, by: 0x8000) {
-            #expect(find(index, 0x7_0000_8000 + offset, 0x100)?.owner == 9)
+    func find(_ index: RegionIndex, _ start: UInt, _ length: UInt, access: UInt32 = 0b1) -> UInt32? {
+        srcu.withReadLock {
+            let bits = index.lookup(start: start, end: start + length, access: access)
+            guard bits != 0 else { return nil }
+            return Unmanaged<CacheEntry>.fromOpaque(UnsafeRawPointer(bitPattern: bits)!).takeUnretainedValue().region.lkey
         }
-        #expect(index.records(overlapping: 0x7_0008_0000, 0x7_0008_0001).map(\.owner) == [9])
-        index.remove(owner: 9, start: 0x7_0000_8000, end: 0x7_0010_8000)
+    }
+
+    @Test func findsWhatCoversTheBufferOnly() throws {
+        let index = RegionIndex(srcu: srcu)
+        let entry = try factory.entry(0x10_0000, 0x4000, key: 1)
+        index.insert(entry)
+        #expect(find(index, 0x10_0000, 0x4000) == 1)
+        #expect(find(index, 0x10_1000, 0x100) == 1)       // inside
+        #expect(find(index, 0x10_3000, 0x1000) == 1)      // ends at the end
+        #expect(find(index, 0x10_3000, 0x1001) == nil)    // runs past the end
+        #expect(find(index, 0x0F_F000, 0x2000) == nil)    // starts before
+        #expect(find(index, 0x20_0000, 0x10) == nil)      // elsewhere
+    }
+
+    @Test func needsAtLeastTheAskedAccess() throws {
+        let index = RegionIndex(srcu: srcu)
+        let readOnly = try factory.entry(0x10_0000, 0x1000, access: 0b001, key: 1)
+        let wider = try factory.entry(0x10_0000, 0x1000, access: 0b011, key: 2)
+        index.insert(readOnly)
+        #expect(find(index, 0x10_0000, 0x1000, access: 0b001) == 1)
+        #expect(find(index, 0x10_0000, 0x1000, access: 0b011) == nil)
+        index.insert(wider)
+        #expect(find(index, 0x10_0000, 0x1000, access: 0b011) == 2)
+    }
+
+    @Test("an entry spanning many granules is found from each of them")
+    func spansGranules() throws {
+        let index = RegionIndex(srcu: srcu, granuleShift: 16)
+        let entry = try factory.entry(0x7_0000_8000, 1 << 20, key: 9)  // 1 MiB, not granule aligned
+        index.insert(entry)
+        for offset in stride(from: UInt(0), to: 1 << 20, by: 0x8000) {
+            #expect(find(index, 0x7_0000_8000 + offset, 0x100) == 9)
+        }
+        #expect(index.count == 1)
+        index.remove(entry)
         #expect(find(index, 0x7_0008_0000, 0x100) == nil)
         #expect(index.count == 0)
     }
 
-    @Test("the top of the address space and empty ranges")
-    func edges() {
+    @Test("the top of the address space")
+    func edges() throws {
         let index = RegionIndex(srcu: srcu)
-        let top = UInt.max - 0xFFF
-        index.insert(record(top, 0xFFF, owner: 3))
-        #expect(find(index, top, 0xFFF)?.owner == 3)
-        index.insert(record(0x1000, 0, owner: 4))  // empty: not inserted
+        let top = UInt.max - 0x1FFF
+        let entry = try factory.entry(top, 0x1000, key: 3)
+        index.insert(entry)
+        #expect(find(index, top, 0x1000) == 3)
+        #expect(find(index, top + 0x800, 0x800) == 3)
         #expect(index.count == 1)
-        #expect(index.records(overlapping: 5, 5).isEmpty)
     }
 
-    @Test("random inserts and removes agree with a plain list, through growth and tombstones")
-    func agreesWithAModel() {
+    @Test("requests longer than 2 GiB beyond the granule: the hint only widens, the entry decides")
+    func longRequests() throws {
+        let index = RegionIndex(srcu: srcu)
+        let big = try factory.entry(0x100_0000_0000, 8 << 30, key: 5)
+        index.insert(big)
+        #expect(find(index, 0x100_0000_1000, 3 << 30) == 5)
+        #expect(find(index, 0x100_0000_1000, 8 << 30) == nil)  // one page past its end
+    }
+
+    @Test("random inserts and removes agree with a plain list, through growth and slot reuse")
+    func agreesWithAModel() throws {
         let index = RegionIndex(srcu: srcu, granuleShift: 16, initialCapacity: 16)
-        var model: [RegionRecord] = []
+        var model: [CacheEntry] = []
+        var kept: [CacheEntry] = []  // the index holds entries by address: keep every one alive
         var generator = SystemRandomNumberGenerator()
         let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
         var random = SeededRandom(seed: seed)
-        for owner in UInt(1)...4000 {
+        for key in UInt32(1)...4000 {
             if !model.isEmpty && random.next() % 3 == 0 {
-                let victim = model.remove(at: Int(random.next() % UInt64(model.count)))
-                index.remove(owner: victim.owner, start: victim.start, end: victim.end)
+                index.remove(model.remove(at: Int(random.next() % UInt64(model.count))))
             } else {
                 let start = UInt(random.next() % 4096) << 12
                 let length = UInt(1 + random.next() % 64) << 12
-                let added = record(start, length, access: UInt32(1 + random.next() % 7), owner: owner)
+                let added = try factory.entry(start, length, access: UInt32(1 + random.next() % 7), key: key)
                 model.append(added)
+                kept.append(added)
                 index.insert(added)
             }
-            if owner % 50 == 0 {
+            if key % 50 == 0 {
                 for _ in 0..<20 {
                     let start = UInt(random.next() % 4200) << 12
                     let length = UInt(1 + random.next() % 8) << 10
@@ -87,21 +119,22 @@ import Testing
                     let found = find(index, start, length, access: access)
                     let expected = model.contains { $0.covers(start: start, end: start + length, access: access) }
                     #expect((found != nil) == expected, "seed \(seed), lookup 0x\(String(start, radix: 16))+\(length)")
-                    if let found { #expect(found.covers(start: start, end: start + length, access: access)) }
+                    if let found, let entry = model.first(where: { $0.region.lkey == found }) {
+                        #expect(entry.covers(start: start, end: start + length, access: access))
+                    }
                 }
             }
         }
         #expect(index.count == model.count, "seed \(seed)")
     }
 
-    @Test("10^5 small registrations: every one is found")
-    func hundredThousand() {
+    @Test("10^5 small entries: every one is found")
+    func hundredThousand() throws {
         let index = RegionIndex(srcu: srcu)
         let count = 100_000
-        for owner in 0..<count { index.insert(record(0x1000_0000 + UInt(owner) * 0x2000, 0x1000, owner: UInt(owner) + 1)) }
-        let missing = srcu.withReadLock {
-            (0..<count).filter { index.lookup(start: 0x1000_0000 + UInt($0) * 0x2000 + 8, end: 0x1000_0000 + UInt($0) * 0x2000 + 16, access: 1)?.owner != UInt($0) + 1 }
-        }
+        let entries = try (0..<count).map { try factory.entry(0x1000_0000 + UInt($0) * 0x2000, 0x1000, key: UInt32($0) + 1) }
+        for entry in entries { index.insert(entry) }
+        let missing = (0..<count).filter { find(index, 0x1000_0000 + UInt($0) * 0x2000 + 8, 8) != UInt32($0) + 1 }
         #expect(missing.isEmpty)
     }
 }

@@ -48,15 +48,19 @@ import Testing
                         if registration.isCached && registration.lkey < barrier {
                             shared.violation("buffer \(which): lkey \(registration.lkey) made before its unmap (next key then \(barrier))")
                         }
-                        if let memory = registration.registeredMemory as? NullRegistrar.NullRegistration,
-                           !memory.isRegistered {
+                        if !registrar.isRegistered(lkey: registration.lkey) {
                             shared.violation("lkey \(registration.lkey) deregistered while held")
                         }
-                        try? registration.release()
+                        registration.release()
                     } else {
                         let key = try? cache.withRegistration(
                             UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: addresses[which] + offset), count: 4096),
-                            access: .rdma) { $0.lkey }
+                            access: .rdma) { scoped in
+                            if !registrar.isRegistered(lkey: scoped.lkey) {
+                                shared.violation("scoped lkey \(scoped.lkey) deregistered inside its read section")
+                            }
+                            return scoped.lkey
+                        }
                         if let key, key < barrier, key != 0 {
                             // A scoped miss on unmapped memory is registered uncached: fresh key.
                             shared.violation("buffer \(which): scoped lkey \(key) made before its unmap (\(barrier))")
@@ -88,7 +92,7 @@ import Testing
                 if own.isCached && own.lkey < barrier {
                     shared.violation("remapper, buffer \(which): lkey \(own.lkey) made before its unmap (\(barrier))")
                 }
-                try? own.release()
+                own.release()
             }
         }
         shared.stop.store(true, ordering: .relaxed)

@@ -11,7 +11,7 @@ import Verbs
 
 /// The cache's behaviour with a registrar that does no device work and the real userfaultfd
 /// monitor (tests run as root). The same behaviour on real rxe: IntegrationTests.
-@Suite("Registration cache", .serialized) struct RegistrationCacheTests {
+@Suite("Registration cache") struct RegistrationCacheTests {
     let registrar = NullRegistrar()
 
     func makeCache(_ configure: (inout RegistrationCache.Options) -> Void = { _ in }) -> RegistrationCache {
@@ -26,15 +26,15 @@ import Verbs
         let buffer = try AnonymousMapping(length: 16384)
         let first = try cache.register(buffer.bytes, access: .rdma)
         let second = try cache.register(buffer.bytes, access: .rdma)
-        #expect(first.isCached && second.isCached)
+        #expect(Bool(first.isCached) && second.isCached)
         #expect(first.lkey == second.lkey)
         let inside = try cache.register(address: buffer.address + 100, length: 4000, access: .localWrite)
         #expect(inside.lkey == first.lkey, "a buffer inside a cached region with less access hits")
         #expect(cache.statistics.hits == 2)
         #expect(cache.statistics.misses == 1)
-        try first.release()
-        try second.release()
-        try inside.release()
+        first.release()
+        second.release()
+        inside.release()
         #expect(cache.statistics.cachedRegions == 1, "released registrations stay cached")
         #expect(registrar.liveRegistrations == 1)
     }
@@ -64,18 +64,18 @@ import Verbs
         }
         let buffer = try AnonymousMapping(length: 65536)
         let held = try cache.register(buffer.bytes, access: .rdma)
-        #expect(held.isCached, "\(held.uncachedReason ?? "")")
+        #expect(Bool(held.isCached), "\(held.uncachedReason ?? "")")
         try buffer.replaceInPlace()  // one step: under TSan other threads map memory too
-        #expect(held.isRevoked)
+        #expect(Bool(held.isRevoked))
         let again = try cache.register(buffer.bytes, access: .rdma)
         #expect(again.lkey != held.lkey)
-        #expect(!again.isRevoked)
+        #expect(!Bool(again.isRevoked))
         #expect(cache.statistics.revokedWhileHeld == 1)
         #expect(registrar.liveRegistrations == 2, "the held region stays registered (its pages stay pinned)")
-        try held.release()
+        held.release()
         try cache.waitForPendingTeardowns()
         #expect(registrar.liveRegistrations == 1)
-        try again.release()
+        again.release()
     }
 
     @Test("madvise(DONTNEED) and mremap revoke as well", arguments: ["dontneed", "mremap"])
@@ -86,10 +86,11 @@ import Verbs
         let first = try cache.register(buffer.bytes, access: .rdma)
         let oldAddress = buffer.address
         if change == "dontneed" { try buffer.advise(MADV_DONTNEED) } else { try buffer.remap(to: 1 << 20) }
-        #expect(first.isRevoked, "\(change)")
-        try first.release()
+        #expect(Bool(first.isRevoked), "\(change)")
+        let firstKey = first.lkey
+        first.release()
         let again = try cache.register(address: oldAddress, length: 4096, access: .rdma)
-        #expect(again.lkey != first.lkey)
+        #expect(again.lkey != firstKey)
     }
 
     @Test func explicitInvalidation() throws {
@@ -97,13 +98,14 @@ import Verbs
         defer { cache.shutdown() }
         let buffer = try AnonymousMapping(length: 8192)
         let first = try cache.register(buffer.bytes, access: .rdma)
-        #expect(first.isCached, "explicit-only mode caches: the application reports changes")
+        #expect(Bool(first.isCached), "explicit-only mode caches: the application reports changes")
         cache.invalidate(address: buffer.address + 4096, length: 1)
-        #expect(first.isRevoked)
+        #expect(Bool(first.isRevoked))
         #expect(try cache.register(buffer.bytes, access: .rdma).lkey != first.lkey)
+        #expect(cache.monitoring.description.contains("explicit"))
     }
 
-    @Test func scopedFormHitsWithoutCounting() throws {
+    @Test func scopedFormHitsWithoutAReference() throws {
         let cache = makeCache()
         defer { cache.shutdown() }
         let buffer = try AnonymousMapping(length: 4096)
@@ -111,6 +113,8 @@ import Verbs
         let again = try cache.withRegistration(buffer.bytes, access: .rdma) { $0.lkey }  // a hit
         #expect(lkey == again)
         #expect(cache.statistics.misses == 1)
+        #expect(cache.statistics.scopedHits == 1)
+        #expect(cache.statistics.hits == 0)
         #expect(cache.statistics.cachedRegions == 1)
         let nothing: Int? = try cache.withRegistration(buffer.bytes, access: .rdma) { _ in nil }
         #expect(nothing == nil)
@@ -129,10 +133,7 @@ import Verbs
         #expect(throws: RegistrationError.self) {
             try cache.register(address: UInt.max - 100, length: 4096, access: .rdma)
         }
-        let twice = try cache.register(buffer.bytes, access: .rdma)
-        try twice.release()
-        #expect(throws: RegistrationError.alreadyReleased(lkey: twice.lkey)) { try twice.release() }
-        #expect(!kept.isRevoked)
+        #expect(!Bool(kept.isRevoked))
         #expect(try cache.register(buffer.bytes, access: .rdma).lkey == kept.lkey, "still cached after the errors")
     }
 
@@ -144,10 +145,10 @@ import Verbs
         let held = try cache.register(other.bytes, access: .rdma)
         cache.shutdown()
         cache.shutdown()  // harmless
-        #expect(cache.monitor.userfaultfd?.isRunning != true, "the monitor's threads are gone")
+        #expect(MemoryMonitor.shared.userfaultfd?.isRunning == true, "the process's monitor serves other caches still")
         #expect(registrar.liveRegistrations == 1, "only the held one remains, until released")
-        #expect(held.isRevoked)
-        try held.release()
+        #expect(Bool(held.isRevoked))
+        held.release()
         #expect(registrar.liveRegistrations == 0)
         #expect(cache.statistics.pinnedBytes == 0)
         let error = #expect(throws: RegistrationError.self) { try cache.register(buffer.bytes, access: .rdma) }
@@ -163,8 +164,9 @@ import Verbs
         let statistics = cache.statistics
         #expect(statistics.cachedRegions <= 4)
         #expect(statistics.evictions >= 6)
-        #expect(!held.isRevoked, "a held region is never evicted")
+        #expect(!Bool(held.isRevoked), "a held region is never evicted")
         #expect(try cache.register(buffers[0].bytes, access: .rdma).lkey == held.lkey)
+        #expect(statistics.registeredRegions <= 4, "the region limit counts what waits for its teardown too")
     }
 
     @Test func largerThanThePinnedLimitIsRegisteredUncached() throws {
@@ -172,9 +174,9 @@ import Verbs
         defer { cache.shutdown() }
         let buffer = try AnonymousMapping(length: 1 << 20)
         let registration = try cache.register(buffer.bytes, access: .rdma)
-        #expect(!registration.isCached)
+        #expect(!Bool(registration.isCached))
         #expect(registration.uncachedReason?.contains("maxPinnedBytes") == true)
-        try registration.release()
+        registration.release()
         #expect(registrar.liveRegistrations == 0)
     }
 
@@ -190,8 +192,8 @@ import Verbs
         let pointer = try #require(mmap(nil, 8192, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0))
         defer { munmap(pointer, 8192) }
         let registration = try cache.register(address: UInt(bitPattern: pointer), length: 8192, access: .rdma)
-        #expect(!registration.isCached)
-        #expect(registration.uncachedReason != nil)
+        #expect(!Bool(registration.isCached))
+        #expect(registration.uncachedReason?.contains("cache-test") == true, "\(registration.uncachedReason ?? "")")
     }
 }
 

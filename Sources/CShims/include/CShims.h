@@ -6,3 +6,4 @@
 #include "mapping_shim.h"
 #include "monitor_shim.h"
 #include "heap_shim.h"
+#include "sharded_counters.h"

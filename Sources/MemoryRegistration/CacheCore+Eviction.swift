@@ -1,0 +1,113 @@
+import Synchronization
+
+extension CacheCore {
+    /// What `makeRoom` found under the state lock.
+    private enum Room {
+        case reserved
+        case closed(String)
+        /// Regions taken out of the cache are still pinned until their teardown: wait for it.
+        case waitForTeardowns
+        /// Every cached region is held: nothing can go.
+        case full(regions: Int, bytes: Int)
+    }
+
+    /// Before a miss registers `bytes` more: makes room under both limits and reserves it.
+    ///
+    /// The limits count what is registered with the device: cached regions, and those taken out
+    /// of the cache that still wait for their teardown (a grace period; readers may use their
+    /// keys until it ends). Evicting frees nothing at once, so eviction works ahead: once the
+    /// cache comes within a slack (1/16) of a limit, idle regions are evicted down to the limit
+    /// minus the slack, and their teardowns finish while the next misses fill the slack. Each
+    /// miss evicts about one region (O(1) amortized, CLOCK), the cache is never emptied for one
+    /// region, and no miss registers beyond a limit: if the slack is used up before the
+    /// teardowns finished, the miss waits for them (bounded); if everything cached is held, it
+    /// fails with `.limitReached`.
+    func makeRoom(bytes: Int) throws(RegistrationError) {
+        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+        while true {
+            let room = state.withLock { state -> Room in
+                if let reason = state.closedReason { return .closed(reason) }
+                let regions = counters.cacheRegions + state.reservedRegions + 1
+                let pinned = counters.cacheBytes + state.reservedBytes + bytes
+                if regions > limits.maxRegions - limits.regionSlack || pinned > limits.maxPinnedBytes - limits.byteSlack {
+                    sweep(&state, bytes: bytes)
+                }
+                if regions <= limits.maxRegions && pinned <= limits.maxPinnedBytes {
+                    state.reservedRegions += 1
+                    state.reservedBytes += bytes
+                    return .reserved
+                }
+                if counters.retiringRegions.load(ordering: .relaxed) > 0 { return .waitForTeardowns }
+                return .full(regions: regions - 1, bytes: pinned - bytes)
+            }
+            switch room {
+            case .reserved:
+                return
+            case .closed(let reason):
+                throw .shutDown(reason: reason)
+            case let .full(regions, pinned):
+                throw .limitReached(regions: regions, maxRegions: limits.maxRegions, pinnedBytes: pinned,
+                                    maxPinnedBytes: limits.maxPinnedBytes, requested: bytes)
+            case .waitForTeardowns:
+                guard ContinuousClock.now < deadline else {
+                    throw .limitReached(regions: counters.cacheRegions, maxRegions: limits.maxRegions,
+                                        pinnedBytes: counters.cacheBytes, maxPinnedBytes: limits.maxPinnedBytes,
+                                        requested: bytes)
+                }
+                waitForRetiring()
+            }
+        }
+    }
+
+    /// Evicts every idle entry (the device refused a registration: ENOMEM / EAGAIN), and waits
+    /// until they are really gone before the retry.
+    func evictAllIdle() {
+        state.withLock { state in
+            var steps = 2 * state.clock.count
+            while steps > 0, !state.clock.isEmpty {
+                steps -= 1
+                _ = evictAtHand(&state, secondChance: false)
+            }
+        }
+        try? waitForTeardowns()
+    }
+
+    /// The CLOCK hand (state lock held): evicts idle entries until what stays registered once
+    /// the evictions in flight are torn down fits the limits minus the slack, with `bytes` more.
+    /// An entry used since the hand last passed gets a second chance; one in use is skipped.
+    /// Bounded: at most two turns of the ring, the second only if the first freed nothing.
+    private func sweep(_ state: inout State, bytes: Int) {
+        func fits() -> Bool {
+            let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed)
+            let stayingBytes = counters.cacheBytes - counters.retiringBytes.load(ordering: .relaxed)
+            return staying + state.reservedRegions + 1 <= limits.maxRegions - limits.regionSlack
+                && stayingBytes + state.reservedBytes + bytes <= limits.maxPinnedBytes - limits.byteSlack
+        }
+        var steps = 2 * state.clock.count
+        while steps > 0, !state.clock.isEmpty, !fits() {
+            steps -= 1
+            _ = evictAtHand(&state, secondChance: true)
+        }
+    }
+
+    /// One step of the hand. Returns whether it evicted.
+    private func evictAtHand(_ state: inout State, secondChance: Bool) -> Bool {
+        if state.hand >= state.clock.count { state.hand = 0 }
+        let entry = state.clock[state.hand]
+        if secondChance, entry.referenced.load(ordering: .relaxed) {
+            entry.referenced.store(false, ordering: .relaxed)
+            state.hand += 1
+            return false
+        }
+        // Only the index's reference: freeze it (1 -> 0), so no lookup can take it any more.
+        guard entry.holders.freeze(expected: 1) else {
+            state.hand += 1
+            return false
+        }
+        // The slot now holds another entry (swap-remove): the hand stays.
+        unpublish(entry, &state)
+        counters.evictions.add(1, ordering: .relaxed)
+        retire(entry, evicted: true)
+        return true
+    }
+}

@@ -1,0 +1,150 @@
+import MMUNotifier
+import MemoryMonitor
+import Verbs
+
+extension CacheCore {
+    /// A miss: registers the page-aligned range around `[address, end)` and publishes it as a
+    /// cached entry, or registers the buffer uncached when it must not be cached.
+    ///
+    /// The collision-retry protocol (the kernel's `mmu_interval_read_begin` / `read_retry`; seed
+    /// 004's reason for `mm_take_all_locks`: a new registration must see every invalidation
+    /// already in flight):
+    /// 1. Insert the entry's subscription first: from then on every invalidation of its range
+    ///    calls it (`CacheCore.invalidate`), which sets its sequence.
+    /// 2. `readBegin`: waits while an invalidation that may cover the range is in flight (a
+    ///    monitor's window of ranges not read yet included), then returns the sequence.
+    /// 3. Watch the range *after* `readBegin`, on every attempt: the watch registers with
+    ///    userfaultfd the mappings there now (a `munmap` + `mmap` since an earlier watch left a
+    ///    new, unwatched mapping) and checks the pages are covered; any later change to them is
+    ///    an event or a hooked call, which invalidates the subscription. (Watching only before
+    ///    `readBegin` leaves that gap open: the cache's stress test found it.)
+    /// 4. Register with the device outside every lock: `ibv_reg_mr` may take milliseconds, and
+    ///    nobody waits in `readBegin` holding a lock the invalidation takes.
+    /// 5. Under the state lock, which the invalidation holds around `setSequence`: `readRetry`.
+    ///    If an invalidation ran since step 2, the registration may be of the old pages: throw it
+    ///    away and start again (at most `maxAttempts` times). Otherwise publish: from here on an
+    ///    invalidation finds the entry and revokes it.
+    /// A registration that raced an overlapping invalidation is therefore never handed out.
+    func miss(address: UInt, end: UInt, access: AccessFlags) throws(RegistrationError) -> Registration {
+        let start = address & ~pageMask
+        let alignedEnd = (end + pageMask) & ~pageMask  // `validate` left room for the rounding
+        let length = Int(alignedEnd - start)
+        let requested = Int(end - address)
+        guard length <= limits.maxPinnedBytes else {
+            return try registerUncached(address: address, length: requested, access: access,
+                                        reason: "larger than maxPinnedBytes (\(limits.maxPinnedBytes) bytes)")
+        }
+        releaseFreeable(atMost: 16)
+        try makeRoom(bytes: length)
+        let entry: CacheEntry
+        do {
+            entry = try CacheEntry(core: self, range: AddressRange(start: start, length: UInt(length)))
+            try entry.insert()  // 1
+        } catch {
+            unreserve(bytes: length)
+            throw .shutDown(reason: "\(error)")
+        }
+        var evictedForDevice = false
+        for _ in 0..<max(1, options.maxAttempts) {
+            let sequence = entry.readBegin()  // 2
+            var watched = false
+            if let monitor {  // 3
+                switch monitor.watch(entry.range, allowingSharedMemory: options.cachesSharedMemory) {
+                case .watched:
+                    watched = true
+                case .uncached(let reason):
+                    abandon(entry, bytes: length)
+                    return try registerUncached(address: address, length: requested, access: access,
+                                                reason: reason.description)
+                }
+            }
+            let region: RegisteredRegion
+            let registeredAccess: AccessFlags
+            do {
+                (region, registeredAccess) = try registerRegion(start: start, length: length, access: access)  // 4
+            } catch let error as VerbsError
+                where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
+                // The device is full: make room by evicting everything idle, then once more.
+                evictedForDevice = true
+                if watched { try? monitor?.unwatch(entry.range) }
+                evictAllIdle()
+                continue
+            } catch {
+                if watched { try? monitor?.unwatch(entry.range) }
+                abandon(entry, bytes: length)
+                let verbs = error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)")
+                throw .device(verbs, address: address, length: requested, access: access)
+            }
+            let closed = state.withLock { state -> String?? in  // 5
+                if let reason = state.closedReason { return .some(reason) }
+                guard !entry.readRetry(sequence) else { return .some(nil) }
+                entry.region = region
+                entry.access = registeredAccess
+                entry.watched = watched
+                try? entry.holders.unfreeze(2)  // the index's reference and the caller's
+                publish(entry, &state)
+                state.reservedBytes -= length
+                state.reservedRegions -= 1
+                counters.registered(regions: 1, bytes: length)
+                return nil
+            }
+            guard let closed else {
+                counters.misses.add(1, ordering: .relaxed)
+                return Registration(address: address, length: requested, entry: entry)
+            }
+            // An invalidation raced (or the cache closed): this registration may be of old pages.
+            counters.raced.add(1, ordering: .relaxed)
+            deregister(region, bytes: length)
+            if watched { try? monitor?.unwatch(entry.range) }
+            if let reason = closed {
+                abandon(entry, bytes: length)
+                throw .shutDown(reason: reason)
+            }
+        }
+        abandon(entry, bytes: length)
+        throw .keptChanging(address: address, length: requested, attempts: options.maxAttempts)
+    }
+
+    /// Registers with the access the policy asks for (widened where the memory allows), and
+    /// says which access the region really has.
+    private func registerRegion(start: UInt, length: Int, access: AccessFlags) throws -> (RegisteredRegion, AccessFlags) {
+        if case .widened(let extra) = options.accessPolicy, !access.isSuperset(of: extra) {
+            let wider = access.union(extra)
+            if let widened = try? registrar.registerRegion(address: start, length: length, access: wider) {
+                return (widened, wider)
+            }
+        }
+        return (try registrar.registerRegion(address: start, length: length, access: access), access)
+    }
+
+    /// A registration for one handle alone, of exactly the buffer: memory that must not be
+    /// cached, or more than the cache may hold.
+    func registerUncached(address: UInt, length: Int, access: AccessFlags, reason: String)
+        throws(RegistrationError) -> Registration
+    {
+        do {
+            let region = try registrar.registerRegion(address: address, length: length, access: access)
+            counters.uncached.add(1, ordering: .relaxed)
+            counters.uncachedRegistered(regions: 1, bytes: length)
+            return Registration(address: address, length: length, uncached: region, core: self, reason: reason)
+        } catch let error as VerbsError {
+            throw .device(error, address: address, length: length, access: access)
+        } catch {
+            throw .device(VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
+        }
+    }
+
+    /// Gives up a miss: its subscription goes, and the room it reserved.
+    private func abandon(_ entry: CacheEntry, bytes: Int) {
+        try? entry.remove()
+        unreserve(bytes: bytes)
+    }
+
+    func unreserve(bytes: Int) {
+        state.withLock { state in
+            state.reservedBytes -= bytes
+            state.reservedRegions -= 1
+        }
+        teardownEvents.wakeAll()
+    }
+}

@@ -1,0 +1,217 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMUNotifier
+import MemoryMonitor
+import Synchronization
+import Verbs
+
+/// Everything a `RegistrationCache` is, except its public face: what cached entries and counted
+/// registrations keep alive (through `CacheEntry.core`) after the last reference to the cache is
+/// gone, until the last of them is released.
+///
+/// It owns no thread and no monitor: invalidations come from the process's address space and its
+/// one userfaultfd monitor (`AddressSpace.process`, `MemoryMonitor.shared`), shared by every
+/// cache in the process, and teardowns run on that space's SRCU reclaim thread.
+@usableFromInline
+final class CacheCore: Sendable {
+    let registrar: any MemoryRegistrar
+    let options: RegistrationCache.Options
+    let limits: RegistrationCache.Limits
+    let space: AddressSpace
+    @usableFromInline let srcu: SRCUDomain
+    /// Where watches go; nil for `Options.monitoring == .explicitOnly`.
+    let monitor: MemoryMonitor?
+    @usableFromInline let index: RegionIndex
+    let state = Locked(State())
+    @usableFromInline let counters = CacheCounters()
+    let teardowns = Locked(TeardownLists())
+    /// Woken whenever a teardown finishes (a miss waiting for room watches it).
+    let teardownEvents = WaitQueue()
+    /// Mirrors `State.closedReason != nil` for lock-free checks.
+    @usableFromInline let isClosed = Atomic<Bool>(false)
+    @usableFromInline let pageMask: UInt
+
+    struct State: Sendable {
+        /// The CLOCK ring of cached entries (each knows its slot).
+        var clock: [CacheEntry] = []
+        var hand = 0
+        /// Room taken by misses in flight (registered but not yet published).
+        var reservedBytes = 0
+        var reservedRegions = 0
+        /// Set by `close(reason:)`: later calls fail with it.
+        var closedReason: String?
+    }
+
+    init(registrar: any MemoryRegistrar, options: RegistrationCache.Options, monitor: MemoryMonitor?) {
+        self.registrar = registrar
+        self.options = options
+        self.monitor = monitor
+        space = monitor?.space ?? .process
+        srcu = space.srcu
+        index = RegionIndex(srcu: srcu)
+        limits = RegistrationCache.Limits(options, device: registrar.limits)
+        pageMask = UInt(sysconf(Int32(_SC_PAGESIZE))) - 1
+    }
+
+    // MARK: - Lookups
+
+    /// Waits while an invalidation is in flight in the address space, so that a lookup made after
+    /// `munmap` returned finds the index already without the old region. The monitor opens its
+    /// window (sequence odd) before it reads the event that lets `munmap` return, and closes it
+    /// only after the cache revoked what the event covers; a hit reads the sequence (a load, no
+    /// write) and finds it even almost always.
+    @usableFromInline @inline(__always)
+    func settleInvalidations() {
+        while true {
+            let sequence = space.invalidationSequence
+            guard sequence & 1 == 1 else { return }
+            space.waitWhileInvalidating(sequence)
+        }
+    }
+
+    /// The checks before a lookup: the cache is open, the range is usable. Returns its end.
+    @usableFromInline
+    func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
+        // A load, not the state lock: the hit paths write no shared cache line.
+        if isClosed.load(ordering: .acquiring), let reason = state.withLock({ $0.closedReason }) {
+            throw .shutDown(reason: reason)
+        }
+        guard length > 0 else {
+            throw .invalidRange(call: call, address: address, length: length, reason: "the length must be positive")
+        }
+        guard address != 0 else {
+            throw .invalidRange(call: call, address: address, length: length, reason: "the address is NULL")
+        }
+        let (end, overflow) = address.addingReportingOverflow(UInt(length))
+        guard !overflow, end <= UInt.max - pageMask else {
+            throw .invalidRange(call: call, address: address, length: length,
+                                reason: "the range wraps the end of the address space")
+        }
+        return end
+    }
+
+    /// The keys of the entry serving the range, its CLOCK bit set, a scoped hit counted on this
+    /// thread's own line. Inside a read section of `srcu` only: the keys are valid until it ends.
+    @usableFromInline
+    func scopedKeys(start: UInt, end: UInt, access: AccessFlags) -> (lkey: UInt32, rkey: UInt32)? {
+        let bits = index.lookup(start: start, end: end, access: access.rawValue)
+        if bits == 0 { return nil }
+        counters.countScopedHit()
+        return Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))._withUnsafeGuaranteedRef { entry in
+            entry.markReferenced()
+            return (entry.region.lkey, entry.region.rkey)
+        }
+    }
+
+    /// A reference on a cached entry serving the range (seed 004: found under the read
+    /// section, referenced only if its count is not zero, then checked still valid).
+    func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> CacheEntry? {
+        settleInvalidations()
+        let token = srcu.readLock()
+        let bits = index.lookup(start: start, end: end, access: access.rawValue)
+        guard bits != 0 else {
+            srcu.readUnlock(token)
+            return nil
+        }
+        let entry = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))
+        let (taken, valid) = entry._withUnsafeGuaranteedRef { entry -> (Bool, Bool) in
+            guard entry.holders.getUnlessZero() else { return (false, false) }
+            entry.markReferenced()
+            return (true, !entry.revoked.load(ordering: .acquiring))
+        }
+        srcu.readUnlock(token)
+        guard taken else { return nil }
+        // The reference keeps the entry alive from here on (its teardown waits for it).
+        let found = entry.takeUnretainedValue()
+        if valid { return found }
+        put(found)  // revoked between the lookup and the reference: a miss after all
+        return nil
+    }
+
+    // MARK: - References
+
+    /// Drops one reference; the last one tears the entry down (deregisters its region).
+    func put(_ entry: CacheEntry) {
+        guard (try? entry.holders.put()) == true else { return }
+        tearDownWhenSafe(entry)
+    }
+
+    // MARK: - The invalidation
+
+    /// The invalidation callback of every entry (`CacheEntry.invalidate`): revoke it. Runs inside
+    /// a read section of the space's SRCU domain, on the monitor's worker, in a thread whose
+    /// hooked `munmap`/`mprotect` touched the range, or in a caller of explicit invalidation;
+    /// never on the thread that reads userfaultfd events.
+    ///
+    /// Under the state lock, which the miss holds around `readRetry` (the kernel's rule for
+    /// `mmu_interval_set_seq`): the sequence is set first, so a miss racing this invalidation
+    /// discards its registration; then a published entry leaves the index and the CLOCK ring at
+    /// once (no later lookup finds it) and is marked revoked; its deregistration waits for a
+    /// grace period (readers of `withRegistration`) and for the last `Registration` holding it.
+    /// A write-protect change keeps a published region that cannot write; a registration still
+    /// in flight is made to retry whatever the event (its access may yet include write).
+    func invalidate(_ entry: CacheEntry, _ invalidation: InvalidationRange, sequence: UInt64) {
+        state.withLock { state in
+            let published = entry.clockSlot >= 0
+            if invalidation.event == .writeProtect, published, !entry.access.needsWritableMemory { return }
+            entry.setSequence(sequence)
+            guard published else { return }
+            unpublish(entry, &state)
+            entry.revoked.store(true, ordering: .releasing)
+            counters.invalidations.add(1, ordering: .relaxed)
+            if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+            retire(entry, evicted: false)
+        }
+    }
+
+    // MARK: - Publication (state lock held)
+
+    /// Makes `entry` findable: the index, then the CLOCK ring.
+    func publish(_ entry: CacheEntry, _ state: inout State) {
+        entry.clockSlot = Int32(state.clock.count)
+        state.clock.append(entry)
+        index.insert(entry)
+        counters.cachedRegions.add(1, ordering: .relaxed)
+    }
+
+    /// Takes `entry` out of the index and the CLOCK ring (swap-remove: the last entry takes its
+    /// slot).
+    func unpublish(_ entry: CacheEntry, _ state: inout State) {
+        index.remove(entry)
+        let slot = Int(entry.clockSlot)
+        let last = state.clock.removeLast()
+        if slot < state.clock.count {
+            state.clock[slot] = last
+            last.clockSlot = Int32(slot)
+        }
+        entry.clockSlot = -1
+        counters.cachedRegions.subtract(1, ordering: .relaxed)
+    }
+
+    // MARK: - Closing
+
+    /// Revokes everything and refuses later calls with `reason`. Idempotent.
+    func close(reason: String) {
+        state.withLock { state in
+            guard state.closedReason == nil else { return }
+            state.closedReason = reason
+            isClosed.store(true, ordering: .releasing)
+            while let entry = state.clock.last {
+                unpublish(entry, &state)
+                entry.revoked.store(true, ordering: .releasing)
+                counters.invalidations.add(1, ordering: .relaxed)
+                if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+                retire(entry, evicted: false)
+            }
+        }
+    }
+
+    /// Closes, then deregisters everything nobody holds (registrations still held are
+    /// deregistered when released). From the SRCU reclaim thread it cannot wait for a grace
+    /// period: the teardowns then finish when their batch runs.
+    func shutdown(reason: String) {
+        close(reason: reason)
+        try? waitForTeardowns()
+    }
+}

@@ -1,0 +1,223 @@
+import MMUNotifier
+import MemoryMonitor
+import Synchronization
+import Verbs
+
+/// Entries on their way out, guarded by `CacheCore.teardowns`.
+struct TeardownLists: Sendable {
+    /// Taken out of the index since the batch in flight was sealed: they wait for the next one.
+    var pending: [RetiredEntry] = []
+    /// The batch whose grace period is running (sealed when it was scheduled).
+    var sealed: [RetiredEntry] = []
+    var batchInFlight = false
+    /// Torn down, kept alive by one retain each, to be released by a missing thread (so the
+    /// thread that allocates entries also frees them, instead of fighting it for the arena).
+    var freeable: [EntryReference] = []
+    /// Deregistrations the device refused: retried with every later batch and at shutdown.
+    var failed: [FailedDeregistration] = []
+}
+
+/// An entry out of the index, waiting for a grace period. `evicted`: its count was frozen (no
+/// holder), so it is torn down; otherwise (revoked) the index's reference is dropped, and the
+/// last holder tears it down.
+struct RetiredEntry: Sendable {
+    let entry: EntryReference
+    let evicted: Bool
+}
+
+/// An entry by address, without a retain (or with one the holder owns and gives back once).
+///
+/// `@unchecked Sendable`: it only carries a pointer to a `Sendable` object between threads,
+/// under the teardown lock or inside one SRCU callback; the lists that hold it say who keeps
+/// the object alive meanwhile (the interval tree, or a retain taken for the list).
+struct EntryReference: @unchecked Sendable {
+    let unmanaged: Unmanaged<CacheEntry>
+    init(_ entry: CacheEntry, retained: Bool) {
+        unmanaged = retained ? .passRetained(entry) : .passUnretained(entry)
+    }
+    var entry: CacheEntry { unmanaged.takeUnretainedValue() }
+    func release() { unmanaged.release() }
+}
+
+/// A registration whose deregistration the device refused, and what it belongs to.
+struct FailedDeregistration: Sendable {
+    enum Owner: Sendable {
+        /// A cached entry (kept alive by a retain until its teardown can finish).
+        case entry(EntryReference)
+        /// A miss that lost a race: counted as the cache's until it is gone.
+        case raced
+        /// A handle's own registration.
+        case uncached
+    }
+    let region: RegisteredRegion
+    let bytes: Int
+    let owner: Owner
+}
+
+extension CacheCore {
+    /// Queues `entry` (just taken out of the index, state lock held) for after a grace period.
+    ///
+    /// One grace period at a time per cache, for a whole batch: while one runs, retired entries
+    /// gather in `pending`; when it ends, they are sealed into the next batch. An entry retired
+    /// after a batch was sealed never rides on that batch's grace period, which may have begun
+    /// before the entry left the index. Nothing is allocated per entry (arrays grow amortized).
+    func retire(_ entry: CacheEntry, evicted: Bool) {
+        counters.retiringRegions.add(1, ordering: .relaxed)
+        counters.retiringBytes.add(entry.length, ordering: .relaxed)
+        let schedule = teardowns.withLock { lists -> Bool in
+            lists.pending.append(RetiredEntry(entry: EntryReference(entry, retained: false), evicted: evicted))
+            return sealBatch(&lists)
+        }
+        if schedule { srcu.call { [self] in runBatch() } }
+    }
+
+    /// Seals the pending entries into a batch if none is in flight; true when one must be
+    /// scheduled.
+    private func sealBatch(_ lists: inout TeardownLists) -> Bool {
+        guard !lists.batchInFlight, !lists.pending.isEmpty else { return false }
+        lists.batchInFlight = true
+        swap(&lists.sealed, &lists.pending)
+        return true
+    }
+
+    /// After the batch's grace period (on the SRCU reclaim thread): no reader can still see its
+    /// entries. Evicted ones are torn down; revoked ones lose the index's reference.
+    private func runBatch() {
+        var batch: [RetiredEntry] = []
+        teardowns.withLock { lists in swap(&batch, &lists.sealed) }
+        for retired in batch {
+            let entry = retired.entry.entry
+            if retired.evicted { tearDown(entry) } else { put(entry) }
+            counters.retiringRegions.subtract(1, ordering: .relaxed)
+            counters.retiringBytes.subtract(entry.length, ordering: .relaxed)
+        }
+        retryFailedDeregistrations()
+        let (schedule, excess) = teardowns.withLock { lists -> (Bool, [EntryReference]) in
+            lists.batchInFlight = false
+            // Nobody missed for a while: do not let torn-down entries pile up.
+            var excess: [EntryReference] = []
+            if lists.freeable.count > 4096 { swap(&excess, &lists.freeable) }
+            return (sealBatch(&lists), excess)
+        }
+        for entry in excess { entry.release() }
+        teardownEvents.wakeAll()
+        if schedule { srcu.call { [self] in runBatch() } }
+    }
+
+    /// Tears down `entry` now, or after a grace period when called inside a read section (its
+    /// subscription's removal would wait for the section it runs in).
+    func tearDownWhenSafe(_ entry: CacheEntry) {
+        guard srcu.isInsideReadSection else { return tearDown(entry) }
+        counters.retiringRegions.add(1, ordering: .relaxed)
+        counters.retiringBytes.add(entry.length, ordering: .relaxed)
+        let reference = EntryReference(entry, retained: false)  // the tree keeps it until the teardown
+        srcu.call { [self] in
+            let entry = reference.entry
+            tearDown(entry)
+            counters.retiringRegions.subtract(1, ordering: .relaxed)
+            counters.retiringBytes.subtract(entry.length, ordering: .relaxed)
+            teardownEvents.wakeAll()
+        }
+    }
+
+    /// Deregisters the region, stops watching its range, removes its subscription. Once. A
+    /// refused deregistration keeps the entry (and its bytes counted) for a later retry.
+    func tearDown(_ entry: CacheEntry) {
+        guard !entry.tornDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        do {
+            try registrar.deregisterRegion(entry.region)
+        } catch {
+            recordFailure(error, FailedDeregistration(region: entry.region, bytes: entry.length,
+                                                      owner: .entry(EntryReference(entry, retained: true))))
+            return
+        }
+        finishTeardown(entry)
+    }
+
+    /// What follows a successful deregistration: the counts, the watch, the subscription, and the
+    /// entry's memory, handed to a missing thread to free.
+    private func finishTeardown(_ entry: CacheEntry) {
+        counters.registered(regions: -1, bytes: -entry.length)
+        if entry.watched { try? monitor?.unwatch(entry.range) }
+        let retained = EntryReference(entry, retained: true)  // outlives the tree's reference
+        try? entry.remove()
+        teardowns.withLock { $0.freeable.append(retained) }
+        teardownEvents.wakeAll()
+    }
+
+    /// Deregisters a registration of one handle (uncached), or of a miss that lost a race.
+    func deregister(_ region: RegisteredRegion, bytes: Int, uncached: Bool = false) {
+        do {
+            try registrar.deregisterRegion(region)
+            if uncached { counters.uncachedRegistered(regions: -1, bytes: -bytes) }
+        } catch {
+            if !uncached { counters.registered(regions: 1, bytes: bytes) }  // still pinned: count it
+            recordFailure(error, FailedDeregistration(region: region, bytes: bytes, owner: uncached ? .uncached : .raced))
+        }
+    }
+
+    private func recordFailure(_ error: any Error, _ failure: FailedDeregistration) {
+        counters.failedDeregistrations.add(1, ordering: .relaxed)
+        counters.lastFailure.withLock { $0 = "\(error)" }
+        teardowns.withLock { $0.failed.append(failure) }
+    }
+
+    /// Tries every refused deregistration again.
+    func retryFailedDeregistrations() {
+        var failed: [FailedDeregistration] = []
+        teardowns.withLock { swap(&failed, &$0.failed) }
+        for item in failed {
+            do {
+                try registrar.deregisterRegion(item.region)
+            } catch {
+                counters.lastFailure.withLock { $0 = "\(error)" }
+                teardowns.withLock { $0.failed.append(item) }
+                continue
+            }
+            counters.failedDeregistrations.subtract(1, ordering: .relaxed)
+            switch item.owner {
+            case .entry(let reference):
+                finishTeardown(reference.entry)
+                reference.release()
+            case .raced:
+                counters.registered(regions: -1, bytes: -item.bytes)
+            case .uncached:
+                counters.uncachedRegistered(regions: -1, bytes: -item.bytes)
+            }
+        }
+    }
+
+    /// Frees up to `limit` torn-down entries on this thread.
+    func releaseFreeable(atMost limit: Int) {
+        var taken: [EntryReference] = []
+        teardowns.withLock { lists in
+            guard !lists.freeable.isEmpty else { return }
+            if lists.freeable.count <= limit {
+                swap(&taken, &lists.freeable)
+            } else {
+                taken = Array(lists.freeable.suffix(limit))
+                lists.freeable.removeLast(limit)
+            }
+        }
+        for entry in taken { entry.release() }
+    }
+
+    /// Waits until every entry retired so far is torn down (or released to its holders), and
+    /// frees them. Not from inside a read section or on the reclaim thread.
+    func waitForTeardowns() throws(NotifierError) {
+        while true {
+            try srcu.barrier()
+            let idle = teardowns.withLock { $0.pending.isEmpty && !$0.batchInFlight }
+            if idle && counters.retiringRegions.load(ordering: .acquiring) == 0 { break }
+        }
+        releaseFreeable(atMost: .max)
+    }
+
+    /// A miss out of room: hurries the grace period of the batch in flight and waits a little
+    /// for teardowns to finish (the caller checks the room again, bounded by its deadline).
+    func waitForRetiring() {
+        srcu.expedite()
+        let before = counters.retiringRegions.load(ordering: .acquiring)
+        _ = teardownEvents.wait(until: { counters.retiringRegions.load(ordering: .acquiring) < before }, atMost: 10_000_000)
+    }
+}
