@@ -272,9 +272,9 @@ public final class AddressSpace: Sendable {
     /// sequence is odd the tree cannot change (inserts and removes are deferred to `itreeEnd`),
     /// so it is walked after the lock is dropped, as the kernel walks its interval tree.
     func itreeStart(_ r: InvalidationRange) throws(NotifierError) {
-        let (root, seq) = intervals.withLock { s -> (IntervalSubscription?, UInt64) in
+        let (root, seq) = intervals.withLock { s -> (IntervalTree.Link?, UInt64) in
             s.activeInvalidations += 1
-            guard !r.range.isEmpty, s.tree.firstOverlap(start: r.range.start, last: r.range.last) != nil else {
+            guard !r.range.isEmpty, s.tree.hasOverlap(start: r.range.start, last: r.range.last) else {
                 return (nil, s.sequence)
             }
             s.sequence |= 1

@@ -64,10 +64,11 @@ open class IntervalSubscription: @unchecked Sendable {
     public let space: AddressSpace
     let sequence = Atomic<UInt64>(0)
 
-    // Interval tree node, guarded as the type's comment says. `unowned(unsafe)`: the tree keeps
-    // each node alive with one retain taken at insert and dropped after removal.
-    @exclusivity(unchecked) unowned(unsafe) var left: IntervalSubscription? = nil
-    @exclusivity(unchecked) unowned(unsafe) var right: IntervalSubscription? = nil
+    // Interval tree node, guarded as the type's comment says. Unmanaged: the tree keeps each
+    // node alive with one retain taken at insert and dropped after removal, and walks it
+    // without reference counting.
+    @exclusivity(unchecked) var left: Unmanaged<IntervalSubscription>? = nil
+    @exclusivity(unchecked) var right: Unmanaged<IntervalSubscription>? = nil
     @exclusivity(unchecked) var maxLast: UInt = 0
     /// Next in the space's deferred list (or in the list of removed nodes to release).
     @exclusivity(unchecked) unowned(unsafe) var nextDeferred: IntervalSubscription? = nil

@@ -10,7 +10,9 @@ import Darwin
 /// tests run under TSan in CI, so every lock the engine takes must be one TSan understands.
 public final class Locked<Value> {
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
+    /// Unchecked by the runtime's exclusivity tracking: the mutex already makes every access
+    /// exclusive (the dynamic check cost every lock a call into the runtime).
+    @exclusivity(unchecked) private var value: Value
 
     public init(_ value: Value) {
         self.value = value

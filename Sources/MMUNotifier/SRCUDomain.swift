@@ -22,6 +22,13 @@ public final class SRCUDomain: Sendable {
 
     deinit { reclaimer.stop() }
 
+    /// The read side alone, for hot paths that keep it beside their own data: one stored word
+    /// (the C domain) instead of a chain of class references, which the optimizer may retain
+    /// around a read section (an atomic write to a line every thread shares). The holder keeps
+    /// the domain alive.
+    @inlinable
+    public var readSide: SRCUReadSide { SRCUReadSide(domain: counters.domain) }
+
     /// Enters a read section. The token must be given back on the same thread (it is neither
     /// copyable nor `Sendable`); dropping it leaves the section too.
     @inlinable @inline(__always)
@@ -86,6 +93,29 @@ public final class SRCUDomain: Sendable {
     /// Threads that ever read this domain (each owns one counter slot; slots of exited threads
     /// are reused).
     public var readerSlotCount: Int { srcu_slot_count(counters.domain) }
+}
+
+/// `SRCUDomain.readSide`: enters and leaves read sections of a domain that its holder keeps alive.
+///
+/// `@unchecked Sendable`: the only stored property is the C domain's address, immutable; the
+/// read-side functions it is passed to touch only the calling thread's own counters.
+@frozen
+public struct SRCUReadSide: @unchecked Sendable {
+    @usableFromInline let domain: UnsafeMutableRawPointer
+
+    @inlinable
+    init(domain: UnsafeMutableRawPointer) { self.domain = domain }
+
+    @inlinable @inline(__always)
+    public func lock() -> SRCUReadToken {
+        var slot: UnsafeMutableRawPointer?
+        let index = srcu_read_lock_fast(domain, &slot)
+        // srcu_read_lock_fast always sets the slot (it aborts on out-of-memory instead).
+        return SRCUReadToken(slot: slot.unsafelyUnwrapped, index: index)
+    }
+
+    @inlinable @inline(__always)
+    public func unlock(_ token: consuming SRCUReadToken) { token.unlock() }
 }
 
 /// A read section in progress. Not copyable (one unlock per lock) and not `Sendable` (the

@@ -123,7 +123,7 @@ final class HookInterceptor: Sendable {
                                _ body: (_ start: UInt, _ record: GranuleRecord) -> Bool) -> Bool {
         let spanned = (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize
         if spanned > UInt(table.records.count) {
-            for (start, record) in table.records where pages.intersection(granule(start)) != nil {
+            for (start, record) in table.records.entries where pages.intersection(granule(start)) != nil {
                 if !body(start, record) { return false }
             }
         } else {

@@ -145,7 +145,7 @@ final class MonitorThreads: Sendable {
         granules.withLock { table in
             if table.failure == nil { table.failure = error }
             // The kernel dropped every registration with the context.
-            for start in table.records.keys {
+            for (start, _) in table.records.entries {
                 _ = validated.slot.adjust(granule: start, size: validated.granuleSize, registered: -1)
             }
             table.records.removeAll()

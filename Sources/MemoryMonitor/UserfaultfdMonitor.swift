@@ -273,7 +273,7 @@ public final class UserfaultfdMonitor: Sendable {
             // unmap which already returned touched, whether or not the caller did readBegin.
             if space.invalidationSequence & 1 == 0, validated.containsAll(starts),
                starts.allSatisfy({ table.records[$0].map { $0.pieces == nil } ?? false }) {
-                for start in starts { table.records[start]?.buffers += 1 }
+                for start in starts { table.records.update(start) { $0.buffers += 1 } }
                 threads.counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
                 return
             }
@@ -288,7 +288,7 @@ public final class UserfaultfdMonitor: Sendable {
                 let allWhole = starts.allSatisfy { start in table.records[start].map { $0.pieces == nil } ?? false }
                 if allWhole && span > granuleSize && descriptor.register(start: first, length: span) == nil {
                     for start in starts {
-                        table.records[start]?.buffers += 1
+                        table.records.update(start) { $0.buffers += 1 }
                         counted.append(start)
                     }
                 } else {
@@ -357,7 +357,7 @@ public final class UserfaultfdMonitor: Sendable {
         granules.withLock { table in
             table.shutDown = true
             validated.removeAll()
-            for (start, record) in table.records {
+            for (start, record) in table.records.entries {
                 unregister(start, record)
                 _ = slot.adjust(granule: start, size: granuleSize, registered: -1)
             }
@@ -503,7 +503,9 @@ public final class UserfaultfdMonitor: Sendable {
     /// tell: on recent kernels UFFDIO_WRITEPROTECT skips holes between registered mappings
     /// (measured on 6.18), on 6.1 it refuses any range across mappings.
     private func isFullyMapped(_ pages: PageRange) -> Bool {
-        let chunkPages = 4096
+        // 512 pages (a 2 MiB granule) a call: a vector that small stays on the stack (4096
+        // bytes went to malloc on every call).
+        let chunkPages = 512
         return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: chunkPages) { vector in
             var start = pages.start
             while start < pages.end {

@@ -50,7 +50,7 @@ struct PageRange: Hashable, Sendable {
 /// takes it while the descriptor is live, so a holder whose allocation trims watched heap pages
 /// waits only for the reader's read(), which never waits for this lock.
 struct GranuleTable: Sendable {
-    var records: [UInt: GranuleRecord] = [:]
+    var records = GranuleKeyedTable<GranuleRecord>()
     var shutDown = false
     /// Set when the monitor failed (its descriptor is gone): watches are refused with it.
     var failure: MonitorError?
@@ -92,7 +92,7 @@ struct HookSlot: Sendable {
 final class ValidatedGranules: Sendable {
     let granuleSize: UInt
     let slot: HookSlot
-    private let starts = Locked(Set<UInt>())
+    private let starts = Locked(GranuleKeyedTable<Bool>())
 
     init(granuleSize: UInt, slot: HookSlot) {
         self.granuleSize = granuleSize
@@ -103,26 +103,28 @@ final class ValidatedGranules: Sendable {
         starts.withLock { set in granules.allSatisfy { set.contains($0) } }
     }
 
+    func contains(_ granule: UInt) -> Bool { starts.withLock { $0.contains(granule) } }
+
     /// Marks `granule` validated; false (nothing marked) when the hooks' map has no room.
     @discardableResult
     func insert(_ granule: UInt) -> Bool {
         starts.withLock { set in
             guard !set.contains(granule) else { return true }
             guard slot.adjust(granule: granule, size: granuleSize, validated: 1) else { return false }
-            set.insert(granule)
+            set[granule] = true
             return true
         }
     }
 
     func remove(_ granule: UInt) {
         starts.withLock { set in
-            if set.remove(granule) != nil { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
+            if set.removeValue(forKey: granule) != nil { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
         }
     }
 
     func removeAll() {
         starts.withLock { set in
-            for granule in set { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
+            for (granule, _) in set.entries { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
             set.removeAll()
         }
     }
@@ -137,12 +139,12 @@ final class ValidatedGranules: Sendable {
         starts.withLock { set in
             if set.isEmpty { return }
             if (end - first) / granuleSize > UInt(set.count) {
-                for granule in set where !(granule &+ granuleSize <= start || granule >= end) {
-                    set.remove(granule)
+                for (granule, _) in set.entries where !(granule &+ granuleSize <= start || granule >= end) {
+                    set.removeValue(forKey: granule)
                     _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
                 }
             } else {
-                for granule in stride(from: first, to: end, by: Int(granuleSize)) where set.remove(granule) != nil {
+                for granule in stride(from: first, to: end, by: Int(granuleSize)) where set.removeValue(forKey: granule) != nil {
                     _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
                 }
             }

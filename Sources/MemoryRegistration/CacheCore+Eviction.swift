@@ -23,7 +23,7 @@ extension CacheCore {
     /// teardowns finished, the miss waits for them (bounded); if everything cached is held, it
     /// fails with `.limitReached`.
     func makeRoom(bytes: Int) throws(RegistrationError) {
-        let deadline = ContinuousClock.now.advanced(by: .seconds(30))
+        var deadline: ContinuousClock.Instant?
         while true {
             let room = state.withLock { state -> Room in
                 if let reason = state.closedReason { return .closed(reason) }
@@ -49,7 +49,9 @@ extension CacheCore {
                 throw .limitReached(regions: regions, maxRegions: limits.maxRegions, pinnedBytes: pinned,
                                     maxPinnedBytes: limits.maxPinnedBytes, requested: bytes)
             case .waitForTeardowns:
-                guard ContinuousClock.now < deadline else {
+                let limit = deadline ?? ContinuousClock.now.advanced(by: .seconds(30))
+                deadline = limit
+                guard ContinuousClock.now < limit else {
                     throw .limitReached(regions: counters.cacheRegions, maxRegions: limits.maxRegions,
                                         pinnedBytes: counters.cacheBytes, maxPinnedBytes: limits.maxPinnedBytes,
                                         requested: bytes)

@@ -90,7 +90,7 @@ extension CacheCore {
             }
             guard let closed else {
                 counters.misses.add(1, ordering: .relaxed)
-                return Registration(address: address, length: requested, entry: entry)
+                return Registration(address: address, length: requested, entry: Unmanaged.passUnretained(entry))
             }
             // An invalidation raced (or the cache closed): this registration may be of old pages.
             counters.raced.add(1, ordering: .relaxed)

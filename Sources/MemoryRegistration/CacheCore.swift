@@ -20,6 +20,8 @@ final class CacheCore: Sendable {
     let limits: RegistrationCache.Limits
     let space: AddressSpace
     @usableFromInline let srcu: SRCUDomain
+    /// `srcu`'s read side, kept here so a hit loads one word (see `SRCUReadSide`).
+    @usableFromInline let readSide: SRCUReadSide
     /// Where watches go; nil for `Options.monitoring == .explicitOnly`.
     let monitor: MemoryMonitor?
     @usableFromInline let index: RegionIndex
@@ -49,6 +51,7 @@ final class CacheCore: Sendable {
         self.monitor = monitor
         space = monitor?.space ?? .process
         srcu = space.srcu
+        readSide = srcu.readSide
         index = RegionIndex(srcu: srcu)
         limits = RegistrationCache.Limits(options, device: registrar.limits)
         pageMask = UInt(sysconf(Int32(_SC_PAGESIZE))) - 1
@@ -105,13 +108,15 @@ final class CacheCore: Sendable {
     }
 
     /// A reference on a cached entry serving the range (seed 004: found under the read
-    /// section, referenced only if its count is not zero, then checked still valid).
-    func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> CacheEntry? {
+    /// section, referenced only if its count is not zero, then checked still valid). Returned
+    /// unretained: the counted reference keeps the entry alive (its teardown waits for it), and
+    /// a Swift retain would be one more atomic write on the entry.
+    func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> Unmanaged<CacheEntry>? {
         settleInvalidations()
-        let token = srcu.readLock()
+        let token = readSide.lock()
         let bits = index.lookup(start: start, end: end, access: access.rawValue)
         guard bits != 0 else {
-            srcu.readUnlock(token)
+            readSide.unlock(token)
             return nil
         }
         let entry = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))
@@ -120,12 +125,10 @@ final class CacheCore: Sendable {
             entry.markReferenced()
             return (true, !entry.revoked.load(ordering: .acquiring))
         }
-        srcu.readUnlock(token)
+        readSide.unlock(token)
         guard taken else { return nil }
-        // The reference keeps the entry alive from here on (its teardown waits for it).
-        let found = entry.takeUnretainedValue()
-        if valid { return found }
-        put(found)  // revoked between the lookup and the reference: a miss after all
+        if valid { return entry }
+        entry._withUnsafeGuaranteedRef { put($0) }  // revoked between the lookup and the reference: a miss after all
         return nil
     }
 

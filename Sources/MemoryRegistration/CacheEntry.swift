@@ -24,7 +24,9 @@ import Verbs
 /// under the cache's state lock only. The rest is atomic. The base class's comment covers its
 /// own fields.
 final class CacheEntry: IntervalSubscription, @unchecked Sendable {
-    let core: CacheCore
+    // Declared in this order so that what a hit reads and writes (the count, the keys, the
+    // access and the flags) shares one cache line after the subscription's own fields.
+    let holders = SpeculativeRefCount(0)
     @exclusivity(unchecked) var region = RegisteredRegion(lkey: 0, rkey: 0, handle: 0)
     @exclusivity(unchecked) var access: AccessFlags = []
     /// Set once, when an invalidation revoked the entry: holders see `isRevoked`.
@@ -38,7 +40,7 @@ final class CacheEntry: IntervalSubscription, @unchecked Sendable {
     @exclusivity(unchecked) var watched = false
     /// Index in the CLOCK ring, -1 when not cached (never published, revoked or evicted).
     @exclusivity(unchecked) var clockSlot: Int32 = -1
-    let holders = SpeculativeRefCount(0)
+    let core: CacheCore
 
     init(core: CacheCore, range: AddressRange) throws(NotifierError) {
         self.core = core

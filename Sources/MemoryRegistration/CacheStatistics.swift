@@ -31,6 +31,8 @@ final class CacheCounters: @unchecked Sendable {
     /// Out of the index, waiting for a grace period (or a teardown in flight).
     let retiringRegions = Atomic<Int>(0)
     let retiringBytes = Atomic<Int>(0)
+    /// Torn-down entries waiting to be freed by a missing thread.
+    let freeable = Atomic<Int>(0)
     /// Deregistrations the device refused and that are waiting for a retry.
     let failedDeregistrations = Atomic<Int>(0)
     let lastFailure = Locked<String?>(nil)

@@ -97,6 +97,7 @@ extension CacheCore {
             // Nobody missed for a while: do not let torn-down entries pile up.
             var excess: [EntryReference] = []
             if lists.freeable.count > 4096 { swap(&excess, &lists.freeable) }
+            counters.freeable.subtract(excess.count, ordering: .relaxed)
             return (sealBatch(&lists), excess)
         }
         for entry in excess { entry.release() }
@@ -142,6 +143,7 @@ extension CacheCore {
         let retained = EntryReference(entry, retained: true)  // outlives the tree's reference
         try? entry.remove()
         teardowns.withLock { $0.freeable.append(retained) }
+        counters.freeable.add(1, ordering: .relaxed)
         teardownEvents.wakeAll()
     }
 
@@ -189,6 +191,7 @@ extension CacheCore {
 
     /// Frees up to `limit` torn-down entries on this thread.
     func releaseFreeable(atMost limit: Int) {
+        guard counters.freeable.load(ordering: .relaxed) > 0 else { return }  // no lock when there is nothing
         var taken: [EntryReference] = []
         teardowns.withLock { lists in
             guard !lists.freeable.isEmpty else { return }
@@ -199,6 +202,7 @@ extension CacheCore {
                 lists.freeable.removeLast(limit)
             }
         }
+        counters.freeable.subtract(taken.count, ordering: .relaxed)
         for entry in taken { entry.release() }
     }
 

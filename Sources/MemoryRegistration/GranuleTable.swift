@@ -5,14 +5,18 @@ import Synchronization
 /// to the granule (`Hint`: 16 bytes a slot), so a lookup compares ranges in the bucket and
 /// touches only the entry it wants.
 ///
-/// Writers (serialized by the index) fill a slot's range first and then store its entry with
+/// Writers (serialized by the cache's state lock) fill a slot's range first and then store its entry with
 /// release ordering; clearing a slot stores 0 there; a cleared slot is reused in place. Readers
 /// load the entry with acquire ordering and then the range: a range read as the slot is reused
 /// may belong to the next entry, so a reader checks the entry itself before using it (the entry
 /// outlives every reader that could still load its address: it is freed only after a grace
 /// period). Only a full bucket is replaced (by a larger copy), and the old one is freed after a
 /// grace period: removals and most inserts allocate and free nothing.
-struct Bucket: Equatable {
+///
+/// `@unchecked Sendable`: a bucket is its header's address. Readers only load its atomics;
+/// writers, serialized by the index, store them; a bucket out of the table travels to the reclaim
+/// thread and back to the writers, and is freed by one writer once, after its grace period.
+struct Bucket: Equatable, @unchecked Sendable {
     let header: UnsafeMutablePointer<BucketHeader>
 
     struct BucketHeader: ~Copyable {
@@ -139,7 +143,7 @@ enum Hint {
 /// probe it without a lock while one writer replaces buckets.
 ///
 /// `@unchecked Sendable`: `slots` is allocated once and its elements are atomics; `used` is
-/// read and written only by the index's writers, which `RegionIndex.writerLock` serializes.
+/// read and written only by the index's writers, which the cache's state lock serializes.
 final class GranuleTable: @unchecked Sendable {
     let capacity: Int
     private let mask: Int

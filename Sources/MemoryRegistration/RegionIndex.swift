@@ -10,20 +10,34 @@ import Synchronization
 /// buffer never write a shared cache line (seed 000; UCX's per-region refcount measured 0.52x on
 /// 2 threads).
 ///
-/// Writers (insert, remove; serialized by `writerLock`) fill or clear slots in place (see
+/// Writers (insert, remove) fill or clear slots in place (see
 /// `Bucket`); a full bucket is replaced by a larger copy, the table by a larger one, and what
 /// they replace is freed through the SRCU domain's `call`, after every reader that could still
 /// see it has left. An entry itself must outlive every reader that could load its address: the
 /// cache frees an entry only a grace period after it left the index.
+///
+/// Writers must be serialized by the caller: the cache inserts and removes only under its state
+/// lock (a lock of the index's own, nested in it, cost every miss a second lock for nothing).
 public final class RegionIndex: Sendable {
     /// `log2` of the granule size.
     public let granuleShift: Int
     let srcu: SRCUDomain
     /// The current table (`Unmanaged<GranuleTable>` bits); replaced only by writers.
     private let table: Atomic<UInt>
-    /// Serializes writers; never taken by readers. A pthread lock (`Locked`), which
-    /// ThreadSanitizer understands.
-    private let writerLock = Locked(())
+    /// Buckets out of the table on their way to be freed: `pending` wait for the next grace
+    /// period, `sealed` ride on the one running (one at a time: a call per replaced bucket cost
+    /// a quarter of an insert), `ready` have had theirs and are freed by the next insert, so the
+    /// memory goes back where inserts allocate (freed on the SRCU reclaim thread, the two
+    /// threads fought over malloc's arena lock).
+    private let retirement = Locked(Retirement())
+    private let readyCount = Atomic<Int>(0)
+
+    struct Retirement: Sendable {
+        var pending: [Bucket] = []
+        var sealed: [Bucket] = []
+        var ready: [Bucket] = []
+        var inFlight = false
+    }
 
     public init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
         self.srcu = srcu
@@ -37,6 +51,7 @@ public final class RegionIndex: Sendable {
         let current = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         current._withUnsafeGuaranteedRef { $0.freeBuckets() }
         current.release()
+        retirement.withLock { r in (r.pending + r.sealed + r.ready).forEach(Bucket.free) }
     }
 
     /// The address bits of the entry serving `[start, end)` with at least `access`, or 0. Call it
@@ -69,24 +84,27 @@ public final class RegionIndex: Sendable {
     func insert(_ entry: CacheEntry) {
         let bits = Self.bits(entry)
         let (start, end) = (entry.start, entry.end)
-        writerLock.withLock { _ in
-            var retired: [Bucket] = []
-            let span = granules(start, end)
-            makeRoom(for: span.count, retiring: &retired)
-            withCurrentTable { table in
-                for granule in span {
-                    let hint = Hint.make(start: start, end: end, granuleStart: granule << UInt(granuleShift))
-                    let old = table.find(granule)
-                    if let old, old.insert(entry: bits, hint: hint) { continue }
-                    // Full (or new): a larger copy (half as large again), so inserts stay amortized O(1).
-                    let live = old?.liveCount ?? 0
-                    let grown = Bucket.make(granule: granule, capacity: max(2, live + live / 2 + 1), copying: old)
-                    _ = grown.insert(entry: bits, hint: hint)
-                    if let replaced = table.publish(grown) { retired.append(replaced) }
-                }
-            }
-            retire(retired)
+        if readyCount.load(ordering: .relaxed) > 0 {
+            var ready: [Bucket] = []
+            retirement.withLock { swap(&ready, &$0.ready) }
+            readyCount.subtract(ready.count, ordering: .relaxed)
+            for bucket in ready { Bucket.free(bucket) }
         }
+        var retired: [Bucket] = []
+        let span = granules(start, end)
+        makeRoom(for: span.count, retiring: &retired)
+        withCurrentTable { table in
+            for granule in span {
+                let hint = Hint.make(start: start, end: end, granuleStart: granule << UInt(granuleShift))
+                let old = table.find(granule)
+                if let old, old.insert(entry: bits, hint: hint) { continue }
+                // Full (or new): a copy twice as large, so inserts stay amortized O(1).
+                let grown = Bucket.make(granule: granule, capacity: max(4, 2 * (old?.liveCount ?? 0)), copying: old)
+                _ = grown.insert(entry: bits, hint: hint)
+                if let replaced = table.publish(grown) { retired.append(replaced) }
+            }
+        }
+        retire(retired)
     }
 
     /// Unpublishes `entry`: lookups that start after this returns cannot find it; readers that
@@ -94,10 +112,8 @@ public final class RegionIndex: Sendable {
     func remove(_ entry: CacheEntry) {
         let bits = Self.bits(entry)
         let (start, end) = (entry.start, entry.end)
-        writerLock.withLock { _ in
-            withCurrentTable { table in
-                for granule in granules(start, end) { table.find(granule)?.remove(entry: bits) }
-            }
+        withCurrentTable { table in
+            for granule in granules(start, end) { table.find(granule)?.remove(entry: bits) }
         }
     }
 
@@ -145,10 +161,35 @@ public final class RegionIndex: Sendable {
         srcu.call { oldTable.value.release() }
     }
 
+    /// Hands `buckets` (out of the table) back to the writers after a grace period.
     private func retire(_ buckets: [Bucket]) {
         guard !buckets.isEmpty else { return }
-        let retired = UnsafeSendable(buckets)
-        srcu.call { retired.value.forEach(Bucket.free) }
+        let schedule = retirement.withLock { r -> Bool in
+            r.pending.append(contentsOf: buckets)
+            return Self.seal(&r)
+        }
+        if schedule { srcu.call { [self] in gracePeriodEnded() } }
+    }
+
+    /// Seals the pending buckets into a batch if none is in flight; true when one must be
+    /// scheduled. A bucket retired after a batch was sealed waits for the next batch: the
+    /// running grace period may have begun before it left the table.
+    private static func seal(_ r: inout Retirement) -> Bool {
+        guard !r.inFlight, !r.pending.isEmpty else { return false }
+        r.inFlight = true
+        swap(&r.sealed, &r.pending)
+        return true
+    }
+
+    private func gracePeriodEnded() {
+        let schedule = retirement.withLock { r -> Bool in
+            readyCount.add(r.sealed.count, ordering: .relaxed)
+            r.ready.append(contentsOf: r.sealed)
+            r.sealed.removeAll(keepingCapacity: true)
+            r.inFlight = false
+            return Self.seal(&r)
+        }
+        if schedule { srcu.call { [self] in gracePeriodEnded() } }
     }
 
     private func withCurrentTable<R>(_ body: (GranuleTable) -> R) -> R {

@@ -26,12 +26,11 @@ public struct Registration: ~Copyable {
         case uncached(RegisteredRegion, CacheCore, reason: String)
     }
 
-    init(address: UInt, length: Int, entry: CacheEntry) {
+    init(address: UInt, length: Int, entry: Unmanaged<CacheEntry>) {
         self.address = address
         self.length = length
-        lkey = entry.region.lkey
-        rkey = entry.region.rkey
-        backing = .cached(Unmanaged.passUnretained(entry))
+        (lkey, rkey) = entry._withUnsafeGuaranteedRef { ($0.region.lkey, $0.region.rkey) }
+        backing = .cached(entry)
     }
 
     init(address: UInt, length: Int, uncached region: RegisteredRegion, core: CacheCore, reason: String) {

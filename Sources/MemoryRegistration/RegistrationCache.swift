@@ -112,12 +112,21 @@ public final class RegistrationCache: Sendable {
         let address = UInt(bitPattern: buffer.baseAddress)
         let end = try core.validate(address: address, length: buffer.count, call: "withRegistration")
         core.settleInvalidations()
-        // R? tells a miss (nil) from a body that returned nil itself (.some(nil)).
-        let hit: R? = try core.srcu.withReadLock { () throws -> R? in
-            guard let keys = core.scopedKeys(start: address, end: end, access: access) else { return nil }
-            return try body(ScopedRegistration(address: address, length: buffer.count, lkey: keys.lkey, rkey: keys.rkey))
+        // An explicit read section, not a closure: a closure made the optimizer retain the SRCU
+        // domain around it, an atomic write to a line every thread shares.
+        let token = core.readSide.lock()
+        if let keys = core.scopedKeys(start: address, end: end, access: access) {
+            do {
+                let result = try body(ScopedRegistration(address: address, length: buffer.count,
+                                                         lkey: keys.lkey, rkey: keys.rkey))
+                core.readSide.unlock(token)
+                return result
+            } catch {
+                core.readSide.unlock(token)
+                throw error
+            }
         }
-        if let hit { return hit }
+        core.readSide.unlock(token)
         // A miss: a counted registration for the closure's length (released when it returns,
         // or by its end of scope if the closure throws).
         let registration = try register(address: address, length: buffer.count, access: access)
