@@ -32,6 +32,9 @@ final class GracePeriodReclaimer: Sendable {
     private let events = WaitQueue()
     /// Set on the reclaim thread itself, so `barrier()` from a callback can refuse.
     private let reclaimThreadID = Atomic<UInt>(0)
+    /// Mirrors `State.expedited`, so repeated `expedite()` calls before the batch starts cost a
+    /// load each, not a lock and a wake-up.
+    private let expedited = Atomic<Bool>(false)
 
     init(counters: SRCUCounters) { self.counters = counters }
 
@@ -65,6 +68,7 @@ final class GracePeriodReclaimer: Sendable {
 
     /// Cuts the batching delay of the batch gathering now.
     func expedite() {
+        guard !expedited.exchange(true, ordering: .acquiringAndReleasing) else { return }
         state.withLock { $0.expedited = true }
         events.wakeAll()
     }
@@ -125,6 +129,7 @@ final class GracePeriodReclaimer: Sendable {
                 let batch = s.queue
                 s.queue = []
                 s.expedited = false
+                expedited.store(false, ordering: .releasing)
                 return (batch, s.enqueued, s.stopping)
             }
             if batch.isEmpty && stopping { return }

@@ -16,7 +16,7 @@ extension CacheCore {
     /// The limits count what is registered with the device: cached regions, and those taken out
     /// of the cache that still wait for their teardown (a grace period; readers may use their
     /// keys until it ends). Evicting frees nothing at once, so eviction works ahead: once the
-    /// cache comes within a slack (1/16) of a limit, idle regions are evicted down to the limit
+    /// cache comes within a slack (1/8) of a limit, idle regions are evicted down to the limit
     /// minus the slack, and their teardowns finish while the next misses fill the slack. Each
     /// miss evicts about one region (O(1) amortized, CLOCK), the cache is never emptied for one
     /// region, and no miss registers beyond a limit: if the slack is used up before the

@@ -62,13 +62,16 @@ extension CacheCore {
     /// after a batch was sealed never rides on that batch's grace period, which may have begun
     /// before the entry left the index. Nothing is allocated per entry (arrays grow amortized).
     func retire(_ entry: CacheEntry, evicted: Bool) {
-        counters.retiringRegions.add(1, ordering: .relaxed)
+        let retiring = counters.retiringRegions.add(1, ordering: .relaxed).newValue
         counters.retiringBytes.add(entry.length, ordering: .relaxed)
         let schedule = teardowns.withLock { lists -> Bool in
             lists.pending.append(RetiredEntry(entry: EntryReference(entry, retained: false), evicted: evicted))
             return sealBatch(&lists)
         }
         if schedule { srcu.call { [self] in runBatch() } }
+        // Half the slack is waiting: start the grace period now rather than after the batching
+        // delay, so that misses find the room before they run out of it.
+        if evicted, retiring >= max(1, limits.regionSlack / 2) { srcu.expedite() }
     }
 
     /// Seals the pending entries into a batch if none is in flight; true when one must be
@@ -108,7 +111,11 @@ extension CacheCore {
     /// Tears down `entry` now, or after a grace period when called inside a read section (its
     /// subscription's removal would wait for the section it runs in).
     func tearDownWhenSafe(_ entry: CacheEntry) {
-        guard srcu.isInsideReadSection else { return tearDown(entry) }
+        guard srcu.isInsideReadSection else {
+            tearDown(entry)
+            teardownEvents.wakeAll()  // a miss may be waiting for room
+            return
+        }
         counters.retiringRegions.add(1, ordering: .relaxed)
         counters.retiringBytes.add(entry.length, ordering: .relaxed)
         let reference = EntryReference(entry, retained: false)  // the tree keeps it until the teardown
@@ -144,7 +151,6 @@ extension CacheCore {
         try? entry.remove()
         teardowns.withLock { $0.freeable.append(retained) }
         counters.freeable.add(1, ordering: .relaxed)
-        teardownEvents.wakeAll()
     }
 
     /// Deregisters a registration of one handle (uncached), or of a miss that lost a race.

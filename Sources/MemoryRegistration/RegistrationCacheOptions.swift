@@ -52,12 +52,12 @@ extension RegistrationCache {
     }
 
     /// The limits in force, from the options and the device, and the slack eviction keeps free
-    /// below each (1/16: see `CacheCore.makeRoom`).
+    /// below each (1/8: see `CacheCore.makeRoom`).
     struct Limits: Sendable {
         var maxRegions: Int
         var maxPinnedBytes: Int
-        var regionSlack: Int { maxRegions / 16 }
-        var byteSlack: Int { maxPinnedBytes / 16 }
+        var regionSlack: Int { maxRegions / 8 }
+        var byteSlack: Int { maxPinnedBytes / 8 }
 
         init(_ options: Options, device: (maxRegionBytes: UInt64, maxRegions: Int)) {
             self.init(options, device: device, memlock: Self.memlockLimit(), root: geteuid() == 0)
