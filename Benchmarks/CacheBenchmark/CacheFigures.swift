@@ -21,7 +21,7 @@ struct CacheFigures {
 
     /// Groups of figures, to measure (or profile) one alone.
     enum Group: String, CaseIterable, ExpressibleByArgument {
-        case hit, random, miss, evicting, invalidation, throughput
+        case hit, random, miss, evicting, invalidation, throughput, churn
     }
 
     func all(only: Group? = nil) throws -> [FigureResult] {
@@ -38,6 +38,7 @@ struct CacheFigures {
                 results += try throughput(regions: 1, threads: threads)
             }
         }
+        if wanted(.churn) { for threads in [1, 2] { results += churn(threads: threads) } }
         return results
     }
 
@@ -165,6 +166,33 @@ struct CacheFigures {
             FigureResult(figure: name, parameters: ["threads": threads], value: counted, unit: "ops_per_s"),
             FigureResult(figure: name + "_scoped", parameters: ["threads": threads], value: scoped, unit: "ops_per_s"),
         ]
+    }
+
+    /// Buffers that come and go, as an application's do: map 4-128 KiB, register it (a miss),
+    /// register it again (a counted hit), use it scoped, release both, then unmap it or map new
+    /// pages over it (half each). Iterations per second of each thread, summed; the same loop as
+    /// the peer's.
+    func churn(threads: Int) -> [FigureResult] {
+        let cache = makeCache()
+        defer { cache.shutdown() }
+        let seconds = scale > 1 ? 0.2 : 1.0
+        let page = AnonymousMapping.pageSize
+        let rate = run(threads: threads, seconds: seconds) { random in
+            let length = (1 + Int(random.next() % 32)) * page
+            guard let pointer = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                  pointer != MAP_FAILED else { return }
+            let bytes = UnsafeRawBufferPointer(start: pointer, count: length)
+            if let first = try? cache.register(bytes, access: .rdma), let second = try? cache.register(bytes, access: .rdma) {
+                blackHole(try? cache.withRegistration(bytes, access: .rdma) { $0.lkey })
+                first.release()
+                second.release()
+            }
+            if random.next() % 2 == 0 {
+                _ = mmap(pointer, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+            }
+            munmap(pointer, length)
+        }
+        return [FigureResult(figure: "churn_throughput", parameters: ["threads": threads], value: rate, unit: "ops_per_s")]
     }
 
     private func run(threads: Int, seconds: Double, _ body: @escaping @Sendable (inout XorShift) -> Void) -> Double {

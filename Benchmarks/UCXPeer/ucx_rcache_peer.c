@@ -234,6 +234,63 @@ static void figure_threads(long regions, int threads, double seconds) {
     munmap(base, (size_t)regions * region_stride);
 }
 
+struct churner {
+    ucs_rcache_t *rcache;
+    double seconds;
+    long operations;
+    uint64_t seed;
+};
+
+/* Buffers that come and go: map 4-128 KiB, get (a miss), get again (a hit), get + put (the
+ * scoped use), put both, then unmap it or map new pages over it first (UCX's munmap and mmap
+ * hooks invalidate). The same loop as ours. */
+static void *run_churner(void *argument) {
+    struct churner *c = argument;
+    long page = sysconf(_SC_PAGESIZE);
+    double end = now_ns() + c->seconds * 1e9;
+    long done = 0;
+    while (now_ns() < end) {
+        for (int i = 0; i < 256; i++) {
+            size_t length = (size_t)(1 + next_random(&c->seed) % 32) * (size_t)page;
+            void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) continue;
+            ucs_rcache_region_t *first, *second;
+            if (ucs_rcache_get(c->rcache, p, length, PROT_READ | PROT_WRITE, NULL, &first) == UCS_OK) {
+                if (ucs_rcache_get(c->rcache, p, length, PROT_READ | PROT_WRITE, NULL, &second) == UCS_OK) {
+                    get_put(c->rcache, p, length);
+                    ucs_rcache_region_put(c->rcache, second);
+                }
+                ucs_rcache_region_put(c->rcache, first);
+            }
+            if (next_random(&c->seed) % 2 == 0) {
+                mmap(p, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            }
+            munmap(p, length);
+        }
+        done += 256;
+    }
+    c->operations = done;
+    return NULL;
+}
+
+static void figure_churn(int threads, double seconds) {
+    ucs_rcache_t *rcache = make_cache(ULONG_MAX);
+    pthread_t ids[threads];
+    struct churner churners[threads];
+    for (int t = 0; t < threads; t++) {
+        churners[t] = (struct churner){rcache, seconds, 0, 0x9E3779B97F4A7C15ull * (uint64_t)(t + 1)};
+        pthread_create(&ids[t], NULL, run_churner, &churners[t]);
+    }
+    long total = 0;
+    for (int t = 0; t < threads; t++) {
+        pthread_join(ids[t], NULL);
+        total += churners[t].operations;
+    }
+    printf("{\"peer\":\"ucx\",\"figure\":\"churn_throughput\",\"threads\":%d,\"ops_per_s\":%.0f}\n", threads,
+           (double)total / seconds);
+    ucs_rcache_destroy(rcache);
+}
+
 int main(int argc, char **argv) {
     /* "quick" shortens every figure (a smoke run); the default is the measured run. */
     int quick = argc > 1 && strcmp(argv[1], "quick") == 0;
@@ -250,5 +307,6 @@ int main(int argc, char **argv) {
         figure_threads(1000, threads, quick ? 0.2 : 1.0);
         figure_threads(1, threads, quick ? 0.2 : 1.0);
     }
+    for (int threads = 1; threads <= 2; threads++) figure_churn(threads, quick ? 0.2 : 1.0);
     return 0;
 }

@@ -1,4 +1,4 @@
-// munmap(), mprotect(), pkey_mprotect(), shmat() and shmdt() for the whole process. An
+// munmap(), mmap(MAP_FIXED), mprotect(), pkey_mprotect(), shmat() and shmdt() for the whole process. An
 // executable's own definition of a libc function binds every call from the executable (Swift's
 // Glibc functions included) and, through the dynamic symbol table, every call a shared library
 // makes through its PLT (libibverbs, the Swift runtime, an allocator). glibc's internal calls
@@ -32,6 +32,8 @@ static _Thread_local int handler_depth __attribute__((tls_model("initial-exec"))
 // calling its interceptors keeps TSan's shadow memory right. Absent (NULL) in other builds.
 extern int __interceptor_munmap(void *address, size_t length) __attribute__((weak));
 extern int __interceptor_mprotect(void *address, size_t length, int prot) __attribute__((weak));
+extern void *__interceptor_mmap(void *address, size_t length, int prot, int flags, int fd, off_t offset)
+    __attribute__((weak));
 
 static void forget_handler_in_child(void) {
     atomic_store_explicit(&installed_handler, NULL, memory_order_relaxed);
@@ -81,7 +83,12 @@ void cmemhooks_perform(cmemhooks_call *call) {
         }
         break;
     case CMEMHOOKS_SHMAT:
-        result = syscall(SYS_shmat, call->shmid, call->address, call->shmflags);
+        result = syscall(SYS_shmat, call->shmid, call->address, call->flags);
+        break;
+    case CMEMHOOKS_MMAP_FIXED:
+        result = __interceptor_mmap
+            ? (long)__interceptor_mmap(call->address, call->length, call->prot, call->flags, call->fd, call->offset)
+            : syscall(SYS_mmap, call->address, call->length, call->prot, call->flags, call->fd, call->offset);
         break;
     case CMEMHOOKS_SHMDT:
         result = syscall(SYS_shmdt, call->address);
@@ -140,6 +147,32 @@ int munmap(void *address, size_t length) {
     return -1;
 }
 
+// mmap(MAP_FIXED) over watched memory unmaps it first: handled like munmap (invalidated and taken
+// out of userfaultfd in this thread, so the kernel queues no UNMAP event and the caller does not
+// sleep until the monitor reads one). Every other mmap goes straight to the kernel after one
+// flag test: it makes new memory, which nobody has watched yet.
+static void *map(void *address, size_t length, int prot, int flags, int fd, off_t offset) {
+    cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
+    cmemhooks_call call = {.kind = CMEMHOOKS_MMAP_FIXED, .address = address, .length = length, .prot = prot,
+                           .flags = flags, .fd = fd, .offset = (long)offset, .pkey = -1};
+    if ((flags & MAP_FIXED) && handler && handler_depth == 0 &&
+        page_range(address, length, &call.start, &call.end) &&
+        (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        return (void *)through_handler(handler, &call);
+    }
+    cmemhooks_perform(&call);
+    if (call.result == -1) errno = call.error;
+    return (void *)call.result;
+}
+
+void *mmap(void *address, size_t length, int prot, int flags, int fd, off_t offset) {
+    return map(address, length, prot, flags, fd, offset);
+}
+
+void *mmap64(void *address, size_t length, int prot, int flags, int fd, off_t offset) {
+    return map(address, length, prot, flags, fd, offset);
+}
+
 // mprotect and pkey_mprotect: only a call that takes access away can matter. Unseen by
 // userfaultfd altogether, so the check runs twice: before (a registered range: invalidate, with
 // lookups held off, before the protection changes) and after (a watch that raced the first
@@ -180,7 +213,7 @@ int pkey_mprotect(void *address, size_t length, int prot, int pkey) {
 void *shmat(int shmid, const void *address, int flags) {
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_SHMAT, .address = (void *)address, .shmid = shmid,
-                           .shmflags = flags, .pkey = -1};
+                           .flags = flags, .pkey = -1};
     struct shmid_ds segment;
     uintptr_t at = (uintptr_t)address;
     if (at && (flags & SHM_RND)) at &= ~(uintptr_t)(SHMLBA - 1);

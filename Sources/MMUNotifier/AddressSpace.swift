@@ -58,6 +58,9 @@ public final class AddressSpace: Sendable {
     let intervals = Locked(IntervalState())
     /// Copy of `IntervalState.sequence` for waiters that test it under the wait queue's lock.
     @usableFromInline let intervalSequence = Atomic<UInt64>(2)
+    /// Odd while a monitor's window (an invalidation of ranges not known yet) is open: made odd
+    /// by the first window to open and even by the last to close, under the interval lock.
+    @usableFromInline let windowSequence = Atomic<UInt64>(2)
     let intervalEvents = WaitQueue()
 
     public init(srcu: SRCUDomain = SRCUDomain()) { self.srcu = srcu }
@@ -235,10 +238,28 @@ public final class AddressSpace: Sendable {
         intervals.withLock { s in
             s.activeInvalidations += 1
             s.openWindows += 1
+            if s.openWindows == 1 { windowSequence.wrappingAdd(1, ordering: .releasing) }
             s.sequence |= 1
             intervalSequence.store(s.sequence, ordering: .releasing)
         }
         return InvalidationWindow(space: self)
+    }
+
+    /// The window sequence as a lock-free reader sees it: odd while a monitor's window is open,
+    /// that is, while changes the kernel already let return may not be invalidated yet. A lookup
+    /// of an RCU index of cached translations loads it first and, if it is odd, waits
+    /// (`waitWhileWindowOpen`) before it trusts what it finds. Invalidations of known ranges
+    /// (a hook's, an explicit one) need no such wait: they end before the change they announce
+    /// is visible to anyone else. A read-only load.
+    @inlinable
+    public var openWindowSequence: UInt64 { windowSequence.load(ordering: .acquiring) }
+
+    /// Waits until the window sequence is no longer `sequence` (returns at once for an even one):
+    /// every window open when it was read has closed. Never call it holding a lock that an
+    /// invalidate callback takes.
+    public func waitWhileWindowOpen(_ sequence: UInt64) {
+        guard sequence & 1 == 1 else { return }
+        intervalEvents.wait { windowSequence.load(ordering: .acquiring) != sequence }
     }
 
     /// Starts invalidating `range` (`mmu_notifier_invalidate_range_start`): interval
@@ -313,8 +334,15 @@ public final class AddressSpace: Sendable {
     func itreeEnd(closingWindow: Bool) {
         let (wake, removed) = intervals.withLock { s -> (Bool, IntervalSubscription?) in
             s.activeInvalidations -= 1
-            if closingWindow { s.openWindows -= 1 }
-            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return (false, nil) }
+            var windowClosed = false
+            if closingWindow {
+                s.openWindows -= 1
+                if s.openWindows == 0 {
+                    windowSequence.wrappingAdd(1, ordering: .releasing)
+                    windowClosed = true
+                }
+            }
+            if s.activeInvalidations > 0 || s.sequence & 1 == 0 { return (windowClosed, nil) }
             s.sequence += 1
             unowned(unsafe) var removed: IntervalSubscription? = nil
             var node = s.deferredHead

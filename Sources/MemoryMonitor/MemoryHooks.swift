@@ -5,15 +5,17 @@ import CMemoryHooks
 import MMUNotifier
 import Synchronization
 
-/// The process's `munmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` (defined in C by
-/// `CMemoryHooks`), for the changes userfaultfd reports late or never.
+/// The process's `munmap`, `mmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` (defined in C
+/// by `CMemoryHooks`), for the changes userfaultfd reports late or never.
 ///
 /// Why each is hooked:
 /// - `munmap`: the kernel holds a thread in `munmap` of registered memory until the monitor's
 ///   reader has read the UNMAP event: a sleep and a wake-up (measured on a VM: a watched 4 KiB
-///   munmap 10x an unwatched one). Handled here: open a window on the monitor's address space,
-///   invalidate (callbacks run in this thread, as the kernel's mmu notifiers do), take the
-///   range out of userfaultfd, unmap, close the window. No event, no sleep.
+///   munmap 10x an unwatched one). Handled here: start an invalidation of the range on the
+///   monitor's address space (callbacks run in this thread, as the kernel's mmu notifiers do),
+///   take the range out of userfaultfd, unmap, end the invalidation. No event, no sleep. `mmap(MAP_FIXED)`
+///   over watched memory unmaps it the same way, and is handled the same way (any other `mmap`
+///   goes straight to the kernel after one flag test).
 /// - `mprotect` / `pkey_mprotect` taking write (or all) access away: userfaultfd has no event
 ///   for it, yet a region registered for write would let a peer keep writing memory the
 ///   application made read-only. Invalidated as `.writeProtect` (or `.protectionChange` when
@@ -24,7 +26,8 @@ import Synchronization
 /// - `shmdt`: System V memory is never watched, but detaching a segment that a raw `shmat` put
 ///   inside a validated granule leaves a hole there; the granule is forgotten first.
 ///
-/// What no hook sees: raw system calls (`syscall(SYS_munmap)` is still a userfaultfd event;
+/// What no hook sees: raw system calls (`syscall(SYS_munmap)`, `syscall(SYS_mmap)` with
+/// MAP_FIXED, `mremap`, `madvise` and `brk` are userfaultfd events;
 /// `syscall(SYS_shmat)` over memory, `syscall(SYS_mprotect)` and changes of protection keys
 /// through PKRU are not seen at all), and glibc's internal calls (its `free()` unmaps, which
 /// are events). A raw `shmat(SHM_REMAP)` over cached memory leaves that region stale until its
@@ -93,17 +96,18 @@ enum MemoryHooks {
         let rest = list.dropFirst()
         let kind = call.pointee.kind
         let performed = call.pointee.performed != 0
+        // A range invalidation, not a window: the range is known before the call, so only
+        // subscriptions overlapping it wait (`readBegin`), and lookups elsewhere do not.
         switch Int(kind) {
-        case Int(CMEMHOOKS_MUNMAP.rawValue):
+        case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue):
             guard interceptor.interceptsMunmap, interceptor.touchesWatched(pages) else {
                 return handle(call, pages, range, through: rest)
             }
-            let window = interceptor.space.beginInvalidation()
-            window.invalidate(range, event: .unmap)
+            let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
             interceptor.unregisterWatched(pages)
             handle(call, pages, range, through: rest)
-            if call.pointee.result != 0 { interceptor.reregisterWatched(pages) }
-            window.end()
+            if call.pointee.result == -1 { interceptor.reregisterWatched(pages) }
+            invalidation?.end()
         case Int(CMEMHOOKS_MPROTECT.rawValue):
             let event: InvalidationEvent = call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue)
                 ? .writeProtect : .protectionChange
@@ -112,21 +116,19 @@ enum MemoryHooks {
                 interceptor.space.invalidate(range, event: event)
                 return handle(call, pages, range, through: rest)
             }
-            let window = interceptor.space.beginInvalidation()
-            window.invalidate(range, event: event)
+            let invalidation = try? interceptor.space.invalidateRangeStart(range, event: event)
             handle(call, pages, range, through: rest)
-            window.end()
+            invalidation?.end()
         default:  // shmat over memory, shmdt: mappings change with no event
             if performed {
                 interceptor.forgetValidated(pages)
                 interceptor.space.invalidate(range, event: .unmap)
                 return handle(call, pages, range, through: rest)
             }
-            let window = interceptor.space.beginInvalidation()
             interceptor.forgetValidated(pages)
-            window.invalidate(range, event: .unmap)
+            let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
             handle(call, pages, range, through: rest)
-            window.end()
+            invalidation?.end()
         }
     }
 }

@@ -7,32 +7,63 @@ import SystemPackage
 /// Turns a refused UFFDIO_REGISTER into a reason a person can act on, by looking at what is
 /// mapped there (`/proc/self/maps`). Runs only on the failure path.
 enum UnwatchableClassifier {
-    /// Why [start, end) must not be cached on trust, or nil when every mapping there is private
-    /// anonymous memory (whose pages change only through this process's own calls, which
-    /// userfaultfd and the hooks see). Asked once per watched mapping or granule, never on a hit.
+    /// What is mapped over [start, end): every page mapped (and what kind of memory), or a hole.
+    enum Inspection: Equatable {
+        case hole
+        /// Private anonymous memory only: its pages change only through this process's own
+        /// calls, which userfaultfd and the hooks see.
+        case privateAnonymous
+        /// Memory whose pages can change with no event (or that could not be inspected): why.
+        case shared(UnwatchableReason)
+    }
+
+    /// Looks at every mapping over [start, end). Asked once per watched mapping or granule, never
+    /// on a hit. Where the kernel answers PROCMAP_QUERY the same walk also finds holes (one ioctl
+    /// per mapping); elsewhere `mincore` finds them and /proc/self/maps says what is mapped.
     ///
-    /// Anything else can change its pages with no event: a `MAP_SHARED` mapping of any kind
-    /// (the kernel's VM_MAYSHARE: memfd, tmpfs, `/dev/shm`, `MAP_SHARED | MAP_ANONYMOUS` and
-    /// shared `/dev/zero`, which are all shmem) and a private mapping of a file (truncation
-    /// unmaps even its copied-on-write pages). Private `/dev/zero` and private anonymous
-    /// hugetlb memory are anonymous: no descriptor reaches their pages.
-    static func sharedMemory(start: UInt, end: UInt) -> UnwatchableReason? {
+    /// Anything but private anonymous memory can change its pages with no event: a `MAP_SHARED`
+    /// mapping of any kind (the kernel's VM_MAYSHARE: memfd, tmpfs, `/dev/shm`, `MAP_SHARED |
+    /// MAP_ANONYMOUS` and shared `/dev/zero`, which are all shmem) and a private mapping of a file
+    /// (truncation unmaps even its copied-on-write pages). Private `/dev/zero` and private
+    /// anonymous hugetlb memory are anonymous: no descriptor reaches their pages.
+    static func inspect(start: UInt, end: UInt, pageSize: UInt) -> Inspection {
+        let fast = cmemhooks_vma_query_is_fast() != 0
+        if !fast && !isFullyMapped(start: start, end: end, pageSize: pageSize) { return .hole }
         var vma = cmemhooks_vma()
         var address = start
         while address < end {
             let failure = cmemhooks_vma_at_or_after(address, end, &vma)
-            if failure == ENOENT { return nil }  // a hole: the probe and mincore speak to those
-            if failure != 0 { return .refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: failure)) }
+            if failure == ENOENT { return .hole }
+            if failure != 0 { return .shared(.refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: failure))) }
+            if vma.start > address { return .hole }
             let name = withUnsafeBytes(of: &vma.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
             let shared = vma.flags & UInt32(CMEMHOOKS_VMA_SHARED.rawValue) != 0
             let anonymous = vma.inode == 0 || name == "/dev/zero" || name.hasPrefix("/anon_hugepage")
             if shared || !anonymous {
                 let span = "0x\(String(vma.start, radix: 16))-0x\(String(vma.end, radix: 16))"
-                return .sharedMemory(mapping: "\(shared ? "MAP_SHARED" : "MAP_PRIVATE") \(name.isEmpty ? "inode \(vma.inode)" : name) at \(span)")
+                return .shared(.sharedMemory(mapping: "\(shared ? "MAP_SHARED" : "MAP_PRIVATE") \(name.isEmpty ? "inode \(vma.inode)" : name) at \(span)"))
             }
             address = vma.end
         }
-        return nil
+        return .privateAnonymous
+    }
+
+    /// False when any page of [start, end) is unmapped (mincore answers ENOMEM). 512 pages a
+    /// call: a vector that small stays on the stack.
+    static func isFullyMapped(start: UInt, end: UInt, pageSize: UInt) -> Bool {
+        let chunkPages = 512
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: chunkPages) { vector in
+            var cursor = start
+            while cursor < end {
+                let length = min(end - cursor, UInt(chunkPages) * pageSize)
+                if mincore(UnsafeMutableRawPointer(bitPattern: cursor), Int(length), vector.baseAddress) != 0 {
+                    if errno == EAGAIN { continue }
+                    return false
+                }
+                cursor += length
+            }
+            return true
+        }
     }
 
     struct MappingLine {

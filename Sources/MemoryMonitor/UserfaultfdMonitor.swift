@@ -271,7 +271,7 @@ public final class UserfaultfdMonitor: Sendable {
             let starts = granuleStarts(pages)
             // No window open (sequence even): the worker has forgotten every granule that an
             // unmap which already returned touched, whether or not the caller did readBegin.
-            if space.invalidationSequence & 1 == 0, validated.containsAll(starts),
+            if space.openWindowSequence & 1 == 0, validated.containsAll(starts),
                starts.allSatisfy({ table.records[$0].map { $0.pieces == nil } ?? false }) {
                 for start in starts { table.records.update(start) { $0.buffers += 1 } }
                 threads.counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
@@ -315,12 +315,16 @@ public final class UserfaultfdMonitor: Sendable {
                 // registered now (a hole, or a mapping made after the register, is not).
                 var covered = try probe(pages)
                 if !covered { covered = try probeEachPage(pages) }
-                if covered && isFullyMapped(pages) {
-                    if !allowingSharedMemory, let shared = UnwatchableClassifier.sharedMemory(start: pages.start, end: pages.end) {
-                        throw .unwatchable(range: range, reason: shared)
+                if covered {
+                    switch UnwatchableClassifier.inspect(start: pages.start, end: pages.end, pageSize: pageSize) {
+                    case .hole:
+                        break
+                    case .shared(let reason) where !allowingSharedMemory:
+                        throw .unwatchable(range: range, reason: reason)
+                    case .shared, .privateAnonymous:
+                        for start in starts { validateIfWhole(start, in: &table) }
+                        return
                     }
-                    for start in starts { validateIfWhole(start, in: &table) }
-                    return
                 }
                 throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
                     start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
@@ -484,40 +488,19 @@ public final class UserfaultfdMonitor: Sendable {
             table.records[start] = record
             return
         }
-        let before = space.invalidationSequence
+        let before = space.openWindowSequence
         guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
         let whole = PageRange(start: start, end: start &+ granuleSize)
         // Only private anonymous memory may skip later checks: a watch in a validated granule
         // does not look at what is mapped there.
-        guard isFullyMapped(whole), (try? probe(whole)) == true,
-              UnwatchableClassifier.sharedMemory(start: whole.start, end: whole.end) == nil else {
+        guard (try? probe(whole)) == true,
+              UnwatchableClassifier.inspect(start: whole.start, end: whole.end, pageSize: pageSize) == .privateAnonymous else {
             record.validationCountdown = GranuleRecord.revalidateEvery
             table.records[start] = record
             return
         }
         guard validated.insert(start) else { return }
-        if space.invalidationSequence != before { validated.remove(start) }
-    }
-
-    /// False when any page of `pages` is unmapped (mincore answers ENOMEM). The probe cannot
-    /// tell: on recent kernels UFFDIO_WRITEPROTECT skips holes between registered mappings
-    /// (measured on 6.18), on 6.1 it refuses any range across mappings.
-    private func isFullyMapped(_ pages: PageRange) -> Bool {
-        // 512 pages (a 2 MiB granule) a call: a vector that small stays on the stack (4096
-        // bytes went to malloc on every call).
-        let chunkPages = 512
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: chunkPages) { vector in
-            var start = pages.start
-            while start < pages.end {
-                let length = min(pages.end - start, UInt(chunkPages) * pageSize)
-                if mincore(UnsafeMutableRawPointer(bitPattern: start), Int(length), vector.baseAddress) != 0 {
-                    if errno == EAGAIN { continue }
-                    return false
-                }
-                start += length
-            }
-            return true
-        }
+        if space.openWindowSequence != before { validated.remove(start) }
     }
 
     /// Errors are ignored: the range may be unmapped already, which unregistered it.

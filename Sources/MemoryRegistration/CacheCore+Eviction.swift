@@ -27,18 +27,28 @@ extension CacheCore {
         while true {
             let room = state.withLock { state -> Room in
                 if let reason = state.closedReason { return .closed(reason) }
-                let regions = counters.cacheRegions + state.reservedRegions + 1
-                let pinned = counters.cacheBytes + state.reservedBytes + bytes
+                // Teardowns lower the counts without this lock: read them afresh for each decision.
+                func needed() -> (regions: Int, pinned: Int) {
+                    (counters.cacheRegions + state.reservedRegions + 1, counters.cacheBytes + state.reservedBytes + bytes)
+                }
+                func reserveIfItFits() -> Bool {
+                    let (regions, pinned) = needed()
+                    guard regions <= limits.maxRegions && pinned <= limits.maxPinnedBytes else { return false }
+                    state.reservedRegions += 1
+                    state.reservedBytes += bytes
+                    return true
+                }
+                let (regions, pinned) = needed()
                 if regions > limits.maxRegions - limits.regionSlack || pinned > limits.maxPinnedBytes - limits.byteSlack {
                     sweep(&state, bytes: bytes)
                 }
-                if regions <= limits.maxRegions && pinned <= limits.maxPinnedBytes {
-                    state.reservedRegions += 1
-                    state.reservedBytes += bytes
-                    return .reserved
-                }
-                if counters.retiringRegions.load(ordering: .relaxed) > 0 { return .waitForTeardowns }
-                return .full(regions: regions - 1, bytes: pinned - bytes)
+                if reserveIfItFits() { return .reserved }
+                // Retiring counts drop after the registered counts: seen at zero, the check after
+                // it sees every teardown that finished.
+                if counters.retiringRegions.load(ordering: .acquiring) > 0 { return .waitForTeardowns }
+                if reserveIfItFits() { return .reserved }
+                let (heldRegions, heldBytes) = needed()
+                return .full(regions: heldRegions - 1, bytes: heldBytes - bytes)
             }
             switch room {
             case .reserved:

@@ -59,18 +59,16 @@ final class CacheCore: Sendable {
 
     // MARK: - Lookups
 
-    /// Waits while an invalidation is in flight in the address space, so that a lookup made after
-    /// `munmap` returned finds the index already without the old region. The monitor opens its
-    /// window (sequence odd) before it reads the event that lets `munmap` return, and closes it
-    /// only after the cache revoked what the event covers; a hit reads the sequence (a load, no
-    /// write) and finds it even almost always.
+    /// Waits while a monitor's window is open, so that a lookup made after `munmap` returned
+    /// finds the index already without the old region. The monitor opens its window before it
+    /// reads the event that lets `munmap` return, and closes it only after the cache revoked what
+    /// the event covers; a hit reads the window sequence (a load, no write) and finds it even
+    /// almost always. Invalidations of known ranges (hooks, explicit calls) do not make a hit
+    /// wait: they end before the call that made them returns, so no lookup that starts after that
+    /// call can find what they revoked.
     @usableFromInline @inline(__always)
     func settleInvalidations() {
-        while true {
-            let sequence = space.invalidationSequence
-            guard sequence & 1 == 1 else { return }
-            space.waitWhileInvalidating(sequence)
-        }
+        space.waitWhileWindowOpen(space.openWindowSequence)
     }
 
     /// The checks before a lookup: the cache is open, the range is usable. Returns its end.

@@ -44,7 +44,7 @@ extension MemoryMonitorTests {
             let probe = try RangeProbe(harness.space, watched)
             harness.monitor.holdWorker(true)
             unmap(base, length)  // an event: returns once the reader has read it
-            #expect(harness.space.invalidationSequence & 1 == 1, "no window open after munmap returned")
+            #expect(harness.space.openWindowSequence & 1 == 1, "no window open after munmap returned")
             #expect(probe.log.events.withLock { $0 }.isEmpty, "invalidated before the worker was let go")
             let lookup = spawnLookup(probe)
             harness.monitor.holdWorker(false)

@@ -1,5 +1,5 @@
 #pragma once
-// The process's munmap(), mprotect(), pkey_mprotect(), shmat() and shmdt(), defined here so that
+// The process's munmap(), mmap(MAP_FIXED), mprotect(), pkey_mprotect(), shmat() and shmdt(), defined here so that
 // a memory monitor sees the changes userfaultfd reports late (munmap: the caller sleeps until the
 // monitor reads the event) or never (mprotect, shmat over memory, shmdt), in the calling thread.
 // See MemoryMonitor's MemoryHooks.swift for why, and what is still unseen.
@@ -27,6 +27,7 @@ enum cmemhooks_kind {
     CMEMHOOKS_MPROTECT = 2,
     CMEMHOOKS_SHMAT = 3,
     CMEMHOOKS_SHMDT = 4,
+    CMEMHOOKS_MMAP_FIXED = 5,
 };
 
 /// What a protection change takes away (the hooks call the handler only when it takes some).
@@ -48,8 +49,10 @@ typedef struct cmemhooks_call {
     int prot;
     int pkey;                  // -1: plain mprotect
     int shmid;
-    int shmflags;
-    // Its outcome: munmap/mprotect/shmdt 0 or -1, shmat the address or -1; errno when -1.
+    int flags;                 // shmat's or mmap's flags
+    int fd;                    // mmap's
+    long offset;               // mmap's
+    // Its outcome: munmap/mprotect/shmdt 0 or -1, shmat/mmap the address or -1; errno when -1.
     intptr_t result;
     int error;
 } cmemhooks_call;
