@@ -214,5 +214,6 @@ final class CacheCore: Sendable {
     func shutdown(reason: String) {
         close(reason: reason)
         try? waitForTeardowns()
+        retryFailedDeregistrations()
     }
 }

@@ -87,14 +87,18 @@ extension CacheCore {
     /// entries. Evicted ones are torn down; revoked ones lose the index's reference.
     private func runBatch() {
         var batch: [RetiredEntry] = []
-        teardowns.withLock { lists in swap(&batch, &lists.sealed) }
+        var earlierFailures: [FailedDeregistration] = []  // retried below; this batch's wait for the next
+        teardowns.withLock { lists in
+            swap(&batch, &lists.sealed)
+            swap(&earlierFailures, &lists.failed)
+        }
         for retired in batch {
             let entry = retired.entry.entry
             if retired.evicted { tearDown(entry) } else { put(entry) }
             counters.retiringRegions.subtract(1, ordering: .relaxed)
             counters.retiringBytes.subtract(entry.length, ordering: .relaxed)
         }
-        retryFailedDeregistrations()
+        retry(earlierFailures)
         let (schedule, excess) = teardowns.withLock { lists -> (Bool, [EntryReference]) in
             lists.batchInFlight = false
             // Nobody missed for a while: do not let torn-down entries pile up.
@@ -170,10 +174,14 @@ extension CacheCore {
         teardowns.withLock { $0.failed.append(failure) }
     }
 
-    /// Tries every refused deregistration again.
+    /// Tries every refused deregistration again (shutdown).
     func retryFailedDeregistrations() {
         var failed: [FailedDeregistration] = []
         teardowns.withLock { swap(&failed, &$0.failed) }
+        retry(failed)
+    }
+
+    private func retry(_ failed: [FailedDeregistration]) {
         for item in failed {
             do {
                 try registrar.deregisterRegion(item.region)

@@ -47,6 +47,28 @@ extension RxeIntegration {
             after.release()
         }
 
+        @Test("two caches over two protection domains in one process: both cache, both see the unmap, both writes land")
+        func twoCachesTwoDomains() throws {
+            let first = try Loopback()
+            let second = try Loopback()  // a device context and protection domain of its own
+            let firstCache = RegistrationCache(protectionDomain: first.domain)
+            let secondCache = RegistrationCache(protectionDomain: second.domain)
+            let length = 65536
+            let buffer = try AnonymousMapping(length: length)
+            let a = try firstCache.register(buffer.bytes, access: .rdma)
+            let b = try secondCache.register(buffer.bytes, access: .rdma)
+            #expect(Bool(a.isCached) && Bool(b.isCached), "\(a.uncachedReason ?? "") \(b.uncachedReason ?? "")")
+            let (aKey, bKey) = (a.rkey, b.rkey)
+            a.release()
+            b.release()
+            try buffer.replaceInPlace()  // mmap(MAP_FIXED): new pages at the same address
+            let a2 = try firstCache.register(buffer.bytes, access: .rdma)
+            let b2 = try secondCache.register(buffer.bytes, access: .rdma)
+            #expect(a2.rkey != aKey && b2.rkey != bKey, "a cache served the region of the old pages")
+            try Self.expectWriteLands(first, into: buffer.bytes, through: a2, cache: firstCache)
+            try Self.expectWriteLands(second, into: buffer.bytes, through: b2, cache: secondCache)
+        }
+
         @Test("free() and malloc() of a large block at the same address")
         func freeThenMalloc() throws {
             let loopback = try Loopback()

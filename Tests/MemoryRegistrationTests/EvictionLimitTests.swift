@@ -1,0 +1,85 @@
+import MemoryMapping
+import Testing
+@testable import MemoryRegistration
+
+/// Eviction holds the pinned-bytes and region limits exactly, evicts about one region per miss,
+/// and never empties the cache to make room for one region.
+@Suite("Eviction at the limits") struct EvictionLimitTests {
+    /// Misses of `count` one-page buffers through `cache`; checks after each one that what the
+    /// device pins never exceeds the limits, and returns the smallest number of regions the
+    /// cache held after a miss once it was full.
+    func missAll(_ cache: RegistrationCache, pages count: Int, maxPinnedBytes: Int, maxRegions: Int) throws -> Int {
+        let page = AnonymousMapping.pageSize
+        let mapping = try AnonymousMapping(length: 2 * count * page)
+        var fewestCached = Int.max
+        for index in 0..<count {
+            try cache.register(address: mapping.address + UInt(2 * index * page), length: page, access: .rdma).release()
+            let statistics = cache.statistics
+            #expect(statistics.pinnedBytes <= maxPinnedBytes, "miss \(index): \(statistics.pinnedBytes) bytes pinned")
+            #expect(statistics.registeredRegions <= maxRegions, "miss \(index): \(statistics.registeredRegions) regions")
+            if statistics.pinnedBytes + page > maxPinnedBytes || statistics.registeredRegions + 1 > maxRegions {
+                fewestCached = min(fewestCached, statistics.cachedRegions)
+            }
+        }
+        return fewestCached
+    }
+
+    @Test("the default limit of a process that is not root (3/4 of RLIMIT_MEMLOCK)")
+    func defaultNonRootLimit() throws {
+        let memlock = RegistrationCache.Limits.memlockLimit() ?? 8 << 20  // Debian's default, for a root test run
+        let limits = RegistrationCache.Limits(.init(), device: (.max, .max), memlock: memlock, root: false)
+        #expect(limits.maxPinnedBytes == Int(memlock / 4 * 3))
+        #expect(RegistrationCache.Limits(.init(), device: (.max, .max), memlock: memlock, root: true).maxPinnedBytes == .max)
+        var options = RegistrationCache.Options()
+        options.maxPinnedBytes = limits.maxPinnedBytes
+        let cache = RegistrationCache(registrar: NullRegistrar(), options: options)
+        let page = AnonymousMapping.pageSize
+        let capacity = limits.maxPinnedBytes / page
+        let count = 2 * capacity
+        let fewest = try missAll(cache, pages: count, maxPinnedBytes: limits.maxPinnedBytes, maxRegions: .max)
+        let statistics = cache.statistics
+        #expect(fewest >= capacity - capacity / 8 - 1, "the cache was emptied to make room: \(fewest) of \(capacity) left")
+        #expect(statistics.evictions <= count - capacity + capacity / 8 + 1, "more evicted than needed: \(statistics.evictions)")
+        #expect(statistics.evictions >= count - capacity)
+    }
+
+    @Test("16 pages, 48 one-page misses: at most 16 pinned at any time, never fewer than 13 cached once full")
+    func smallPinnedLimit() throws {
+        let page = AnonymousMapping.pageSize
+        var options = RegistrationCache.Options()
+        options.maxPinnedBytes = 16 * page
+        let cache = RegistrationCache(registrar: NullRegistrar(), options: options)
+        let fewest = try missAll(cache, pages: 48, maxPinnedBytes: 16 * page, maxRegions: .max)
+        #expect(fewest >= 13, "cached regions dropped to \(fewest)")
+        #expect(cache.statistics.evictions <= 48 - 16 + 3)
+    }
+
+    @Test("a region limit of 1000 with 4000 misses holds exactly")
+    func regionLimit() throws {
+        var options = RegistrationCache.Options()
+        options.maxRegions = 1000
+        let cache = RegistrationCache(registrar: NullRegistrar(), options: options)
+        let fewest = try missAll(cache, pages: 4000, maxPinnedBytes: .max, maxRegions: 1000)
+        #expect(fewest >= 1000 - 1000 / 8 - 1)
+        #expect(cache.statistics.evictions <= 3000 + 1000 / 8 + 1)
+    }
+
+    @Test("every cached region held: a miss fails with limitReached, and nothing held is lost")
+    func limitReachedWhenAllIsHeld() throws {
+        var options = RegistrationCache.Options()
+        options.maxRegions = 2
+        let registrar = NullRegistrar()
+        let cache = RegistrationCache(registrar: registrar, options: options)
+        let buffers = try (0..<3).map { _ in try AnonymousMapping(length: 4096) }
+        let first = try cache.register(buffers[0].bytes, access: .rdma)
+        let second = try cache.register(buffers[1].bytes, access: .rdma)
+        let error = try #require(throws: RegistrationError.self) { try cache.register(buffers[2].bytes, access: .rdma) }
+        guard case .limitReached(let regions, let maxRegions, _, _, _) = error else {
+            Issue.record("\(error)")
+            return
+        }
+        #expect(regions == 2 && maxRegions == 2)
+        #expect(!Bool(first.isRevoked) && !Bool(second.isRevoked))
+        #expect(registrar.liveRegistrations == 2)
+    }
+}
