@@ -57,9 +57,8 @@ int cmemhooks_disabled(void) {
     return atomic_load(&hooks_disabled);
 }
 
-int cmemhooks_inside_handler(void) { return handler_depth > 0; }
-
-int cmemhooks_real_munmap(void *address, size_t length) {
+// The real munmap (raw system call, or ThreadSanitizer's interceptor under TSan): 0 or errno.
+static int real_munmap(void *address, size_t length) {
     long result = __interceptor_munmap ? __interceptor_munmap(address, length)
                                        : syscall(SYS_munmap, address, length);
     return result == 0 ? 0 : errno;
@@ -141,7 +140,7 @@ int munmap(void *address, size_t length) {
         (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
         return (int)through_handler(handler, &call);
     }
-    int failure = cmemhooks_real_munmap(address, length);
+    int failure = real_munmap(address, length);
     if (failure == 0) return 0;
     errno = failure;
     return -1;

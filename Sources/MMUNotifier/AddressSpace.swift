@@ -215,22 +215,6 @@ public final class AddressSpace: Sendable {
 
     // MARK: Invalidation
 
-    /// The space's invalidate sequence as a lock-free reader sees it: odd while an invalidation
-    /// that covers a subscription, or a monitor's window of still unknown ranges, is in flight.
-    /// A lookup that reads no subscription's sequence (an RCU index of cached translations)
-    /// loads this first: if it is odd, something that may concern the lookup has not finished,
-    /// so it calls `waitWhileInvalidating(_:)` and loads again. A read-only load: a hit path
-    /// that does it still writes no shared cache line.
-    @inlinable
-    public var invalidationSequence: UInt64 { intervalSequence.load(ordering: .acquiring) }
-
-    /// Waits until the invalidate sequence is no longer `sequence` (returns at once for an even
-    /// one). Never call it holding a lock that an invalidate callback takes.
-    public func waitWhileInvalidating(_ sequence: UInt64) {
-        guard sequence & 1 == 1 else { return }
-        intervalEvents.wait { intervalSequence.load(ordering: .acquiring) != sequence }
-    }
-
     /// Opens an invalidation whose ranges are not known yet. Until `end()`, every
     /// `readBegin` of this space waits and every sequence a subscriber holds is suspect.
     /// Allocation-free; takes only the engine's internal lock (monitor path, DESIGN.md).

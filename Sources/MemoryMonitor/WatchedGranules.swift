@@ -103,8 +103,6 @@ final class ValidatedGranules: Sendable {
         starts.withLock { set in granules.allSatisfy { set.contains($0) } }
     }
 
-    func contains(_ granule: UInt) -> Bool { starts.withLock { $0.contains(granule) } }
-
     /// Marks `granule` validated; false (nothing marked) when the hooks' map has no room.
     @discardableResult
     func insert(_ granule: UInt) -> Bool {

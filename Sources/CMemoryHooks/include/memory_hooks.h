@@ -74,11 +74,6 @@ int cmemhooks_disabled(void);
 /// Runs the real call of `call` (once) and records its outcome.
 void cmemhooks_perform(cmemhooks_call *call);
 
-/// 1 while the calling thread is inside a hook's handler (calls it makes go straight through).
-int cmemhooks_inside_handler(void);
-
-/// The real munmap (raw system call, or ThreadSanitizer's interceptor under TSan): 0 or errno.
-int cmemhooks_real_munmap(void *address, size_t length);
 
 // ---------------------------------------------------------------------------------------------
 // Granule maps
