@@ -79,6 +79,35 @@ extension RxeIntegration {
             try readable.deregister()
         }
 
+        @Test("scatter-gather offsets and lengths out of the region, however large: a typed error, never a trap",
+              arguments: [(0, 4097), (4096, 1), (-1, 16), (Int.min, 16), (Int.max, 16), (16, Int.max), (16, -1), (Int.max, Int.max)])
+        func scatterGatherOutOfRange(offset: Int, length: Int) throws {
+            let mapping = try AnonymousMapping(length: 4096)
+            let region = try domain.registerMemory(mapping.bytes, access: .rdma)
+            let error = try #require(throws: VerbsError.self) {
+                try ScatterGatherElement(region: region, offset: offset, length: length)
+            }
+            #expect(error.call == "ibv_sge" && error.errno == .invalidArgument, "\(error)")
+            #expect(error.argument?.contains("offset: \(offset)") == true, "\(error)")
+            // The edges that fit are fine.
+            #expect(try ScatterGatherElement(region: region, offset: 4096, length: 0).length == 0)
+            #expect(try ScatterGatherElement(region: region, offset: 0).length == 4096)
+        }
+
+        @Test("poll sizes and completion counts out of range: typed errors naming them")
+        func pollSizes() throws {
+            let queue = try CompletionQueue(context: context)
+            for bad in [0, -1, Int.min, Int.max, CompletionQueue.maxPollEntries + 1] {
+                let error = try #require(throws: VerbsError.self) { try queue.poll(maxEntries: bad) }
+                #expect(error.call == "ibv_poll_cq" && error.argument == "num_entries: \(bad)", "\(error)")
+            }
+            #expect(try queue.poll(maxEntries: CompletionQueue.maxPollEntries).isEmpty)
+            let error = try #require(throws: VerbsError.self) { try queue.waitForCompletions(-1) }
+            #expect(error.errno == .invalidArgument)
+            #expect(try queue.waitForCompletions(0).isEmpty)
+            #expect(throws: VerbsError.self) { try CompletionQueue(context: context, capacity: -5) }
+        }
+
         @Test func deviceThatDoesNotExist() throws {
             let error = try #require(throws: VerbsError.self) { try DeviceContext(name: "mlx9_nonexistent") }
             #expect(error.call == "ibv_open_device")

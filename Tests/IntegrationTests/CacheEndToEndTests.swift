@@ -153,7 +153,7 @@ extension RxeIntegration {
             held.release()
             #expect(try DeviceResources.current(device: Rxe.deviceName) == baseline)
             #expect(cache.statistics.pinnedBytes == 0)
-            #expect(throws: RegistrationError.self) { try cache.register(buffers[1].bytes, access: .rdma) }
+            #expect(throws: RegistrationError.self) { _ = try cache.register(buffers[1].bytes, access: .rdma) }
         }
 
         @Test("bad input through the cache: each a typed error; write access to read-only memory is readOnlyMemory")
@@ -164,7 +164,7 @@ extension RxeIntegration {
             let readOnly = try AnonymousMapping(length: 8192)
             try readOnly.protect(PROT_READ)
             let error = try #require(throws: RegistrationError.self) {
-                try cache.register(readOnly.bytes, access: [.localWrite, .remoteWrite])
+                _ = try cache.register(readOnly.bytes, access: [.localWrite, .remoteWrite])
             }
             guard case .readOnlyMemory(let refusedAddress, _, let access) = error else {
                 Issue.record("expected readOnlyMemory, got \(error)")
@@ -174,7 +174,7 @@ extension RxeIntegration {
             let unmapped = try AnonymousMapping(length: 8192)
             let address = unmapped.address
             try unmapped.unmap()
-            #expect(throws: RegistrationError.self) { try cache.register(address: address, length: 8192, access: .rdma) }
+            #expect(throws: RegistrationError.self) { _ = try cache.register(address: address, length: 8192, access: .rdma) }
             #expect(cache.statistics.pinnedBytes == 0)
         }
 

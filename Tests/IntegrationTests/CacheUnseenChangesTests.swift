@@ -132,7 +132,7 @@ extension RxeIntegration {
             #expect(completion.status == .remoteAccessError, "\(completion.status)")
             #expect(idle.count { $0 == 0xA5 } == 0)
 
-            let error = try #require(throws: RegistrationError.self) { try cache.register(idle.bytes, access: .rdma) }
+            let error = try #require(throws: RegistrationError.self) { _ = try cache.register(idle.bytes, access: .rdma) }
             guard case .readOnlyMemory = error else {
                 Issue.record("expected readOnlyMemory, got \(error)")
                 return

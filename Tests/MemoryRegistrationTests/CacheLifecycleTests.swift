@@ -40,7 +40,7 @@ import Verbs
         let held = try cache.register(buffer.bytes, access: .rdma)
         cache.core.close(reason: "the device reported a fatal error")
         #expect(Bool(held.isRevoked))
-        let error = #expect(throws: RegistrationError.self) { try cache.register(buffer.bytes, access: .rdma) }
+        let error = #expect(throws: RegistrationError.self) { _ = try cache.register(buffer.bytes, access: .rdma) }
         #expect(error?.description.contains("fatal error") == true)
         held.release()
         try cache.waitForPendingTeardowns()

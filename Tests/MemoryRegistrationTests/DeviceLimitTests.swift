@@ -49,7 +49,7 @@ final class CapacityRegistrar: MemoryRegistrar {
         let buffers = try (0..<3).map { _ in try AnonymousMapping(length: 4096) }
         let first = try cache.register(buffers[0].bytes, access: .rdma)
         let second = try cache.register(buffers[1].bytes, access: .rdma)
-        let error = try #require(throws: RegistrationError.self) { try cache.register(buffers[2].bytes, access: .rdma) }
+        let error = try #require(throws: RegistrationError.self) { _ = try cache.register(buffers[2].bytes, access: .rdma) }
         guard case .device(let verbs) = error else {
             Issue.record("expected a device error, got \(error)")
             return
@@ -87,7 +87,7 @@ final class AlwaysRacedRegistrar: MemoryRegistrar {
         defer { cache.shutdown() }
         registrar.invalidate.withLock { $0 = { [weak cache] address, length in cache?.invalidate(address: address, length: length) } }
         let buffer = try AnonymousMapping(length: 8192)
-        let error = try #require(throws: RegistrationError.self) { try cache.register(buffer.bytes, access: .rdma) }
+        let error = try #require(throws: RegistrationError.self) { _ = try cache.register(buffer.bytes, access: .rdma) }
         #expect(error == .keptChanging(address: buffer.address, length: 8192, attempts: 4))
         #expect(cache.statistics.racedInvalidations == 4)
         #expect(cache.statistics.cachedRegions == 0)

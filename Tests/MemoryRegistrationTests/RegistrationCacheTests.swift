@@ -127,11 +127,11 @@ import Verbs
         let kept = try cache.register(buffer.bytes, access: .rdma)
         #expect(throws: RegistrationError.invalidRange(call: "register", address: buffer.address, length: 0,
                                                        reason: "the length must be positive")) {
-            try cache.register(address: buffer.address, length: 0, access: .rdma)
+            _ = try cache.register(address: buffer.address, length: 0, access: .rdma)
         }
-        #expect(throws: RegistrationError.self) { try cache.register(address: 0, length: 4096, access: .rdma) }
+        #expect(throws: RegistrationError.self) { _ = try cache.register(address: 0, length: 4096, access: .rdma) }
         #expect(throws: RegistrationError.self) {
-            try cache.register(address: UInt.max - 100, length: 4096, access: .rdma)
+            _ = try cache.register(address: UInt.max - 100, length: 4096, access: .rdma)
         }
         #expect(!Bool(kept.isRevoked))
         #expect(try cache.register(buffer.bytes, access: .rdma).lkey == kept.lkey, "still cached after the errors")
@@ -151,7 +151,7 @@ import Verbs
         held.release()
         #expect(registrar.liveRegistrations == 0)
         #expect(cache.statistics.pinnedBytes == 0)
-        let error = #expect(throws: RegistrationError.self) { try cache.register(buffer.bytes, access: .rdma) }
+        let error = #expect(throws: RegistrationError.self) { _ = try cache.register(buffer.bytes, access: .rdma) }
         #expect(error?.description.contains("shut down") == true)
     }
 
