@@ -51,16 +51,21 @@ final class HookInterceptor: Sendable {
 
     /// Unregisters the part of `pages` inside registered granules (the caller is about to unmap
     /// it, inside an open window that already invalidated it). Errors are left to the kernel:
-    /// whatever stayed registered is reported by an event when it is unmapped.
-    func unregisterWatched(_ pages: PageRange) {
+    /// whatever stayed registered is reported by an event when it is unmapped. Returns whether
+    /// a granule registered in pieces was touched (then `forgetUnmapped` must follow a
+    /// successful unmap).
+    func unregisterWatched(_ pages: PageRange) -> Bool {
+        var touchedPieces = false
         let touched = granules.withLock { table -> Bool in
             if table.shutDown || table.failure != nil { return false }
             validated.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
-            return forEachWatchedPiece(of: pages, in: table) { piece in
+            return forEachWatchedPiece(of: pages, in: table, touchedPieces: &touchedPieces) { piece in
                 _ = descriptor.unregister(start: piece.start, length: piece.length)
+                counters.interceptedUnregisters.wrappingAdd(1, ordering: .relaxed)
             }
         }
         if touched { counters.interceptedUnmaps.wrappingAdd(1, ordering: .relaxed) }
+        return touchedPieces
     }
 
     /// Registers again what `unregisterWatched(pages)` took: the unmap failed, so the pages are
@@ -68,8 +73,22 @@ final class HookInterceptor: Sendable {
     func reregisterWatched(_ pages: PageRange) {
         granules.withLock { table in
             if table.shutDown || table.failure != nil { return }
-            _ = forEachWatchedPiece(of: pages, in: table) { piece in
+            var touchedPieces = false
+            _ = forEachWatchedPiece(of: pages, in: table, touchedPieces: &touchedPieces) { piece in
                 _ = descriptor.register(start: piece.start, length: piece.length)
+            }
+        }
+    }
+
+    /// Takes `pages` out of the pieces of the granules it touches: the unmap succeeded, so
+    /// those pages are registered no more, and a later unmap there must not unregister them again.
+    func forgetUnmapped(_ pages: PageRange) {
+        granules.withLock { table in
+            if table.shutDown || table.failure != nil { return }
+            for start in pages.granuleStarts(granuleSize: granuleSize) {
+                guard var record = table.records[start], record.pieces != nil else { continue }
+                record.pieces?.remove(pages.clipped(toGranule: start, granuleSize: granuleSize))
+                table.records[start] = record
             }
         }
     }
@@ -87,7 +106,7 @@ final class HookInterceptor: Sendable {
     /// Calls `body` with each registered piece of `pages`: the part inside a whole granule, or
     /// the overlap with a granule's registered pieces. Consecutive whole granules make one
     /// piece (one ioctl). Returns whether any granule was touched.
-    private func forEachWatchedPiece(of pages: PageRange, in table: GranuleTable,
+    private func forEachWatchedPiece(of pages: PageRange, in table: GranuleTable, touchedPieces: inout Bool,
                                      _ body: (PageRange) -> Void) -> Bool {
         var touched = false
         var run: PageRange?
@@ -103,9 +122,8 @@ final class HookInterceptor: Sendable {
                 }
                 return
             }
-            for piece in pieces {
-                if let overlap = part.intersection(piece) { body(overlap) }
-            }
+            touchedPieces = true
+            pieces.forEachOverlap(with: part, body)
         }
         forEachRecord(overlapping: pages, in: table) { start, record in
             visit(start, record)

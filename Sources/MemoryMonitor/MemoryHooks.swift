@@ -104,9 +104,13 @@ enum MemoryHooks {
                 return handle(call, pages, range, through: rest)
             }
             let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
-            interceptor.unregisterWatched(pages)
+            let inPieces = interceptor.unregisterWatched(pages)
             handle(call, pages, range, through: rest)
-            if call.pointee.result == -1 { interceptor.reregisterWatched(pages) }
+            if call.pointee.result == -1 {
+                interceptor.reregisterWatched(pages)
+            } else if inPieces {
+                interceptor.forgetUnmapped(pages)
+            }
             invalidation?.end()
         case Int(CMEMHOOKS_MPROTECT.rawValue):
             let event: InvalidationEvent = call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue)

@@ -20,6 +20,9 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// `munmap` calls of watched memory handled in the calling thread (`MemoryHooks`): each is
     /// an invalidation without an event.
     public var interceptedUnmaps: Int
+    /// `UFFDIO_UNREGISTER` calls those unmaps issued: one per disjoint registered run they cut
+    /// (consecutive whole granules are one run).
+    public var interceptedUnregisters: Int
     /// `mprotect`, `shmat` and `shmdt` calls over registered memory seen by the hooks (changes
     /// userfaultfd never reports).
     public var interceptedChanges: Int
@@ -39,6 +42,7 @@ final class MonitorCounters: Sendable {
     let overflows = Atomic<Int>(0)
     let watchesWithoutIoctl = Atomic<Int>(0)
     let interceptedUnmaps = Atomic<Int>(0)
+    let interceptedUnregisters = Atomic<Int>(0)
     let interceptedChanges = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
@@ -51,6 +55,7 @@ final class MonitorCounters: Sendable {
                           overflows: overflows.load(ordering: .relaxed),
                           watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed),
                           interceptedUnmaps: interceptedUnmaps.load(ordering: .relaxed),
+                          interceptedUnregisters: interceptedUnregisters.load(ordering: .relaxed),
                           interceptedChanges: interceptedChanges.load(ordering: .relaxed))
     }
 }

@@ -406,7 +406,7 @@ public final class UserfaultfdMonitor: Sendable {
                 }
                 return record
             }
-            record.pieces = []
+            record.pieces = RegisteredPieces()
         }
         let padded = paddedPiece(piece, granule: start)
         var registered = padded
@@ -417,7 +417,7 @@ public final class UserfaultfdMonitor: Sendable {
                     start: piece.start, end: piece.end, errno: failure))
             }
         }
-        if record.pieces?.contains(registered) == false { record.pieces?.append(registered) }
+        record.pieces?.insert(registered)
         return record
     }
 

@@ -13,7 +13,7 @@ struct GranuleRecord: Sendable {
     /// Buffers (watch calls) counted in this granule.
     var buffers: Int
     /// nil: the whole granule is registered. Otherwise the page ranges registered one by one.
-    var pieces: [PageRange]?
+    var pieces: RegisteredPieces?
     /// Watches left before the next attempt to validate the granule (see `ValidatedGranules`).
     var validationCountdown = 0
 

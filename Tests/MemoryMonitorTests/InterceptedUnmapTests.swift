@@ -158,6 +158,54 @@ extension MemoryMonitorTests {
             #expect(harness.monitor.statistics.unmapEvents == 1)
         }
 
+        /// Buffers of other lengths coming and going at one address of a granule registered in
+        /// pieces (a churning application): each unmap costs one unregister, however many came
+        /// before, and the pieces left after it still catch a raw unmap.
+        @Test("churn in a granule registered in pieces: one unregister per unmap, still watched after")
+        func churnInPieces() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let granule: UInt = 2 << 20
+            let base = try mapIsolated(granule)
+            defer { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), granule) }
+            let fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            let file = mmap(UnsafeMutableRawPointer(bitPattern: base + 16 * pageSize), Int(pageSize), PROT_READ,
+                            MAP_PRIVATE | MAP_FIXED, fd, 0)
+            try #require(file != MAP_FAILED)
+            // Keeps the granule counted while the churning buffers come and go.
+            let anchor = try range(base + 200 * pageSize, pageSize)
+            try harness.monitor.watch(anchor)
+            defer { try? harness.monitor.unwatch(anchor) }
+
+            let start = base + 64 * pageSize
+            let rounds = 40
+            let before = harness.monitor.statistics
+            for round in 0..<rounds {
+                let length = UInt(1 + round % 8) * pageSize
+                let buffer = try range(start, length)
+                try harness.monitor.watch(buffer)
+                unmap(start, length)
+                try harness.monitor.unwatch(buffer)
+                let fresh = mmap(UnsafeMutableRawPointer(bitPattern: start), Int(length), PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                try #require(fresh != MAP_FAILED)
+            }
+            let after = harness.monitor.statistics
+            #expect(after.interceptedUnmaps - before.interceptedUnmaps >= rounds)
+            #expect(after.interceptedUnregisters - before.interceptedUnregisters == rounds,
+                    "unregisters per unmap grew with the buffers that came before")
+            #expect(after.unmapEvents == before.unmapEvents)
+
+            let last = try range(start, 3 * pageSize)
+            try harness.monitor.watch(last)
+            defer { try? harness.monitor.unwatch(last) }
+            let probe = try RangeProbe(harness.space, last)
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: start), 3 * pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+        }
+
         @Test("one munmap over memory two monitors watch invalidates both")
         func twoMonitors() throws {
             let first = try Harness()
