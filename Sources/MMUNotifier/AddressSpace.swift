@@ -240,9 +240,15 @@ public final class AddressSpace: Sendable {
 
     /// Waits until the window sequence is no longer `sequence` (returns at once for an even one):
     /// every window open when it was read has closed. Never call it holding a lock that an
-    /// invalidate callback takes.
+    /// invalidate callback takes. Inlinable: every hit asks, and almost always the answer is a
+    /// load and a test.
+    @inlinable
     public func waitWhileWindowOpen(_ sequence: UInt64) {
-        guard sequence & 1 == 1 else { return }
+        if sequence & 1 == 1 { waitForWindowToClose(sequence) }
+    }
+
+    @usableFromInline
+    func waitForWindowToClose(_ sequence: UInt64) {
         intervalEvents.wait { windowSequence.load(ordering: .acquiring) != sequence }
     }
 

@@ -71,10 +71,22 @@ final class CacheCore: Sendable {
         space.waitWhileWindowOpen(space.openWindowSequence)
     }
 
-    /// The checks before a lookup: the cache is open, the range is usable. Returns its end.
-    @usableFromInline
+    /// The checks before a lookup: the cache is open, the range is usable. Returns its end. The
+    /// common case is a few tests inlined into the hit; anything else goes to `rejectOrEnd`.
+    @usableFromInline @inline(__always)
     func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         // A load, not the state lock: the hit paths write no shared cache line.
+        let (end, overflow) = address.addingReportingOverflow(UInt(bitPattern: length))
+        if !isClosed.load(ordering: .acquiring), length > 0, address != 0, !overflow, end <= UInt.max - pageMask {
+            return end
+        }
+        return try rejectOrEnd(address: address, length: length, call: call)
+    }
+
+    /// The error `validate` found: the cache is closed (its reason is set before the flag), or
+    /// the range is unusable. Returns the end only if the checks pass after all.
+    @usableFromInline
+    func rejectOrEnd(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         if isClosed.load(ordering: .acquiring), let reason = state.withLock({ $0.closedReason }) {
             throw .shutDown(reason: reason)
         }
