@@ -1,16 +1,15 @@
 // Per monitor, the 2 MiB chunks of the address space that hold granules it registered with
-// userfaultfd (and those it validated), so that every munmap/mprotect/shmat/shmdt of the
-// process can tell without a lock whether it touches watched memory.
+// userfaultfd, so that every munmap/mprotect/shmat/shmdt of the process can tell without a lock
+// whether it touches watched memory.
 //
 // Two levels: a top array of leaf pointers (one per 8 GiB) and leaves of 4096 counters (one per
-// 2 MiB chunk: low 16 bits registered granules, high 16 bits validated ones), with a count of
-// the leaf's non-zero counters so that a query skips empty leaves whole. Leaves are made by
+// 2 MiB chunk: registered granules there), with a count of the leaf's non-zero counters so that
+// a query skips empty leaves whole. Leaves are made by
 // writers (under the monitor's granule lock, which may allocate) and never freed; a slot's map
 // outlives its monitor and serves the next one, so a hook that read a slot's pointer can never
 // see freed memory. Addresses at or above 2^47 (five-level paging) are counted in one overflow
 // counter that makes every query there positive. Adjusting is thread-safe (a leaf is published
-// by compare-and-swap), so the monitor's worker may forget validated granules without the
-// granule lock.
+// by compare-and-swap), whoever calls it.
 #define _GNU_SOURCE
 #include "memory_hooks.h"
 #include <errno.h>
@@ -23,8 +22,6 @@
 #define LEAF_CHUNKS (1u << LEAF_SHIFT)
 #define ADDRESS_BITS 47
 #define TOP_ENTRIES (1u << (ADDRESS_BITS - CHUNK_SHIFT - LEAF_SHIFT))
-#define REGISTERED_MASK 0x0000ffffu
-#define VALIDATED_MASK 0xffff0000u
 
 typedef struct leaf {
     _Atomic uint32_t live;                 // counters that are not zero
@@ -73,11 +70,10 @@ static void add_to_chunk(leaf *l, uint32_t index, int32_t delta) {
     if (before != 0 && after == 0) atomic_fetch_sub(&l->live, 1);
 }
 
-int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int registered, int validated) {
+int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int delta) {
     if (slot < 0 || slot >= CMEMHOOKS_SLOTS || end <= start) return 0;
     granule_map *map = atomic_load(&maps[slot]);
     if (!map) return 0;
-    int32_t delta = registered + validated * (int32_t)(REGISTERED_MASK + 1);
     uintptr_t first = start >> CHUNK_SHIFT, last = (end - 1) >> CHUNK_SHIFT;
     uintptr_t limit = (uintptr_t)1 << (ADDRESS_BITS - CHUNK_SHIFT);
     // Make every leaf first, so that ENOMEM leaves nothing half counted.
@@ -91,7 +87,7 @@ int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int register
     }
     for (uintptr_t chunk = first; chunk <= last; chunk++) {
         if (chunk >= limit) {
-            atomic_fetch_add(&map->high, (uint32_t)(registered + validated));
+            atomic_fetch_add(&map->high, (uint32_t)delta);
             break;
         }
         add_to_chunk(atomic_load(&map->top[chunk >> LEAF_SHIFT]), (uint32_t)(chunk & (LEAF_CHUNKS - 1)), delta);
@@ -99,7 +95,7 @@ int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int register
     return 0;
 }
 
-static int map_touches(granule_map *map, uintptr_t start, uintptr_t end, uint32_t mask) {
+static int map_touches(granule_map *map, uintptr_t start, uintptr_t end) {
     uintptr_t first = start >> CHUNK_SHIFT, last = (end - 1) >> CHUNK_SHIFT;
     uintptr_t limit = (uintptr_t)1 << (ADDRESS_BITS - CHUNK_SHIFT);
     if (last >= limit && atomic_load(&map->high) != 0) return 1;
@@ -109,7 +105,7 @@ static int map_touches(granule_map *map, uintptr_t start, uintptr_t end, uint32_
         if (l && atomic_load(&l->live) != 0) {
             uintptr_t stop = leaf_end <= last ? leaf_end : last + 1;
             for (uintptr_t c = chunk; c < stop; c++) {
-                if (atomic_load(&l->counts[c & (LEAF_CHUNKS - 1)]) & mask) return 1;
+                if (atomic_load(&l->counts[c & (LEAF_CHUNKS - 1)]) != 0) return 1;
             }
         }
         chunk = leaf_end;
@@ -119,14 +115,14 @@ static int map_touches(granule_map *map, uintptr_t start, uintptr_t end, uint32_
 
 uint32_t cmemhooks_active_slots(void) { return atomic_load(&slots_in_use); }
 
-uint32_t cmemhooks_touching(uintptr_t start, uintptr_t end, int validated_only) {
+uint32_t cmemhooks_touching(uintptr_t start, uintptr_t end) {
     uint32_t used = atomic_load(&slots_in_use);
     if (!used || end <= start) return 0;
-    uint32_t mask = validated_only ? VALIDATED_MASK : REGISTERED_MASK, touched = 0;
+    uint32_t touched = 0;
     for (int slot = 0; slot < CMEMHOOKS_SLOTS; slot++) {
         if (!(used & (1u << slot))) continue;
         granule_map *map = atomic_load(&maps[slot]);
-        if (map && map_touches(map, start, end, mask)) touched |= 1u << slot;
+        if (map && map_touches(map, start, end)) touched |= 1u << slot;
     }
     return touched;
 }

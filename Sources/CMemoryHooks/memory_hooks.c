@@ -137,7 +137,7 @@ int munmap(void *address, size_t length) {
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_MUNMAP, .address = address, .length = length, .pkey = -1};
     if (handler && handler_depth == 0 && page_range(address, length, &call.start, &call.end) &&
-        (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
         return (int)through_handler(handler, &call);
     }
     int failure = real_munmap(address, length);
@@ -156,7 +156,7 @@ static void *map(void *address, size_t length, int prot, int flags, int fd, off_
                            .flags = flags, .fd = fd, .offset = (long)offset, .pkey = -1};
     if ((flags & MAP_FIXED) && handler && handler_depth == 0 &&
         page_range(address, length, &call.start, &call.end) &&
-        (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
         return (void *)through_handler(handler, &call);
     }
     cmemhooks_perform(&call);
@@ -185,11 +185,11 @@ static int protect(void *address, size_t length, int prot, int pkey) {
     call.protection_loss = loss;
     if (!handler || handler_depth != 0 || loss == 0 || !page_range(address, length, &call.start, &call.end)) {
         cmemhooks_perform(&call);
-    } else if ((call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+    } else if ((call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
         return (int)through_handler(handler, &call);
     } else {
         cmemhooks_perform(&call);
-        if (call.result == 0 && (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        if (call.result == 0 && (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
             return (int)through_handler(handler, &call);
         }
     }
@@ -220,11 +220,11 @@ void *shmat(int shmid, const void *address, int flags) {
         syscall(SYS_shmctl, shmid, IPC_STAT, &segment) != 0 ||
         !page_range((void *)at, segment.shm_segsz, &call.start, &call.end)) {
         cmemhooks_perform(&call);
-    } else if ((call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+    } else if ((call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
         return (void *)through_handler(handler, &call);
     } else {
         cmemhooks_perform(&call);
-        if (call.result != -1 && (call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        if (call.result != -1 && (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
             return (void *)through_handler(handler, &call);
         }
     }
@@ -252,7 +252,7 @@ int shmdt(const void *address) {
                vma.inode == inode && vma.dev_major == major && vma.dev_minor == minor) {
             call.end = vma.end;
         }
-        if ((call.slots = cmemhooks_touching(call.start, call.end, 0)) != 0) {
+        if ((call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
             return (int)through_handler(handler, &call);
         }
     }

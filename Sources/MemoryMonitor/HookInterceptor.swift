@@ -45,7 +45,7 @@ final class HookInterceptor: Sendable {
     func touchesWatched(_ pages: PageRange) -> Bool {
         granules.withLock { table in
             if table.shutDown || table.failure != nil || table.records.isEmpty { return false }
-            return !forEachRecord(overlapping: pages, in: table) { _, _ in false }
+            return !forEachRecord(overlapping: pages, in: &table) { _, _ in false }
         }
     }
 
@@ -59,7 +59,7 @@ final class HookInterceptor: Sendable {
         let touched = granules.withLock { table -> Bool in
             if table.shutDown || table.failure != nil { return false }
             validated.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
-            return forEachWatchedPiece(of: pages, in: table, touchedPieces: &touchedPieces) { piece in
+            return forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
                 _ = descriptor.unregister(start: piece.start, length: piece.length)
                 counters.interceptedUnregisters.wrappingAdd(1, ordering: .relaxed)
             }
@@ -74,7 +74,7 @@ final class HookInterceptor: Sendable {
         granules.withLock { table in
             if table.shutDown || table.failure != nil { return }
             var touchedPieces = false
-            _ = forEachWatchedPiece(of: pages, in: table, touchedPieces: &touchedPieces) { piece in
+            _ = forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
                 _ = descriptor.register(start: piece.start, length: piece.length)
             }
         }
@@ -85,10 +85,9 @@ final class HookInterceptor: Sendable {
     func forgetUnmapped(_ pages: PageRange) {
         granules.withLock { table in
             if table.shutDown || table.failure != nil { return }
-            for start in pages.granuleStarts(granuleSize: granuleSize) {
-                guard var record = table.records[start], record.pieces != nil else { continue }
+            forEachRecord(overlapping: pages, in: &table) { start, record in
                 record.pieces?.remove(pages.clipped(toGranule: start, granuleSize: granuleSize))
-                table.records[start] = record
+                return true
             }
         }
     }
@@ -106,7 +105,7 @@ final class HookInterceptor: Sendable {
     /// Calls `body` with each registered piece of `pages`: the part inside a whole granule, or
     /// the overlap with a granule's registered pieces. Consecutive whole granules make one
     /// piece (one ioctl). Returns whether any granule was touched.
-    private func forEachWatchedPiece(of pages: PageRange, in table: GranuleTable, touchedPieces: inout Bool,
+    private func forEachWatchedPiece(of pages: PageRange, in table: inout GranuleTable, touchedPieces: inout Bool,
                                      _ body: (PageRange) -> Void) -> Bool {
         var touched = false
         var run: PageRange?
@@ -125,7 +124,7 @@ final class HookInterceptor: Sendable {
             touchedPieces = true
             pieces.forEachOverlap(with: part, body)
         }
-        forEachRecord(overlapping: pages, in: table) { start, record in
+        forEachRecord(overlapping: pages, in: &table) { start, record in
             visit(start, record)
             return true
         }
@@ -133,21 +132,25 @@ final class HookInterceptor: Sendable {
         return touched
     }
 
-    /// Calls `body` with each granule record overlapping `pages` until it returns false; returns
+    /// Calls `body` with each granule record overlapping `pages`, in place (a copy would share
+    /// the pieces' buffer, and changing them would copy it), until it returns false; returns
     /// false when stopped. A range over more granules than the table holds is checked record by
     /// record (an unmap of a large reservation must not walk every granule it spans).
     @discardableResult
-    private func forEachRecord(overlapping pages: PageRange, in table: GranuleTable,
-                               _ body: (_ start: UInt, _ record: GranuleRecord) -> Bool) -> Bool {
+    private func forEachRecord(overlapping pages: PageRange, in table: inout GranuleTable,
+                               _ body: (_ start: UInt, _ record: inout GranuleRecord) -> Bool) -> Bool {
+        var going = true
+        func visit(_ start: UInt) -> Bool {
+            table.records.update(start) { going = body(start, &$0) }
+            return going
+        }
         let spanned = (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize
         if spanned > UInt(table.records.count) {
-            for (start, record) in table.records.entries where pages.intersection(granule(start)) != nil {
-                if !body(start, record) { return false }
+            for (start, _) in table.records.entries where pages.intersection(granule(start)) != nil {
+                if !visit(start) { return false }
             }
         } else {
-            for start in pages.granuleStarts(granuleSize: granuleSize) {
-                if let record = table.records[start], !body(start, record) { return false }
-            }
+            for start in pages.granuleStarts(granuleSize: granuleSize) where !visit(start) { return false }
         }
         return true
     }

@@ -43,7 +43,6 @@ import Synchronization
 enum MemoryHooks {
     /// The interceptor of each granule-map slot.
     private static let interceptors = Locked<[HookInterceptor?]>(Array(repeating: nil, count: Int(CMEMHOOKS_SLOTS)))
-    private static let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
 
     /// True when `RDMAMEMORY_HOOKS=off` switched the hooks off.
     static var disabledByEnvironment: Bool { cmemhooks_disabled() != 0 }

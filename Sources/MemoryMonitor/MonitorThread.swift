@@ -28,7 +28,7 @@ import SystemPackage
 ///   watched memory: that waits for the reader, which never waits for the worker (a full
 ///   `EventQueue` overflows into one merged range instead).
 /// - A `munmap` through the C library's symbol never reaches this thread when the monitor
-///   intercepts it (`MunmapHook`): its callbacks run in the unmapping thread, as the kernel's
+///   intercepts it (`MemoryHooks`): its callbacks run in the unmapping thread, as the kernel's
 ///   mmu notifiers do, so there a callback must not take a lock held across that `munmap`.
 ///
 /// Failure: if either thread stops for any reason but a requested stop (poll or read fails,
@@ -52,6 +52,8 @@ final class MonitorThreads: Sendable {
     /// Granules where a watch skips its ioctls; the worker forgets those an unmap or remap
     /// touched before it closes the window.
     let validated: ValidatedGranules
+    /// The monitor's slot in the hooks' map of registered granules.
+    let slot: HookSlot
     let counters = MonitorCounters()
     let queue: EventQueue
     /// eventfd written by `requestStop()`.
@@ -81,7 +83,7 @@ final class MonitorThreads: Sendable {
     private let spinNanoseconds: UInt64
 
     init(descriptor: UserfaultfdDescriptor, file: UserfaultfdFile, space: AddressSpace,
-         granules: Locked<GranuleTable>, validated: ValidatedGranules, eventsPerRead: Int,
+         granules: Locked<GranuleTable>, validated: ValidatedGranules, slot: HookSlot, eventsPerRead: Int,
          slots: Int, spinMicroseconds: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
@@ -92,6 +94,7 @@ final class MonitorThreads: Sendable {
         self.space = space
         self.granules = granules
         self.validated = validated
+        self.slot = slot
         spinNanoseconds = UInt64(spinMicroseconds) * 1000  // validated by the monitor's init
         stopFD = stop
         queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)  // validated by the monitor's init
@@ -145,10 +148,7 @@ final class MonitorThreads: Sendable {
         granules.withLock { table in
             if table.failure == nil { table.failure = error }
             // The kernel dropped every registration with the context.
-            for (start, _) in table.records.entries {
-                _ = validated.slot.adjust(granule: start, size: validated.granuleSize, registered: -1)
-            }
-            table.records.removeAll()
+            table.removeAllRecords(slot: slot, granuleSize: validated.granuleSize)
             validated.removeAll()
         }
         window.invalidate(.everything, event: .explicit)

@@ -167,10 +167,10 @@ public final class UserfaultfdMonitor: Sendable {
         self.slot = slot
         hooks = slot.isActive ? (configuration.interceptsMunmap ? .active : .activeExceptMunmap)
             : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : .unavailable
-        validated = ValidatedGranules(granuleSize: configuration.granuleSize, slot: slot)
+        validated = ValidatedGranules(granuleSize: configuration.granuleSize)
         do {
             threads = try MonitorThreads(descriptor: descriptor, file: file, space: space, granules: granules,
-                                         validated: validated, eventsPerRead: configuration.eventsPerRead,
+                                         validated: validated, slot: slot, eventsPerRead: configuration.eventsPerRead,
                                          slots: configuration.queueSlots,
                                          spinMicroseconds: configuration.spinMicroseconds)
         } catch {
@@ -361,13 +361,9 @@ public final class UserfaultfdMonitor: Sendable {
         granules.withLock { table in
             table.shutDown = true
             validated.removeAll()
-            for (start, record) in table.records.entries {
-                unregister(start, record)
-                _ = slot.adjust(granule: start, size: granuleSize, registered: -1)
-            }
-            table.records.removeAll()
+            table.removeAllRecords(slot: slot, granuleSize: granuleSize) { start, record in unregister(start, record) }
         }
-        if let interceptor { MemoryHooks.remove(interceptor) } else if slot.isActive { cmemhooks_slot_release(slot.index) }
+        if let interceptor { MemoryHooks.remove(interceptor) }
         threads.requestStop()
         let reader = readerPthread.exchange(0, ordering: .acquiringAndReleasing)
         if reader != 0 { pthread_join(pthread_t(reader), nil) } else { threads.queue.stop() }
@@ -499,7 +495,7 @@ public final class UserfaultfdMonitor: Sendable {
             table.records[start] = record
             return
         }
-        guard validated.insert(start) else { return }
+        validated.insert(start)
         if space.openWindowSequence != before { validated.remove(start) }
     }
 

@@ -54,6 +54,17 @@ struct GranuleTable: Sendable {
     var shutDown = false
     /// Set when the monitor failed (its descriptor is gone): watches are refused with it.
     var failure: MonitorError?
+
+    /// Forgets every record (shutdown, a failed monitor), each taken out of the hooks' map after
+    /// `each` (which may unregister it: the map counts go down after the kernel's).
+    mutating func removeAllRecords(slot: HookSlot, granuleSize: UInt,
+                                   _ each: (_ start: UInt, _ record: GranuleRecord) -> Void = { _, _ in }) {
+        for (start, record) in records.entries {
+            each(start, record)
+            _ = slot.adjust(granule: start, size: granuleSize, registered: -1)
+        }
+        records.removeAll()
+    }
 }
 
 /// This monitor's slot in the hooks' granule map (`CMemoryHooks`): which 2 MiB chunks hold its
@@ -69,9 +80,9 @@ struct HookSlot: Sendable {
 
     var isActive: Bool { index >= 0 }
 
-    func adjust(granule start: UInt, size: UInt, registered: Int32 = 0, validated: Int32 = 0) -> Bool {
+    func adjust(granule start: UInt, size: UInt, registered: Int32) -> Bool {
         guard isActive else { return true }
-        return cmemhooks_slot_adjust(index, start, start &+ size, registered, validated) == 0
+        return cmemhooks_slot_adjust(index, start, start &+ size, registered) == 0
     }
 }
 
@@ -91,40 +102,24 @@ struct HookSlot: Sendable {
 /// never takes either.
 final class ValidatedGranules: Sendable {
     let granuleSize: UInt
-    let slot: HookSlot
     private let starts = Locked(GranuleKeyedTable<Bool>())
 
-    init(granuleSize: UInt, slot: HookSlot) {
-        self.granuleSize = granuleSize
-        self.slot = slot
-    }
+    init(granuleSize: UInt) { self.granuleSize = granuleSize }
 
     func containsAll(_ granules: StrideTo<UInt>) -> Bool {
         starts.withLock { set in granules.allSatisfy { set.contains($0) } }
     }
 
-    /// Marks `granule` validated; false (nothing marked) when the hooks' map has no room.
-    @discardableResult
-    func insert(_ granule: UInt) -> Bool {
-        starts.withLock { set in
-            guard !set.contains(granule) else { return true }
-            guard slot.adjust(granule: granule, size: granuleSize, validated: 1) else { return false }
-            set[granule] = true
-            return true
-        }
+    func insert(_ granule: UInt) {
+        starts.withLock { $0[granule] = true }
     }
 
     func remove(_ granule: UInt) {
-        starts.withLock { set in
-            if set.removeValue(forKey: granule) != nil { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
-        }
+        starts.withLock { _ = $0.removeValue(forKey: granule) }
     }
 
     func removeAll() {
-        starts.withLock { set in
-            for (granule, _) in set.entries { _ = slot.adjust(granule: granule, size: granuleSize, validated: -1) }
-            set.removeAll()
-        }
+        starts.withLock { $0.removeAll() }
     }
 
     var count: Int { starts.withLock { $0.count } }
@@ -139,11 +134,10 @@ final class ValidatedGranules: Sendable {
             if (end - first) / granuleSize > UInt(set.count) {
                 for (granule, _) in set.entries where !(granule &+ granuleSize <= start || granule >= end) {
                     set.removeValue(forKey: granule)
-                    _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
                 }
             } else {
-                for granule in stride(from: first, to: end, by: Int(granuleSize)) where set.removeValue(forKey: granule) != nil {
-                    _ = slot.adjust(granule: granule, size: granuleSize, validated: -1)
+                for granule in stride(from: first, to: end, by: Int(granuleSize)) {
+                    set.removeValue(forKey: granule)
                 }
             }
         }

@@ -13,7 +13,7 @@ let msealAvailable = cshims_mseal(nil, 0) == 0
 extension MemoryMonitorTests {
     /// `munmap` through the C library's symbol is handled in the calling thread: the range is
     /// invalidated and unregistered before the unmap, so the kernel queues no event and the
-    /// caller never sleeps waiting for the monitor (see `MunmapHook`).
+    /// caller never sleeps waiting for the monitor (see `MemoryHooks`).
     @Suite("Intercepted munmap")
         struct InterceptedUnmapTests {
         @Test("invalidated in the calling thread, before munmap returns, without an event")

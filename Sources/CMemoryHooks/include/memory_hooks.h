@@ -87,18 +87,18 @@ int cmemhooks_slot_acquire(void);
 /// Gives a slot back; every count in it must be zero again.
 void cmemhooks_slot_release(int slot);
 
-/// Adds `registered` and `validated` (each -1, 0 or +1) to every 2 MiB chunk that
-/// [start, end) overlaps. Thread-safe. Add before the kernel
-/// registers, subtract after it unregistered: a hook that reads zero then knows the memory is
-/// not registered at that instant. 0, or ENOMEM (nothing changed).
-int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int registered, int validated);
+/// Adds `delta` (registered granules: -1 or +1) to every 2 MiB chunk that [start, end)
+/// overlaps. Thread-safe. Add before the kernel registers, subtract after it unregistered: a
+/// hook that reads zero then knows the memory is not registered at that instant. 0, or ENOMEM
+/// (nothing changed).
+int cmemhooks_slot_adjust(int slot, uintptr_t start, uintptr_t end, int delta);
 
 /// The slots in use (bit per slot).
 uint32_t cmemhooks_active_slots(void);
 
-/// The slots (bit per slot) with a registered granule in [start, end), or, with
-/// `validated_only`, a validated one. Lock-free, allocation-free.
-uint32_t cmemhooks_touching(uintptr_t start, uintptr_t end, int validated_only);
+/// The slots (bit per slot) with a registered granule in [start, end). Lock-free,
+/// allocation-free.
+uint32_t cmemhooks_touching(uintptr_t start, uintptr_t end);
 
 // ---------------------------------------------------------------------------------------------
 // What is mapped
