@@ -57,13 +57,6 @@ int cmemhooks_disabled(void) {
     return atomic_load(&hooks_disabled);
 }
 
-// The real munmap (raw system call, or ThreadSanitizer's interceptor under TSan): 0 or errno.
-static int real_munmap(void *address, size_t length) {
-    long result = __interceptor_munmap ? __interceptor_munmap(address, length)
-                                       : syscall(SYS_munmap, address, length);
-    return result == 0 ? 0 : errno;
-}
-
 void cmemhooks_perform(cmemhooks_call *call) {
     if (call->performed) return;
     call->performed = 1;
@@ -74,7 +67,7 @@ void cmemhooks_perform(cmemhooks_call *call) {
                                       : syscall(SYS_munmap, call->address, call->length);
         break;
     case CMEMHOOKS_MPROTECT:
-        if (call->pkey >= 0) {
+        if (call->pkey != -1) {  // -1: no key, mprotect's semantics; anything else is the kernel's to judge
             result = syscall(SYS_pkey_mprotect, call->address, call->length, call->prot, call->pkey);
         } else {
             result = __interceptor_mprotect ? __interceptor_mprotect(call->address, call->length, call->prot)
@@ -140,10 +133,9 @@ int munmap(void *address, size_t length) {
         (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
         return (int)through_handler(handler, &call);
     }
-    int failure = real_munmap(address, length);
-    if (failure == 0) return 0;
-    errno = failure;
-    return -1;
+    cmemhooks_perform(&call);
+    if (call.result == -1) errno = call.error;
+    return (int)call.result;
 }
 
 // mmap(MAP_FIXED) over watched memory unmaps it first: handled like munmap (invalidated and taken
@@ -199,12 +191,7 @@ static int protect(void *address, size_t length, int prot, int pkey) {
 
 int mprotect(void *address, size_t length, int prot) { return protect(address, length, prot, -1); }
 
-int pkey_mprotect(void *address, size_t length, int prot, int pkey) {
-    if (pkey < 0) {  // the kernel takes -1 as "no key": mprotect's semantics
-        return protect(address, length, prot, -1);
-    }
-    return protect(address, length, prot, pkey);
-}
+int pkey_mprotect(void *address, size_t length, int prot, int pkey) { return protect(address, length, prot, pkey); }
 
 // shmat over existing memory (SHM_REMAP) replaces it with no userfaultfd event at all: checked
 // before (invalidate, forget validated granules, lookups held off across the attach) and after

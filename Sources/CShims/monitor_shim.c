@@ -67,6 +67,10 @@ int cshims_raw_mprotect(void *address, unsigned long length, int prot) {
     return (int)syscall(SYS_mprotect, address, length, prot);
 }
 
+int cshims_pkey_mprotect(void *address, unsigned long length, int prot, int pkey) {
+    return pkey_mprotect(address, length, prot, pkey);
+}
+
 int cshims_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 
 int cshims_fork_touch_unmap_exit(void *address, unsigned long length, unsigned long page_size) {

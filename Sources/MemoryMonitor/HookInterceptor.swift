@@ -5,8 +5,8 @@ import MMUNotifier
 /// (so the kernel queues no event and the unmapping thread never sleeps waiting for the
 /// reader), and forgetting validated granules where a shmat or shmdt changes the mappings.
 ///
-/// Why an intercepted unmap is safe: the hook opens a window and invalidates the range before it
-/// calls `unregisterWatched`, and closes it only after the real unmap returned, so the promise
+/// Why an intercepted unmap is safe: the hook starts a range invalidation (lookups overlapping
+/// it wait) before it calls `unregisterWatched`, and ends it only after the real unmap returned, so the promise
 /// is the same as the event path's (no lookup that starts after `munmap` returned sees the old
 /// pages). A watch racing with the hook either registers the range again before the unmap
 /// (then the kernel reports the unmap as an event, as before) or runs after it (then the
@@ -50,7 +50,7 @@ final class HookInterceptor: Sendable {
     }
 
     /// Unregisters the part of `pages` inside registered granules (the caller is about to unmap
-    /// it, inside an open window that already invalidated it). Errors are left to the kernel:
+    /// it, inside a range invalidation that already revoked it). Errors are left to the kernel:
     /// whatever stayed registered is reported by an event when it is unmapped. Returns whether
     /// a granule registered in pieces was touched (then `forgetUnmapped` must follow a
     /// successful unmap).

@@ -84,8 +84,8 @@ enum MemoryHooks {
         handle(call, pages, range, through: involved[...])
     }
 
-    /// Opens a window for each interceptor the call concerns (recursively, so each window lives
-    /// on this stack until the call returned), then performs it.
+    /// Starts an invalidation of the range for each interceptor the call concerns (recursively,
+    /// so each lives on this stack until the call returned), then performs it.
     private static func handle(_ call: UnsafeMutablePointer<cmemhooks_call>, _ pages: PageRange, _ range: AddressRange,
                                through list: ArraySlice<HookInterceptor>) {
         guard let interceptor = list.first else {
@@ -123,12 +123,11 @@ enum MemoryHooks {
             handle(call, pages, range, through: rest)
             invalidation?.end()
         default:  // shmat over memory, shmdt: mappings change with no event
+            interceptor.forgetValidated(pages)
             if performed {
-                interceptor.forgetValidated(pages)
                 interceptor.space.invalidate(range, event: .unmap)
                 return handle(call, pages, range, through: rest)
             }
-            interceptor.forgetValidated(pages)
             let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
             handle(call, pages, range, through: rest)
             invalidation?.end()

@@ -17,8 +17,8 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// Watches served without an ioctl: every granule was found wholly registered, with no
     /// unmap or remap there since (`UserfaultfdMonitor.validatedGranuleCount`).
     public var watchesWithoutIoctl: Int
-    /// `munmap` calls of watched memory handled in the calling thread (`MemoryHooks`): each is
-    /// an invalidation without an event.
+    /// `munmap` and `mmap(MAP_FIXED)` calls over watched memory handled in the calling thread
+    /// (`MemoryHooks`): each is an invalidation without an event.
     public var interceptedUnmaps: Int
     /// `UFFDIO_UNREGISTER` calls those unmaps issued: one per disjoint registered run they cut
     /// (consecutive whole granules are one run).

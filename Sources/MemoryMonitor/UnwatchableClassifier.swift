@@ -4,8 +4,9 @@ import Glibc
 import CMemoryHooks
 import SystemPackage
 
-/// Turns a refused UFFDIO_REGISTER into a reason a person can act on, by looking at what is
-/// mapped there (`/proc/self/maps`). Runs only on the failure path.
+/// What is mapped over a range (`CMemoryHooks`' VMA query: PROCMAP_QUERY, or /proc/self/maps):
+/// whether its pages can change with no event, and why a refused UFFDIO_REGISTER was refused,
+/// as a reason a person can act on.
 enum UnwatchableClassifier {
     /// What is mapped over [start, end): every page mapped (and what kind of memory), or a hole.
     enum Inspection: Equatable {
@@ -36,7 +37,7 @@ enum UnwatchableClassifier {
             if failure == ENOENT { return .hole }
             if failure != 0 { return .shared(.refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: failure))) }
             if vma.start > address { return .hole }
-            let name = withUnsafeBytes(of: &vma.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = name(of: &vma)
             let shared = vma.flags & UInt32(CMEMHOOKS_VMA_SHARED.rawValue) != 0
             let anonymous = vma.inode == 0 || name == "/dev/zero" || name.hasPrefix("/anon_hugepage")
             if shared || !anonymous {
@@ -66,63 +67,27 @@ enum UnwatchableClassifier {
         }
     }
 
-    struct MappingLine {
-        var start: UInt
-        var end: UInt
-        var path: String
-    }
-
+    /// Why UFFDIO_REGISTER refused [start, end) with `failure`. Runs only on the failure path.
     static func reason(start: UInt, end: UInt, errno failure: Errno) -> UnwatchableReason {
         if failure == .resourceBusy { return .ownedByAnotherUserfaultfd }
-        let lines = mappings(overlapping: start, end)
-        var covered = start
-        for line in lines.sorted(by: { $0.start < $1.start }) {
-            if line.start > covered { return .notMapped }
-            covered = max(covered, line.end)
+        var names: [String] = []
+        var vma = cmemhooks_vma()
+        var address = start
+        while address < end {
+            guard cmemhooks_vma_at_or_after(address, end, &vma) == 0, vma.start <= address else { return .notMapped }
+            names.append(name(of: &vma))
+            address = vma.end
         }
-        if lines.isEmpty || covered < end { return .notMapped }
-        for line in lines {
-            if line.path.hasPrefix("/SYSV") { return .sysVSharedMemory }
-            if line.path.contains("anon_hugepage") || line.path.contains("hugepages") { return .hugetlbUnsupported }
-        }
-        for line in lines where line.path.hasPrefix("/") && !line.path.hasPrefix("/dev/zero")
-            && !line.path.hasPrefix("/memfd:") {
-            return .fileBacked(path: line.path)
+        if names.contains(where: { $0.hasPrefix("/SYSV") }) { return .sysVSharedMemory }
+        if names.contains(where: { $0.contains("anon_hugepage") || $0.contains("hugepages") }) { return .hugetlbUnsupported }
+        if let file = names.first(where: { $0.hasPrefix("/") && !$0.hasPrefix("/dev/zero") && !$0.hasPrefix("/memfd:") }) {
+            return .fileBacked(path: file)
         }
         return .refused(call: "ioctl(UFFDIO_REGISTER)", errno: failure)
     }
 
-    /// The lines of `/proc/self/maps` that overlap [start, end).
-    static func mappings(overlapping start: UInt, _ end: UInt) -> [MappingLine] {
-        guard let text = readProcFile("/proc/self/maps") else { return [] }
-        var result: [MappingLine] = []
-        for line in text.split(separator: "\n") {
-            let fields = line.split(separator: " ", maxSplits: 5, omittingEmptySubsequences: true)
-            guard let bounds = fields.first?.split(separator: "-"), bounds.count == 2,
-                  let low = UInt(bounds[0], radix: 16), let high = UInt(bounds[1], radix: 16) else { continue }
-            if high <= start || low >= end { continue }
-            let path = fields.count == 6 ? String(fields[5]).trimmingLeadingSpaces : ""
-            result.append(MappingLine(start: low, end: high, path: path))
-        }
-        return result
+    /// The mapping's path (or [heap], [stack], ...; "" for anonymous memory).
+    private static func name(of vma: inout cmemhooks_vma) -> String {
+        withUnsafeBytes(of: &vma.name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
     }
-
-    private static func readProcFile(_ path: String) -> String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        if fd < 0 { return nil }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-}
-
-extension String {
-    fileprivate var trimmingLeadingSpaces: String { String(drop(while: { $0 == " " })) }
 }

@@ -53,10 +53,10 @@ public final class UserfaultfdMonitor: Sendable {
         /// unmapping thread whose event is read before it sleeps returns without a wake-up;
         /// the cost is a busy core for this long after each burst of events.
         public var spinMicroseconds: Int = 0
-        /// `munmap` calls made through the C library's symbol are handled in the calling
-        /// thread (invalidated, unregistered, then unmapped: no event, no sleep; see
-        /// `MemoryHooks`). Raw system calls, glibc's own unmaps (`free`), `mmap(MAP_FIXED)`,
-        /// `mremap`, `madvise` and `brk` are events either way.
+        /// `munmap` and `mmap(MAP_FIXED)` calls made through the C library's symbols are handled
+        /// in the calling thread (invalidated, unregistered, then performed: no event, no sleep;
+        /// see `MemoryHooks`). Raw system calls, glibc's own unmaps (`free`), `mremap`,
+        /// `madvise` and `brk` are events either way. False: every unmap is an event.
         public var interceptsMunmap: Bool = true
         public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
                     eventsPerRead: Int = 64, queueSlots: Int = 256, spinMicroseconds: Int = 0,
@@ -94,10 +94,11 @@ public final class UserfaultfdMonitor: Sendable {
 
     /// How the process's hooks serve this monitor.
     public enum Hooks: Sendable, Equatable, CustomStringConvertible {
-        /// `munmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` through the C library are
-        /// handled in the calling thread.
+        /// `munmap`, `mmap(MAP_FIXED)`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` through
+        /// the C library are handled in the calling thread.
         case active
-        /// The same, except `munmap`: unmaps are userfaultfd events (`interceptsMunmap: false`).
+        /// The same, except `munmap` and `mmap(MAP_FIXED)`: unmaps are userfaultfd events
+        /// (`interceptsMunmap: false`).
         case activeExceptMunmap
         /// `RDMAMEMORY_HOOKS=off`: nothing is hooked. Unmaps are events only (the unmapping
         /// thread sleeps until the reader reads them); `mprotect` and `shmat(SHM_REMAP)` are not
@@ -109,8 +110,8 @@ public final class UserfaultfdMonitor: Sendable {
 
         public var description: String {
             switch self {
-            case .active: return "munmap, mprotect, shmat and shmdt intercepted in the calling thread"
-            case .activeExceptMunmap: return "mprotect, shmat and shmdt intercepted; munmap seen as userfaultfd events"
+            case .active: return "munmap, mmap(MAP_FIXED), mprotect, shmat and shmdt intercepted in the calling thread"
+            case .activeExceptMunmap: return "mprotect, shmat and shmdt intercepted; unmaps seen as userfaultfd events"
             case .disabledByEnvironment:
                 return "hooks off (RDMAMEMORY_HOOKS=off): unmaps are seen as userfaultfd events only; "
                     + "mprotect and shmat(SHM_REMAP) are not seen, so revoke such memory explicitly"
@@ -469,9 +470,9 @@ public final class UserfaultfdMonitor: Sendable {
     }
 
     /// Marks a granule registered whole as validated when registered mappings now cover all of
-    /// it: no hole (mincore) and every mapping registered (the probe). A granule that fails (the
-    /// edge of a mapping, a neighbour of another kind) is asked again only every
-    /// `revalidateEvery` watches.
+    /// it: every mapping registered (the probe) and all of it private anonymous memory, with no
+    /// hole. A granule that fails (the edge of a mapping, a neighbour of another kind) is asked
+    /// again only every `revalidateEvery` watches.
     ///
     /// An unmap racing with the checks is caught either way: its window opens before its event
     /// is read and the worker forgets the granule only after that, so either the sequence moved

@@ -54,6 +54,23 @@ extension MemoryMonitorTests {
             #expect(harness.monitor.statistics.interceptedChanges == before)
         }
 
+        @Test("pkey_mprotect: key -1 is mprotect (and is seen); any other invalid key is the kernel's EINVAL")
+        func pkeyMprotect() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(4 * pageSize)
+            defer { unmap(base, 4 * pageSize) }
+            let watched = try range(base, 4 * pageSize)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let probe = try RangeProbe(harness.space, watched)
+            let pointer = UnsafeMutableRawPointer(bitPattern: base)
+            #expect(cshims_pkey_mprotect(pointer, UInt(pageSize), PROT_READ, -2) == -1)
+            #expect(errno == EINVAL, "a key below -1 must not become a plain mprotect")
+            #expect(cshims_pkey_mprotect(pointer, UInt(pageSize), PROT_READ, -1) == 0)
+            #expect(probe.seenByNewLookup.last == .writeProtect)
+        }
+
         @Test("a failing mprotect of watched memory reports the kernel's errno")
         func failingMprotect() throws {
             let harness = try Harness()

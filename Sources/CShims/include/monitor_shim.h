@@ -46,6 +46,10 @@ int cshims_memfd(const char *name, unsigned long size);
 /// mprotect as a raw system call: no hook sees it.
 int cshims_raw_mprotect(void *address, unsigned long length, int prot);
 
+/// The C library's pkey_mprotect (what the process's hook defines; Swift's Glibc does not
+/// declare it).
+int cshims_pkey_mprotect(void *address, unsigned long length, int prot, int pkey);
+
 /// Names the calling thread (pthread_setname_np, at most 15 characters): what `ps -T`, gdb
 /// and /proc/self/task/*/comm show.
 void cshims_name_thread(const char *name);
