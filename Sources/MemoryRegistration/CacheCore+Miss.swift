@@ -25,6 +25,8 @@ extension CacheCore {
     ///    away and start again (at most `maxAttempts` times). Otherwise publish: from here on an
     ///    invalidation finds the entry and revokes it.
     /// A registration that raced an overlapping invalidation is therefore never handed out.
+    /// Room under the limits is made (`makeRoom`) once the first watch said the range can be
+    /// cached: a buffer registered uncached (shared memory, a failed monitor) evicts nothing.
     func miss(address: UInt, end: UInt, access: AccessFlags) throws(RegistrationError) -> Registration {
         let start = address & ~pageMask
         let alignedEnd = (end + pageMask) & ~pageMask  // `validate` left room for the rounding
@@ -35,14 +37,18 @@ extension CacheCore {
                                         reason: "larger than maxPinnedBytes (\(limits.maxPinnedBytes) bytes)")
         }
         releaseFreeable(atMost: 16)
-        try makeRoom(bytes: length)
         let entry: CacheEntry
         do {
             entry = try CacheEntry(core: self, range: AddressRange(start: start, length: UInt(length)))
             try entry.insert()  // 1
         } catch {
-            unreserve(bytes: length)
             throw .shutDown(reason: "\(error)")
+        }
+        var reserved = false
+        /// Gives up the miss: its subscription goes, and the room it reserved.
+        func abandon() {
+            try? entry.remove()
+            if reserved { unreserve(bytes: length) }
         }
         var evictedForDevice = false
         for _ in 0..<max(1, options.maxAttempts) {
@@ -53,10 +59,20 @@ extension CacheCore {
                 case .watched:
                     watched = true
                 case .uncached(let reason):
-                    abandon(entry, bytes: length)
+                    abandon()
                     return try registerUncached(address: address, length: requested, access: access,
                                                 reason: reason.description)
                 }
+            }
+            if !reserved {
+                do throws(RegistrationError) {
+                    try makeRoom(bytes: length)
+                } catch {
+                    if watched { try? monitor?.unwatch(entry.range) }
+                    abandon()
+                    throw error
+                }
+                reserved = true
             }
             let region: RegisteredRegion
             let registeredAccess: AccessFlags
@@ -71,7 +87,7 @@ extension CacheCore {
                 continue
             } catch {
                 if watched { try? monitor?.unwatch(entry.range) }
-                abandon(entry, bytes: length)
+                abandon()
                 let verbs = error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)")
                 throw .device(verbs, address: address, length: requested, access: access)
             }
@@ -97,11 +113,11 @@ extension CacheCore {
             deregister(region, bytes: length)
             if watched { try? monitor?.unwatch(entry.range) }
             if let reason = closed {
-                abandon(entry, bytes: length)
+                abandon()
                 throw .shutDown(reason: reason)
             }
         }
-        abandon(entry, bytes: length)
+        abandon()
         throw .keptChanging(address: address, length: requested, attempts: options.maxAttempts)
     }
 
@@ -134,13 +150,7 @@ extension CacheCore {
         }
     }
 
-    /// Gives up a miss: its subscription goes, and the room it reserved.
-    private func abandon(_ entry: CacheEntry, bytes: Int) {
-        try? entry.remove()
-        unreserve(bytes: bytes)
-    }
-
-    func unreserve(bytes: Int) {
+    private func unreserve(bytes: Int) {
         state.withLock { state in
             state.reservedBytes -= bytes
             state.reservedRegions -= 1

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MemoryMapping
 import Testing
 @testable import MemoryRegistration
@@ -81,5 +84,25 @@ import Testing
         #expect(regions == 2 && maxRegions == 2)
         #expect(!Bool(first.isRevoked) && !Bool(second.isRevoked))
         #expect(registrar.liveRegistrations == 2)
+    }
+
+    @Test("a buffer the cache will not cache takes no room: at the limit it is registered uncached, nothing evicted")
+    func uncachedTakesNoRoom() throws {
+        var options = RegistrationCache.Options()
+        options.maxRegions = 2
+        let registrar = NullRegistrar()
+        let cache = RegistrationCache(registrar: registrar, options: options)
+        let buffers = try (0..<2).map { _ in try AnonymousMapping(length: 4096) }
+        let held = try cache.register(buffers[0].bytes, access: .rdma)
+        try cache.register(buffers[1].bytes, access: .rdma).release()  // idle, evictable
+        let shared = try #require(mmap(nil, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0))
+        try #require(shared != MAP_FAILED)
+        defer { munmap(shared, 4096) }
+        let uncached = try cache.register(UnsafeRawBufferPointer(start: shared, count: 4096), access: .rdma)
+        #expect(!Bool(uncached.isCached), "shared memory must not be cached")
+        #expect(cache.statistics.evictions == 0, "room was made for a buffer that is not cached")
+        #expect(cache.statistics.cachedRegions == 2)
+        uncached.release()
+        held.release()
     }
 }
