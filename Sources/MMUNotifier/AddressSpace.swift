@@ -233,8 +233,9 @@ public final class AddressSpace: Sendable {
     /// that is, while changes the kernel already let return may not be invalidated yet. A lookup
     /// of an RCU index of cached translations loads it first and, if it is odd, waits
     /// (`waitWhileWindowOpen`) before it trusts what it finds. Invalidations of known ranges
-    /// (a hook's, an explicit one) need no such wait: they end before the change they announce
-    /// is visible to anyone else. A read-only load.
+    /// (a hook's, an explicit one) need no such wait: they end before the call that made them
+    /// returns, so no lookup that starts after that call can find what they revoked. A
+    /// read-only load.
     @inlinable
     public var openWindowSequence: UInt64 { windowSequence.load(ordering: .acquiring) }
 
@@ -491,30 +492,6 @@ public final class AddressSpace: Sendable {
 
     /// Interval subscriptions in the index (deferred inserts not yet applied are not counted).
     public var intervalCount: Int { intervals.withLock { $0.tree.count } }
-
-    /// Subscriptions overlapping `range` (a query of the index, for tests and diagnostics). The
-    /// result's storage is allocated before the lock is taken, never under it.
-    public func intervals(overlapping range: AddressRange) -> [IntervalSubscription] {
-        if range.isEmpty { return [] }
-        var result: [IntervalSubscription] = []
-        while true {
-            result.reserveCapacity(countIntervals(overlapping: range))
-            let complete = intervals.withLock { s -> Bool in
-                var fits = true
-                IntervalTree.forEachOverlap(s.tree.root, start: range.start, last: range.last) { sub in
-                    guard result.count < result.capacity else {
-                        fits = false
-                        return false
-                    }
-                    result.append(sub)
-                    return true
-                }
-                return fits
-            }
-            if complete { return result }
-            result.removeAll(keepingCapacity: true)  // the tree grew meanwhile: count again
-        }
-    }
 
     /// Number of subscriptions overlapping `range`, without building a list (benchmarks).
     public func countIntervals(overlapping range: AddressRange) -> Int {

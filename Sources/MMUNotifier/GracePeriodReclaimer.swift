@@ -7,7 +7,7 @@ import Synchronization
 ///
 /// Like the kernel's SRCU (which starts a grace period from delayed work), the thread lets a
 /// batch gather for up to `batchDelay` before its grace period: a steady trickle of callbacks
-/// (a cache missing every few microseconds retires a bucket each time) then costs one
+/// (a cache evicting on every miss) then costs one
 /// `membarrier` and one wake-up per batch instead of one per callback. `barrier()` and
 /// `stop()` cut the delay short, and a batch of `batchLimit` callbacks starts at once.
 final class GracePeriodReclaimer: Sendable {
@@ -68,7 +68,7 @@ final class GracePeriodReclaimer: Sendable {
 
     /// Cuts the batching delay of the batch gathering now.
     func expedite() {
-        guard !expedited.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        guard !expedited.load(ordering: .relaxed), !expedited.exchange(true, ordering: .acquiringAndReleasing) else { return }
         state.withLock { $0.expedited = true }
         events.wakeAll()
     }

@@ -135,11 +135,6 @@ open class IntervalSubscription: @unchecked Sendable {
     public final var isRemoved: Bool {
         space.intervals.withLock { _ in membership == .removed || membership == .pendingRemove }
     }
-
-    /// Whether the subscription is in the index or waiting to enter it.
-    public final var isInserted: Bool {
-        space.intervals.withLock { _ in membership == .inTree || membership == .pendingInsert }
-    }
 }
 
 /// The subscription `AddressSpace.insertInterval(_:ops:)` makes: calls its ops.

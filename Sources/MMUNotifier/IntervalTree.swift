@@ -22,7 +22,6 @@ struct IntervalTree {
     private(set) var count = 0
     private var rng: UInt64 = 0x9E37_79B9_7F4A_7C15
 
-    var isEmpty: Bool { count == 0 }
 
     /// Inserts `node` (not in any tree).
     mutating func insert(_ node: Node) {
@@ -48,16 +47,6 @@ struct IntervalTree {
     /// Whether a node overlaps `start...last`.
     func hasOverlap(start: UInt, last: UInt) -> Bool {
         !Self.forEachOverlap(root, start: start, last: last) { _ in false }
-    }
-
-    /// The first node (in key order) overlapping `start...last`, if any (tests).
-    func firstOverlap(start: UInt, last: UInt) -> Node? {
-        var found: Node?
-        Self.forEachOverlap(root, start: start, last: last) { node in
-            found = node
-            return false
-        }
-        return found
     }
 
     /// Calls `body` for each node of the tree rooted at `root` overlapping `start...last`, in key

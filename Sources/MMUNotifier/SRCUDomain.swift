@@ -32,12 +32,7 @@ public final class SRCUDomain: Sendable {
     /// Enters a read section. The token must be given back on the same thread (it is neither
     /// copyable nor `Sendable`); dropping it leaves the section too.
     @inlinable @inline(__always)
-    public func readLock() -> SRCUReadToken {
-        var slot: UnsafeMutableRawPointer?
-        let index = srcu_read_lock_fast(counters.domain, &slot)
-        // srcu_read_lock_fast always sets the slot (it aborts on out-of-memory instead).
-        return SRCUReadToken(slot: slot.unsafelyUnwrapped, index: index)
-    }
+    public func readLock() -> SRCUReadToken { readSide.lock() }
 
     /// Leaves the read section `token` opened.
     @inlinable @inline(__always)

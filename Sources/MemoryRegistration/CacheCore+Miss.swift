@@ -88,8 +88,7 @@ extension CacheCore {
             } catch {
                 if watched { try? monitor?.unwatch(entry.range) }
                 abandon()
-                let verbs = error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)")
-                throw .device(verbs, address: address, length: requested, access: access)
+                throw .device(error, address: address, length: requested, access: access)
             }
             let closed = state.withLock { state -> String?? in  // 5
                 if let reason = state.closedReason { return .some(reason) }
@@ -143,10 +142,8 @@ extension CacheCore {
             counters.uncached.add(1, ordering: .relaxed)
             counters.uncachedRegistered(regions: 1, bytes: length)
             return Registration(address: address, length: length, uncached: region, core: self, reason: reason)
-        } catch let error as VerbsError {
-            throw .device(error, address: address, length: length, access: access)
         } catch {
-            throw .device(VerbsError(call: "ibv_reg_mr", detail: "\(error)"))
+            throw .device(error, address: address, length: length, access: access)
         }
     }
 

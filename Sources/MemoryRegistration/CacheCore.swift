@@ -24,7 +24,7 @@ final class CacheCore: Sendable {
     @usableFromInline let readSide: SRCUReadSide
     /// Where watches go; nil for `Options.monitoring == .explicitOnly`.
     let monitor: MemoryMonitor?
-    @usableFromInline let index: RegionIndex
+    let index: RegionIndex
     let state = Locked(State())
     @usableFromInline let counters = CacheCounters()
     let teardowns = Locked(TeardownLists())
@@ -169,13 +169,19 @@ final class CacheCore: Sendable {
             let published = entry.clockSlot >= 0
             if invalidation.event == .writeProtect, published, !entry.access.needsWritableMemory { return }
             entry.setSequence(sequence)
-            guard published else { return }
-            unpublish(entry, &state)
-            entry.revoked.store(true, ordering: .releasing)
-            counters.invalidations.add(1, ordering: .relaxed)
-            if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
-            retire(entry, evicted: false)
+            if published { revoke(entry, &state) }
         }
+    }
+
+    /// Takes a published entry out of the cache for good (state lock held): no later lookup
+    /// finds it, a holder's `isRevoked` says so, and the index's reference goes after a grace
+    /// period.
+    private func revoke(_ entry: CacheEntry, _ state: inout State) {
+        unpublish(entry, &state)
+        entry.revoked.store(true, ordering: .releasing)
+        counters.invalidations.add(1, ordering: .relaxed)
+        if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+        retire(entry, evicted: false)
     }
 
     // MARK: - Publication (state lock held)
@@ -210,13 +216,7 @@ final class CacheCore: Sendable {
             guard state.closedReason == nil else { return }
             state.closedReason = reason
             isClosed.store(true, ordering: .releasing)
-            while let entry = state.clock.last {
-                unpublish(entry, &state)
-                entry.revoked.store(true, ordering: .releasing)
-                counters.invalidations.add(1, ordering: .relaxed)
-                if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
-                retire(entry, evicted: false)
-            }
+            while let entry = state.clock.last { revoke(entry, &state) }
         }
     }
 

@@ -55,7 +55,8 @@ struct FailedDeregistration: Sendable {
 }
 
 extension CacheCore {
-    /// Queues `entry` (just taken out of the index, state lock held) for after a grace period.
+    /// Queues `entry` (just taken out of the index) for after a grace period: `evicted`, its
+    /// teardown; otherwise the index's reference is dropped then.
     ///
     /// One grace period at a time per cache, for a whole batch: while one runs, retired entries
     /// gather in `pending`; when it ends, they are sealed into the next batch. An entry retired
@@ -120,16 +121,7 @@ extension CacheCore {
             teardownEvents.wakeAll()  // a miss may be waiting for room
             return
         }
-        counters.retiringRegions.add(1, ordering: .relaxed)
-        counters.retiringBytes.add(entry.length, ordering: .relaxed)
-        let reference = EntryReference(entry, retained: false)  // the tree keeps it until the teardown
-        srcu.call { [self] in
-            let entry = reference.entry
-            tearDown(entry)
-            counters.retiringRegions.subtract(1, ordering: .relaxed)
-            counters.retiringBytes.subtract(entry.length, ordering: .relaxed)
-            teardownEvents.wakeAll()
-        }
+        retire(entry, evicted: true)  // the tree keeps it until the teardown
     }
 
     /// Deregisters the region, stops watching its range, removes its subscription. Once. A

@@ -14,7 +14,7 @@ import Synchronization
 /// grace period: removals and most inserts allocate and free nothing.
 ///
 /// `@unchecked Sendable`: a bucket is its header's address. Readers only load its atomics;
-/// writers, serialized by the index, store them; a bucket out of the table travels to the reclaim
+/// writers, serialized by the caller (the cache's state lock), store them; a bucket out of the table travels to the reclaim
 /// thread and back to the writers, and is freed by one writer once, after its grace period.
 struct Bucket: Equatable, @unchecked Sendable {
     let header: UnsafeMutablePointer<BucketHeader>

@@ -7,7 +7,6 @@ import Verbs
 public final class NullRegistrar: MemoryRegistrar {
     private let nextKey = Atomic<UInt32>(1)
     private let live = Atomic<Int>(0)
-    private let deregistered = Atomic<Int>(0)
     /// Deregistrations to refuse (tests of a device that fails `ibv_dereg_mr`).
     private let refusals = Atomic<Int>(0)
     /// One bit per key handed out: set while registered (keys are sequential, so a bit array).

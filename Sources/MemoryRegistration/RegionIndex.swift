@@ -12,15 +12,16 @@ import Synchronization
 ///
 /// Writers (insert, remove) fill or clear slots in place (see
 /// `Bucket`); a full bucket is replaced by a larger copy, the table by a larger one, and what
-/// they replace is freed through the SRCU domain's `call`, after every reader that could still
-/// see it has left. An entry itself must outlive every reader that could load its address: the
+/// they replace is freed only after every reader that could still see it has left (replaced
+/// buckets in batches, one grace period each, freed by a later insert; tables through the SRCU
+/// domain's `call`). An entry itself must outlive every reader that could load its address: the
 /// cache frees an entry only a grace period after it left the index.
 ///
 /// Writers must be serialized by the caller: the cache inserts and removes only under its state
 /// lock (a lock of the index's own, nested in it, cost every miss a second lock for nothing).
-public final class RegionIndex: Sendable {
+final class RegionIndex: Sendable {
     /// `log2` of the granule size.
-    public let granuleShift: Int
+    let granuleShift: Int
     let srcu: SRCUDomain
     /// The current table (`Unmanaged<GranuleTable>` bits); replaced only by writers.
     private let table: Atomic<UInt>
@@ -39,7 +40,7 @@ public final class RegionIndex: Sendable {
         var inFlight = false
     }
 
-    public init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
+    init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
         self.srcu = srcu
         self.granuleShift = granuleShift
         let first = GranuleTable(capacity: max(16, initialCapacity.nextPowerOfTwo))
@@ -118,7 +119,7 @@ public final class RegionIndex: Sendable {
     }
 
     /// Entries in the index (each counted once).
-    public var count: Int {
+    var count: Int {
         var entries = Set<UInt>()
         withCurrentTable { table in
             table.forEachBucket { bucket in

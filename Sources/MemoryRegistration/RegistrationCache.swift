@@ -15,7 +15,8 @@ import Verbs
 ///
 /// Every cache in a process shares the process's address space and its one userfaultfd monitor
 /// (`AddressSpace.process`, `MemoryMonitor.shared`): two caches over two protection domains
-/// both cache and both see every unmap. A cache owns no thread; dropping the last reference to
+/// both cache and both see every unmap. A cache owns no thread of the engine's (a cache over a
+/// protection domain runs one for the device's async events); dropping the last reference to
 /// it shuts it down (everything nobody holds is deregistered; held registrations are
 /// deregistered when released).
 ///

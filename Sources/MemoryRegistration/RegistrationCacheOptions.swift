@@ -26,7 +26,9 @@ extension RegistrationCache {
         }
 
         public var monitoring: Monitoring = .userfaultfd
-        /// Cached regions at most; nil: half the device's `max_mr`, at most 10^6.
+        /// Regions registered with the device at most: cached ones, and those taken out of the
+        /// cache that still wait for their teardown or their last holder; nil: half the device's
+        /// `max_mr`, at most 10^6.
         public var maxRegions: Int? = nil
         /// Pinned bytes at most (cached, revoked-but-held included); nil: three quarters of
         /// RLIMIT_MEMLOCK when it is finite and the process is not root (root may pin beyond

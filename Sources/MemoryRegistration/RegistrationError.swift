@@ -6,9 +6,11 @@ import Verbs
 /// `VerbsError` (call, argument, errno) underneath.
 public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The error for a device refusal of `[address, address + length)` with `access`: the typed
-    /// read-only case where the kernel refused write access to read-only memory.
-    static func device(_ error: VerbsError, address: UInt, length: Int, access: AccessFlags) -> RegistrationError {
-        error.isWriteToReadOnlyMemory ? .readOnlyMemory(address: address, length: length, access: access) : .device(error)
+    /// read-only case where the kernel refused write access to read-only memory. A registrar's
+    /// error that is not a `VerbsError` is carried as one of `ibv_reg_mr`.
+    static func device(_ error: any Error, address: UInt, length: Int, access: AccessFlags) -> RegistrationError {
+        let verbs = error as? VerbsError ?? VerbsError(call: "ibv_reg_mr", detail: "\(error)")
+        return verbs.isWriteToReadOnlyMemory ? .readOnlyMemory(address: address, length: length, access: access) : .device(verbs)
     }
 
     /// `register(address:length:)` got an unusable range.

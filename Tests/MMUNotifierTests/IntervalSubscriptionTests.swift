@@ -303,12 +303,17 @@ struct IntervalTreeTests {
         }
         #expect(tree.count == live.count)
         for sub in live { tree.remove(sub) }
-        #expect(tree.isEmpty && tree.root == nil)
+        #expect(tree.count == 0 && tree.root == nil)
         var top = IntervalTree()
         let high = try IntervalSubscription(space: space, range: AddressRange(start: UInt.max - 10, last: UInt.max))
         top.insert(high)
-        #expect(top.firstOverlap(start: UInt.max, last: UInt.max) === high)
-        #expect(top.firstOverlap(start: 0, last: UInt.max - 11) == nil)
+        func overlaps(_ start: UInt, _ last: UInt) -> [IntervalSubscription] {
+            var found: [IntervalSubscription] = []
+            IntervalTree.forEachOverlap(top.root, start: start, last: last) { found.append($0); return true }
+            return found
+        }
+        #expect(overlaps(UInt.max, UInt.max).count == 1 && overlaps(UInt.max, UInt.max).first === high)
+        #expect(overlaps(0, UInt.max - 11).isEmpty)
         top.remove(high)
     }
 }
