@@ -129,8 +129,10 @@ final class MonitorThreads: Sendable {
     }
 
     private func takeInjected(_ failure: InjectedFailure) -> Bool {
-        injected.compareExchange(expected: failure.rawValue, desired: InjectedFailure.none.rawValue,
-                                 ordering: .acquiringAndReleasing).exchanged
+        // A load first: the reader asks on every wake-up, and a failure is almost never injected.
+        injected.load(ordering: .relaxed) == failure.rawValue
+            && injected.compareExchange(expected: failure.rawValue, desired: InjectedFailure.none.rawValue,
+                                        ordering: .acquiringAndReleasing).exchanged
     }
 
     /// The monitor stops monitoring for good (once). A window opens first, so that lookups
