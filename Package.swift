@@ -10,13 +10,15 @@ let package = Package(
         .library(name: "RDMAMemory", targets: ["RDMAMemory"]),
         .library(name: "Verbs", targets: ["Verbs"]),
         .library(name: "MMUNotifier", targets: ["MMUNotifier"]),
+        // What a C program loads (or LD_PRELOADs) to make RDMAMemory libfabric's memory monitor.
+        .library(name: "RDMAMemoryLibfabric", type: .dynamic, targets: ["RDMAMemoryLibfabric"]),
         .executable(name: "stale-registration", targets: ["StaleRegistration"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // libibverbs + librdmacm as a system library (Debian: libibverbs-dev, librdmacm-dev).
@@ -48,6 +50,9 @@ let package = Package(
             name: "MemoryRegistration",
             dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", "CShims", .product(name: "Metrics", package: "swift-metrics")]
         ),
+        // libfabric's fid_mem_monitor, its import and the preload constructor (Debian: libfabric-dev).
+        .target(name: "CLibfabricMonitor", linkerSettings: [.linkedLibrary("fabric")]),
+        .target(name: "RDMAMemoryLibfabric", dependencies: ["CLibfabricMonitor", "MMUNotifier", "MemoryMonitor"]),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
 
         .executableTarget(
@@ -86,6 +91,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping", "SharedTestSupport"]),
+        .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "MMUNotifier", "MemoryMonitor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
     ],
     swiftLanguageModes: [.v6]

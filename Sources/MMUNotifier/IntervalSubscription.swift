@@ -111,6 +111,19 @@ open class IntervalSubscription: @unchecked Sendable {
         }
     }
 
+    /// `readBegin` for a caller that must not wait: the same sequence when `readBegin` would
+    /// return at once, nil when it would wait (an invalidation that covers this subscription,
+    /// or one that began before it was inserted, or a monitor's window, is in flight). For
+    /// callers holding a lock an invalidate callback takes, which `readBegin` forbids: a
+    /// foreign cache asking under its own lock (libfabric's `subscribe` runs under its mm_lock,
+    /// which its `notify`, called from these callbacks, takes too).
+    public final func tryReadBegin() -> UInt64? {
+        space.intervals.withLock { s in
+            let mine = sequence.load(ordering: .relaxed)
+            return mine == s.sequence || s.openWindows > 0 ? nil : mine
+        }
+    }
+
     /// True when an invalidation touched this subscription since `readBegin` returned `seq`:
     /// the caller must discard what it built. Call it under the lock the invalidate callback
     /// takes around `setSequence`; then a false answer holds until that lock is released.

@@ -1,0 +1,199 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MMUNotifier
+import MemoryMonitor
+import Synchronization
+
+/// RDMAMemory as libfabric's memory monitor (`struct fid_mem_monitor`, `rdma/fi_ext.h`): what
+/// libfabric's registration cache asks (`subscribe`, `unsubscribe`, `valid`) answered from the
+/// process's one engine and monitor, and every invalidation of a subscribed range passed on
+/// to libfabric's `notify`.
+///
+/// - `subscribe(range)` watches the range. Memory the monitor cannot watch (shared or file
+///   memory, a range owned by another userfaultfd, no userfaultfd at all) is refused, and
+///   libfabric then registers it uncached. Otherwise an interval subscription is inserted and
+///   its sequence taken without waiting (`tryReadBegin`): a subscription made while an
+///   invalidation is in flight, which may not reach it, never becomes valid.
+/// - `valid(range)` is the sequence protocol's retry test: false once an invalidation touched
+///   the range since it was subscribed, or while a monitor window is open (an unmap that
+///   already returned may not be invalidated yet). So a hit racing an event is never stale.
+/// - An invalidation sets the subscription's sequence, removes its record, then calls
+///   `notify`, which uncaches libfabric's entries there.
+///
+/// Why it cannot deadlock. libfabric calls `subscribe`, `unsubscribe` and `valid` holding its
+/// `mm_lock`, and its `notify` takes `mm_lock`. Invalidations run in an unmapping thread (the
+/// hooks), the monitor's worker (userfaultfd events) or an explicit caller, and call `notify`
+/// from there. So nothing done under `mm_lock` may wait for an invalidation to finish:
+/// - the three calls take only `records` (a short lock never held across `notify`, a wait or
+///   a call into libfabric) and the engine's and monitor's internal locks, which no
+///   invalidation holds while it runs callbacks;
+/// - no `readBegin`: `tryReadBegin` and `valid` answer "not valid" instead of waiting;
+/// - inserting a subscription during an invalidation is deferred by the engine, not waited for;
+/// - removing one (`unsubscribe`, or the record an invalidation dropped) and the matching
+///   unwatch are queued to the engine's reclaim thread (`call(afterGracePeriod:)`), which
+///   holds no libfabric lock while it waits for an invalidation in flight. So `unsubscribe`
+///   from inside `notify` (under `mm_lock`, inside our callback) neither waits nor recurses.
+/// The one lock-order rule left is libfabric's own: it must not unmap or free watched memory
+/// while holding `mm_lock` (it does not: its cache frees regions after dropping the lock).
+///
+/// What it cannot close: libfabric registers a region before it subscribes it, so a change
+/// between its `ibv_reg_mr` and its `subscribe` is not seen (its cache has the same gap with
+/// every monitor). A range libfabric evicts without unsubscribing (1.17 never unsubscribes)
+/// stays watched until its memory changes.
+final class LibfabricMonitor: Sendable {
+    let space: AddressSpace
+    private let watcher: any RangeWatcher
+    /// libfabric's notify (the C half's `rdmamemory_lf_notify`, a fake in tests).
+    private let notify: @Sendable (AddressRange) -> Void
+    private let records = Mutex<[RangeKey: Record]>([:])
+    let counters = Counters()
+
+    /// The ranges libfabric subscribed, by exact range (libfabric passes the same address and
+    /// length to `valid` and `unsubscribe` as to `subscribe`).
+    struct RangeKey: Hashable {
+        let start: UInt
+        let length: UInt
+    }
+
+    struct Record {
+        let subscription: LibfabricSubscription
+        /// Subscribe calls not yet undone (each watched the range once).
+        var subscribers: Int
+        /// The sequence taken right after insertion; nil while it is being inserted, and
+        /// for good when an invalidation was in flight then.
+        var sequence: UInt64?
+    }
+
+    final class Counters: Sendable {
+        let subscribed = Atomic<UInt64>(0)
+        let refused = Atomic<UInt64>(0)
+        let unsubscribed = Atomic<UInt64>(0)
+        let valid = Atomic<UInt64>(0)
+        let invalid = Atomic<UInt64>(0)
+        let notified = Atomic<UInt64>(0)
+    }
+
+    init(space: AddressSpace, watcher: any RangeWatcher, notify: @escaping @Sendable (AddressRange) -> Void) {
+        self.space = space
+        self.watcher = watcher
+        self.notify = notify
+    }
+
+    /// libfabric's `subscribe`: 0, or a negative errno meaning "do not cache this range".
+    func subscribe(start: UInt, length: UInt) -> Int32 {
+        guard length > 0, let range = try? AddressRange(start: start, length: length) else {
+            counters.refused.add(1, ordering: .relaxed)
+            return -EINVAL
+        }
+        if case .uncached = watcher.watch(range) {
+            counters.refused.add(1, ordering: .relaxed)
+            return -EPERM
+        }
+        let key = RangeKey(start: start, length: length)
+        guard let fresh = try? LibfabricSubscription(range: range, owner: self) else {
+            watcher.unwatch(range)
+            counters.refused.add(1, ordering: .relaxed)
+            return -EINVAL
+        }
+        // Recorded before it is inserted: an invalidation from the insert on finds the record.
+        let isNew = records.withLock { table -> Bool in
+            if table[key] != nil {
+                table[key]?.subscribers += 1
+                return false
+            }
+            table[key] = Record(subscription: fresh, subscribers: 1, sequence: nil)
+            return true
+        }
+        counters.subscribed.add(1, ordering: .relaxed)
+        if !isNew { return 0 }
+        do {
+            try space.insertInterval(fresh)
+        } catch {
+            let count = records.withLock { table -> Int in
+                guard table[key]?.subscription === fresh else { return 0 }
+                return table.removeValue(forKey: key)?.subscribers ?? 0
+            }
+            for _ in 0..<count { watcher.unwatch(range) }
+            counters.subscribed.subtract(1, ordering: .relaxed)
+            counters.refused.add(1, ordering: .relaxed)
+            return -ESHUTDOWN
+        }
+        let sequence = fresh.tryReadBegin()
+        records.withLock { table in
+            if table[key]?.subscription === fresh { table[key]?.sequence = sequence }
+        }
+        return 0
+    }
+
+    /// libfabric's `valid`, on every cache hit: true only if no invalidation touched the range
+    /// since it was subscribed and none may be pending.
+    func isValid(start: UInt, length: UInt) -> Bool {
+        let key = RangeKey(start: start, length: length)
+        let current = records.withLock { table -> Bool in
+            // Under the lock the invalidation takes after setSequence: a true answer holds
+            // until the lock is dropped (the readRetry rule).
+            guard let record = table[key], let sequence = record.sequence else { return false }
+            return !record.subscription.readRetry(sequence)
+        }
+        let valid = current && space.openWindowSequence & 1 == 0
+        if valid { counters.valid.add(1, ordering: .relaxed) } else { counters.invalid.add(1, ordering: .relaxed) }
+        return valid
+    }
+
+    /// libfabric's `unsubscribe`: undoes one `subscribe`. Never waits (see the type's comment);
+    /// the removal and unwatch happen on the reclaim thread.
+    func unsubscribe(start: UInt, length: UInt) {
+        let key = RangeKey(start: start, length: length)
+        let found = records.withLock { table -> (LibfabricSubscription, last: Bool)? in
+            guard var record = table[key] else { return nil }
+            record.subscribers -= 1
+            if record.subscribers > 0 {
+                table[key] = record
+                return (record.subscription, false)
+            }
+            table.removeValue(forKey: key)
+            return (record.subscription, true)
+        }
+        guard let (subscription, last) = found else { return }
+        counters.unsubscribed.add(1, ordering: .relaxed)
+        retire(subscription, unwatching: 1, remove: last)
+    }
+
+    /// The subscription's invalidation: drop its record (so `valid` answers false from now on
+    /// whatever the sequence says), then notify libfabric, with no lock held.
+    func invalidated(_ subscription: LibfabricSubscription) {
+        let key = RangeKey(start: subscription.range.start, length: subscription.range.length ?? 0)
+        let subscribers = records.withLock { table -> Int? in
+            guard table[key]?.subscription === subscription else { return nil }
+            return table.removeValue(forKey: key)?.subscribers
+        }
+        guard let subscribers else { return }  // unsubscribed already: libfabric holds nothing here
+        retire(subscription, unwatching: subscribers, remove: true)
+        counters.notified.add(1, ordering: .relaxed)
+        notify(subscription.range)
+    }
+
+    /// libfabric's `stop` (its last cache closed): every record is retired.
+    func stop() {
+        let all = records.withLock { table -> [Record] in
+            defer { table.removeAll() }
+            return Array(table.values)
+        }
+        for record in all { retire(record.subscription, unwatching: record.subscribers, remove: true) }
+    }
+
+    /// Number of ranges subscribed now (tests).
+    var subscriptionCount: Int { records.withLock { $0.count } }
+
+    /// Removes the subscription and undoes its watches after a grace period, on the reclaim
+    /// thread: never in a libfabric call or a callback (removal may wait for an invalidation
+    /// in flight, and that one may be waiting for libfabric's lock).
+    private func retire(_ subscription: LibfabricSubscription, unwatching count: Int, remove: Bool) {
+        let watcher = watcher
+        space.srcu.call(afterGracePeriod: {
+            if remove { try? subscription.remove() }
+            for _ in 0..<count { watcher.unwatch(subscription.range) }
+        })
+    }
+}
