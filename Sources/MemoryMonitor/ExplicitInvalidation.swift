@@ -33,7 +33,7 @@ public enum InvalidationCause: Sendable, Hashable {
 /// Call `invalidate` *after* the change and before the memory is handed to anyone else: when
 /// it returns, every lookup that starts later sees the invalidation (the engine's sequence
 /// turned odd and even again, and every overlapping subscriber was called). For a change you
-/// are about to make, `invalidateBefore(range:cause:change:)` keeps lookups waiting across it.
+/// are about to make, `invalidateAround(_:cause:change:)` keeps lookups waiting across it.
 public struct ExplicitInvalidator: Sendable {
     public let space: AddressSpace
 

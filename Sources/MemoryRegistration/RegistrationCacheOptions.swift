@@ -46,8 +46,11 @@ extension RegistrationCache {
         /// cached region would then keep the old pages, so RDMA would silently miss the memory.
         ///
         /// Risk of `true`: correct only if this process owns the memory alone and calls
-        /// `invalidate(address:length:)` before every truncation, hole punch or replacement of
-        /// its pages, by anyone. A forgotten call is a stale region: data lost without an error.
+        /// `invalidate(address:length:)` after every truncation, hole punch or replacement of its
+        /// pages, by anyone, before the memory is used for RDMA again (a call made before the
+        /// change lets a miss in between register the old pages; `ExplicitInvalidator`'s
+        /// `invalidateAround` covers both sides). A forgotten call is a stale region: data lost
+        /// without an error.
         public var cachesSharedMemory = false
 
         public init() {}
