@@ -14,10 +14,11 @@ import Synchronization
 ///   memory, a range owned by another userfaultfd, no userfaultfd at all) is refused, and
 ///   libfabric then registers it uncached. Otherwise an interval subscription is inserted and
 ///   its sequence taken without waiting (`tryReadBegin`): a subscription made while an
-///   invalidation is in flight, which may not reach it, never becomes valid.
+///   invalidation is in flight, which may not reach it, is refused too.
 /// - `valid(range)` is the sequence protocol's retry test: false once an invalidation touched
 ///   the range since it was subscribed, or while a monitor window is open (an unmap that
-///   already returned may not be invalidated yet). So a hit racing an event is never stale.
+///   already returned may not be invalidated yet). So a hit racing an event is never stale;
+///   when nothing is in flight it is a few loads (see `isValid`).
 /// - An invalidation sets the subscription's sequence, removes its record, then calls
 ///   `notify`, which uncaches libfabric's entries there.
 ///
@@ -47,6 +48,10 @@ final class LibfabricMonitor: Sendable {
     /// libfabric's notify (the C half's `rdmamemory_lf_notify`, a fake in tests).
     private let notify: @Sendable (AddressRange) -> Void
     private let records = Mutex<[RangeKey: Record]>([:])
+    /// Bumped by every invalidation of a subscribed range before it sets the sequence, and by
+    /// every record taken out: a range `confirmed` at the current epoch is still current.
+    private let epoch = Atomic<UInt64>(0)
+    private let confirmed = (0..<ConfirmedRange.slots).map { _ in ConfirmedRange() }
     let counters = Counters()
 
     /// The ranges libfabric subscribed, by exact range (libfabric passes the same address and
@@ -60,8 +65,7 @@ final class LibfabricMonitor: Sendable {
         let subscription: LibfabricSubscription
         /// Subscribe calls not yet undone (each watched the range once).
         var subscribers: Int
-        /// The sequence taken right after insertion; nil while it is being inserted, and
-        /// for good when an invalidation was in flight then.
+        /// The sequence taken right after insertion; nil only while `subscribe` inserts it.
         var sequence: UInt64?
     }
 
@@ -72,6 +76,12 @@ final class LibfabricMonitor: Sendable {
         let valid = Atomic<UInt64>(0)
         let invalid = Atomic<UInt64>(0)
         let notified = Atomic<UInt64>(0)
+
+        /// libfabric calls `valid` under its mm_lock, one caller at a time: a plain increment
+        /// (no read-modify-write on the hit path).
+        static func bump(_ counter: borrowing Atomic<UInt64>) {
+            counter.store(counter.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+        }
     }
 
     init(space: AddressSpace, watcher: any RangeWatcher, notify: @escaping @Sendable (AddressRange) -> Void) {
@@ -105,39 +115,75 @@ final class LibfabricMonitor: Sendable {
             table[key] = Record(subscription: fresh, subscribers: 1, sequence: nil)
             return true
         }
-        counters.subscribed.add(1, ordering: .relaxed)
-        if !isNew { return 0 }
+        if !isNew {
+            counters.subscribed.add(1, ordering: .relaxed)
+            return 0
+        }
+        let inserted: Bool
         do {
             try space.insertInterval(fresh)
+            inserted = true
         } catch {
-            let count = records.withLock { table -> Int in
-                guard table[key]?.subscription === fresh else { return 0 }
-                return table.removeValue(forKey: key)?.subscribers ?? 0
+            inserted = false
+        }
+        // An invalidation in flight may never reach a subscription inserted now (the engine
+        // defers the insert to its end), and the region was registered before: refused, so
+        // libfabric uses it once and registers again next time.
+        let sequence = inserted ? fresh.tryReadBegin() : nil
+        // nil: kept. A count: refused, and these watches are ours to undo. Gone: an invalidation
+        // took the record (and its watches) already, and its notify is on its way.
+        enum Outcome { case kept, refused(Int), invalidated }
+        let outcome = records.withLock { table -> Outcome in
+            guard table[key]?.subscription === fresh else { return .invalidated }
+            if let sequence {
+                table[key]?.sequence = sequence
+                return .kept
             }
-            for _ in 0..<count { watcher.unwatch(range) }
-            counters.subscribed.subtract(1, ordering: .relaxed)
-            counters.refused.add(1, ordering: .relaxed)
-            return -ESHUTDOWN
+            return .refused(table.removeValue(forKey: key)?.subscribers ?? 1)
         }
-        let sequence = fresh.tryReadBegin()
-        records.withLock { table in
-            if table[key]?.subscription === fresh { table[key]?.sequence = sequence }
+        switch outcome {
+        case .kept:
+            counters.subscribed.add(1, ordering: .relaxed)
+            return 0
+        case .refused(let watches):
+            retire(fresh, unwatching: watches, remove: inserted)
+        case .invalidated:
+            break
         }
-        return 0
+        counters.refused.add(1, ordering: .relaxed)
+        return inserted ? -EAGAIN : -ESHUTDOWN
     }
 
     /// libfabric's `valid`, on every cache hit: true only if no invalidation touched the range
     /// since it was subscribed and none may be pending.
+    ///
+    /// A hit must cost what libfabric's own does (its `valid` is a no-op), so the answer is
+    /// first asked of `confirmed`: a slot that says "this range was current at epoch E". The
+    /// epoch counts every invalidation of any subscribed range (bumped before its sequence),
+    /// so while it is still E nothing can have touched the range: a few loads, no lock, no
+    /// hash. Otherwise the record's sequence is checked under `records` and the slot refilled.
     func isValid(start: UInt, length: UInt) -> Bool {
-        let key = RangeKey(start: start, length: length)
-        let current = records.withLock { table -> Bool in
-            // Under the lock the invalidation takes after setSequence: a true answer holds
-            // until the lock is dropped (the readRetry rule).
-            guard let record = table[key], let sequence = record.sequence else { return false }
-            return !record.subscription.readRetry(sequence)
+        let valid: Bool
+        if space.openWindowSequence & 1 == 1 {
+            valid = false
+        } else {
+            let slot = confirmed[ConfirmedRange.slot(start)]
+            let epochNow = epoch.load(ordering: .acquiring)
+            if slot.confirms(start: start, length: length, epoch: epochNow) {
+                valid = true
+            } else {
+                let key = RangeKey(start: start, length: length)
+                valid = records.withLock { table -> Bool in
+                    // Under the lock the invalidation takes after setSequence: a true answer
+                    // holds until the lock is dropped (the readRetry rule).
+                    guard let record = table[key], let sequence = record.sequence,
+                          !record.subscription.readRetry(sequence) else { return false }
+                    slot.record(start: start, length: length, epoch: epochNow)
+                    return true
+                }
+            }
         }
-        let valid = current && space.openWindowSequence & 1 == 0
-        if valid { counters.valid.add(1, ordering: .relaxed) } else { counters.invalid.add(1, ordering: .relaxed) }
+        if valid { Counters.bump(counters.valid) } else { Counters.bump(counters.invalid) }
         return valid
     }
 
@@ -153,6 +199,7 @@ final class LibfabricMonitor: Sendable {
                 return (record.subscription, false)
             }
             table.removeValue(forKey: key)
+            epoch.add(1, ordering: .releasing)
             return (record.subscription, true)
         }
         guard let (subscription, last) = found else { return }
@@ -160,8 +207,12 @@ final class LibfabricMonitor: Sendable {
         retire(subscription, unwatching: 1, remove: last)
     }
 
-    /// The subscription's invalidation: drop its record (so `valid` answers false from now on
-    /// whatever the sequence says), then notify libfabric, with no lock held.
+    /// The subscription's invalidation, called before it sets the sequence: every confirmed
+    /// range is suspect from now on.
+    func invalidationStarts() { epoch.add(1, ordering: .sequentiallyConsistent) }
+
+    /// The rest of it, after the sequence was set: drop its record (so `valid` answers false
+    /// from now on), then notify libfabric, with no lock held.
     func invalidated(_ subscription: LibfabricSubscription) {
         let key = RangeKey(start: subscription.range.start, length: subscription.range.length ?? 0)
         let subscribers = records.withLock { table -> Int? in
@@ -177,7 +228,10 @@ final class LibfabricMonitor: Sendable {
     /// libfabric's `stop` (its last cache closed): every record is retired.
     func stop() {
         let all = records.withLock { table -> [Record] in
-            defer { table.removeAll() }
+            defer {
+                table.removeAll()
+                epoch.add(1, ordering: .releasing)
+            }
             return Array(table.values)
         }
         for record in all { retire(record.subscription, unwatching: record.subscribers, remove: true) }

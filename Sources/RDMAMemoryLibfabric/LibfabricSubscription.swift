@@ -11,9 +11,11 @@ final class LibfabricSubscription: IntervalSubscription, @unchecked Sendable {
         try super.init(space: owner.space, range: range)
     }
 
-    /// Sets the sequence first (a `valid` between this and the monitor's bookkeeping already
-    /// answers false), then lets the monitor drop the record and notify libfabric.
+    /// Counts itself as notifying and sets the sequence first (a `valid` between this and the
+    /// monitor's bookkeeping already answers false), then lets the monitor drop the record and
+    /// notify libfabric.
     override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
+        owner.invalidationStarts()
         setSequence(currentSequence)
         owner.invalidated(self)
         return true

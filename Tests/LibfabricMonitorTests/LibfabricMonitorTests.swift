@@ -110,14 +110,44 @@ struct LibfabricMonitorTests {
     }
 
     /// An invalidation in flight when libfabric subscribes may not reach the new subscription
-    /// (the engine defers its insert): it must never count as valid.
-    @Test func aSubscriptionMadeDuringAnInvalidationIsNeverValid() throws {
+    /// (the engine defers its insert), and the region was registered before: refused (libfabric
+    /// uses it once, uncached), never valid, and nothing stays subscribed or watched.
+    @Test func aSubscriptionMadeDuringAnInvalidationIsRefused() throws {
         let f = Fixture()
         let start: UInt = 0x20_0000, length: UInt = 4 * Self.page
         let inFlight = try f.space.invalidateRangeStart(try Self.range(start, length), event: .unmap)
-        #expect(f.monitor.subscribe(start: start, length: length) == 0)
+        #expect(f.monitor.subscribe(start: start, length: length) == -EAGAIN)
         #expect(!f.monitor.isValid(start: start, length: length))
         inFlight.end()
+        #expect(!f.monitor.isValid(start: start, length: length))
+        try f.settle()
+        #expect(f.monitor.subscriptionCount == 0)
+        #expect(f.space.intervalCount == 0)
+        #expect(f.watcher.watches.load(ordering: .relaxed) == f.watcher.unwatches.load(ordering: .relaxed))
+        // Once it ended, the same range subscribes and is valid.
+        #expect(f.monitor.subscribe(start: start, length: length) == 0)
+        #expect(f.monitor.isValid(start: start, length: length))
+    }
+
+    /// The memo of confirmed ranges never outlives a change: a range confirmed (so the next hit
+    /// takes the lock-free path) is invalid right after an invalidation of it, and one
+    /// confirmed range does not vouch for another in the same slot.
+    @Test func aConfirmedRangeIsForgottenByTheNextInvalidation() throws {
+        let f = Fixture()
+        let start: UInt = 0x60_0000, length: UInt = Self.page
+        #expect(f.monitor.subscribe(start: start, length: length) == 0)
+        #expect(f.monitor.isValid(start: start, length: length))  // confirmed under the lock
+        #expect(f.monitor.isValid(start: start, length: length))  // from the memo
+        #expect(!f.monitor.isValid(start: start, length: 2 * length))  // another range: not subscribed
+        f.space.invalidate(try Self.range(start, length), event: .remove)
+        #expect(!f.monitor.isValid(start: start, length: length))
+        // An invalidation elsewhere sends the next hit back to the record, which still holds.
+        let other: UInt = 0x70_0000
+        #expect(f.monitor.subscribe(start: other, length: length) == 0)
+        #expect(f.monitor.isValid(start: other, length: length))
+        #expect(f.monitor.subscribe(start: start, length: length) == 0)
+        f.space.invalidate(try Self.range(start, length), event: .unmap)
+        #expect(f.monitor.isValid(start: other, length: length))
         #expect(!f.monitor.isValid(start: start, length: length))
     }
 
