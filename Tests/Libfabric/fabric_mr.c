@@ -12,6 +12,8 @@
  *                              do not finish in time (a deadlock).
  *   fabric_mr bench            a cached fi_mr_reg + fi_close on a hit, and a watched 64 KiB
  *                              munmap: medians.
+ *   fabric_mr late-import      (the -DRDMAMEMORY_CALL build) the import after a domain opened:
+ *                              exit 0 if it failed with -FI_EBUSY and said why.
  *
  * The monitor is libfabric's (FI_MR_CACHE_MONITOR=memhooks|userfaultfd), or RDMAMemory's:
  * preloaded (scripts/with-rdmamemory), or, built with -DRDMAMEMORY_CALL, imported by
@@ -450,9 +452,20 @@ static int run_bench(void) {
     return 0;
 }
 
+#ifdef RDMAMEMORY_CALL
+/* The import after a domain is open: libfabric refuses it; the call must say so, not crash. */
+static int run_late_import(void) {
+    connect_loopback();
+    int ret = rdmamemory_libfabric_import();
+    printf("late import: %d (%s): %s\n", ret, ret ? fi_strerror(-ret) : "success", rdmamemory_libfabric_error());
+    return ret == -FI_EBUSY && strstr(rdmamemory_libfabric_error(), "before the first fi_domain") ? 0 : 1;
+}
+#endif
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
 #ifdef RDMAMEMORY_CALL
+    if (argc > 1 && !strcmp(argv[1], "late-import")) return run_late_import();
     if (rdmamemory_libfabric_import() != 0) {
         fprintf(stderr, "fabric_mr: rdmamemory_libfabric_import: %s\n", rdmamemory_libfabric_error());
         return 2;
