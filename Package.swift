@@ -13,6 +13,8 @@ let package = Package(
         // What a C program loads (or LD_PRELOADs) to make RDMAMemory libfabric's memory monitor.
         .library(name: "RDMAMemoryLibfabric", type: .dynamic, targets: ["RDMAMemoryLibfabric"]),
         .executable(name: "stale-registration", targets: ["StaleRegistration"]),
+        // `rdmamemory info`: devices, ODP, how invalidations reach this process, limits.
+        .executable(name: "rdmamemory", targets: ["RDMAMemoryTool"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
@@ -61,6 +63,13 @@ let package = Package(
             path: "Examples/StaleRegistration"
         ),
         .executableTarget(
+            name: "RDMAMemoryTool",
+            dependencies: [
+                "Verbs", "MemoryMonitor", "MemoryRegistration",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
             name: "EngineBenchmark", dependencies: ["MMUNotifier", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"
         ),
         .executableTarget(
@@ -93,6 +102,7 @@ let package = Package(
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping", "SharedTestSupport"]),
         .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "MMUNotifier", "MemoryMonitor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
+        .testTarget(name: "RDMAMemoryToolTests", dependencies: ["RDMAMemoryTool", "Verbs"]),
     ],
     swiftLanguageModes: [.v6]
 )

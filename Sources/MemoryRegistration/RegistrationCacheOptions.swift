@@ -56,11 +56,41 @@ extension RegistrationCache {
         public init() {}
     }
 
+    /// The limits a cache with `options` would hold over a device with these limits, in this
+    /// process (its RLIMIT_MEMLOCK and whether it is root), and what bounds the pinned bytes: what
+    /// `rdmamemory info` shows, so a user can see why a cache evicts before they guess.
+    public struct ResolvedLimits: Sendable, Equatable {
+        /// What decided `maxPinnedBytes`.
+        public enum PinnedBytesBound: Sendable, Equatable {
+            /// `Options.maxPinnedBytes`.
+            case option
+            /// Three quarters of RLIMIT_MEMLOCK's soft limit (a process that is not root).
+            case memlock(softLimit: UInt64)
+            /// The device's `max_mr_size` (root, or an unlimited RLIMIT_MEMLOCK).
+            case device
+        }
+
+        public var maxRegions: Int
+        public var maxPinnedBytes: Int
+        public var pinnedBytesBound: PinnedBytesBound
+    }
+
+    /// The limits a cache created now with `options` would use over a device whose largest region
+    /// is `maxRegionBytes` and that holds `maxRegions` regions (`ibv_device_attr.max_mr_size`,
+    /// `max_mr`).
+    public static func resolvedLimits(options: Options = .init(), deviceMaxRegionBytes: UInt64,
+                                      deviceMaxRegions: Int) -> ResolvedLimits {
+        let limits = Limits(options, device: (deviceMaxRegionBytes, deviceMaxRegions))
+        return ResolvedLimits(maxRegions: limits.maxRegions, maxPinnedBytes: limits.maxPinnedBytes,
+                              pinnedBytesBound: limits.pinnedBytesBound)
+    }
+
     /// The limits in force, from the options and the device, and the slack eviction keeps free
     /// below each (1/8: see `CacheCore.makeRoom`).
     struct Limits: Sendable {
         var maxRegions: Int
         var maxPinnedBytes: Int
+        var pinnedBytesBound: ResolvedLimits.PinnedBytesBound
         var regionSlack: Int { maxRegions / 8 }
         var byteSlack: Int { maxPinnedBytes / 8 }
 
@@ -74,9 +104,12 @@ extension RegistrationCache {
             maxRegions = max(1, options.maxRegions ?? min(1_000_000, max(1, device.maxRegions / 2)))
             if let bytes = options.maxPinnedBytes {
                 maxPinnedBytes = max(1, bytes)
+                pinnedBytesBound = .option
             } else {
                 let bounded = root ? Int.max : memlock.map { Int(clamping: $0 / 4 * 3) } ?? Int.max
-                maxPinnedBytes = max(1, min(bounded, Int(clamping: device.maxRegionBytes)))
+                let deviceBound = Int(clamping: device.maxRegionBytes)
+                maxPinnedBytes = max(1, min(bounded, deviceBound))
+                pinnedBytesBound = if let memlock, bounded < deviceBound { .memlock(softLimit: memlock) } else { .device }
             }
         }
 

@@ -41,10 +41,21 @@ public struct PortAttributes: Sendable, Hashable {
     public var state: State
     /// The active path MTU (`IBV_MTU_*`), what a connection should use.
     public var activeMTU: ibv_mtu
+    /// The active path MTU in bytes (256 to 4096), or nil for a value verbs does not define.
+    public var activeMTUBytes: Int? {
+        (1...5).contains(activeMTU.rawValue) ? 128 << Int(activeMTU.rawValue) : nil
+    }
     public var gidTableLength: Int32
     public var lid: UInt16
     /// `IBV_LINK_LAYER_ETHERNET` for RoCE (rxe), `IBV_LINK_LAYER_INFINIBAND` for IB.
-    public var isEthernet: Bool
+    public var isEthernet: Bool { linkLayer == .ethernet }
+    /// What the port runs over: RoCE and iWARP ports say Ethernet, IB ports InfiniBand.
+    public var linkLayer: LinkLayer
+
+    /// `IBV_LINK_LAYER_*`; `unspecified` is what older providers report for InfiniBand.
+    public enum LinkLayer: Sendable, Hashable {
+        case unspecified, infiniband, ethernet, other(UInt8)
+    }
 
     init(_ raw: ibv_port_attr) {
         switch raw.state {
@@ -58,6 +69,11 @@ public struct PortAttributes: Sendable, Hashable {
         activeMTU = raw.active_mtu
         gidTableLength = raw.gid_tbl_len
         lid = raw.lid
-        isEthernet = raw.link_layer == UInt8(IBV_LINK_LAYER_ETHERNET)
+        linkLayer = switch raw.link_layer {
+        case UInt8(IBV_LINK_LAYER_UNSPECIFIED): .unspecified
+        case UInt8(IBV_LINK_LAYER_INFINIBAND): .infiniband
+        case UInt8(IBV_LINK_LAYER_ETHERNET): .ethernet
+        default: .other(raw.link_layer)
+        }
     }
 }
