@@ -47,7 +47,7 @@ final class LibfabricMonitor: Sendable {
     private let watcher: any RangeWatcher
     /// libfabric's notify (the C half's `rdmamemory_lf_notify`, a fake in tests).
     private let notify: @Sendable (AddressRange) -> Void
-    private let records = Mutex<[RangeKey: Record]>([:])
+    private let records = Locked<[RangeKey: Record]>([:])  // pthread: TSan sees it (Locked's comment)
     /// Bumped by every invalidation of a subscribed range before it sets the sequence, and by
     /// every record taken out: a range `confirmed` at the current epoch is still current.
     private let epoch = Atomic<UInt64>(0)

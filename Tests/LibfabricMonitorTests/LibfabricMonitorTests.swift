@@ -36,9 +36,9 @@ struct LibfabricMonitorTests {
     /// does from inside notify.
     final class FakeCache: Sendable {
         struct Entry { let start: UInt; let length: UInt; let startedAtSubscribe: Int }
-        let state = Mutex<[UInt: Entry]>([:])
-        let monitor = Mutex<LibfabricMonitor?>(nil)
-        let notified = Mutex<[AddressRange]>([])
+        let state = Locked<[UInt: Entry]>([:])
+        let monitor = Locked<LibfabricMonitor?>(nil)
+        let notified = Locked<[AddressRange]>([])
 
         func notify(_ range: AddressRange) {
             notified.withLock { $0.append(range) }
