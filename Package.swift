@@ -65,7 +65,7 @@ let package = Package(
         .executableTarget(
             name: "RDMAMemoryTool",
             dependencies: [
-                "Verbs", "MemoryMonitor", "MemoryRegistration",
+                "Verbs", "MemoryMonitor", "MemoryRegistration", "MemoryMapping", "CShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

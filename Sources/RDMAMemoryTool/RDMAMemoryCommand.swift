@@ -6,6 +6,6 @@ import ArgumentParser
 struct RDMAMemoryCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "rdmamemory",
-        abstract: "Inspect RDMA devices and how RDMAMemory will see memory changes in this process.",
-        subcommands: [InfoCommand.self])
+        abstract: "Inspect RDMA devices and how RDMAMemory will see memory changes in this process; prove the cache on a device.",
+        subcommands: [InfoCommand.self, CheckCommand.self])
 }
