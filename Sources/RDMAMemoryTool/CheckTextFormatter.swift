@@ -87,8 +87,9 @@ enum CheckTextFormatter {
         case .safe:
             return ["on-demand paging: offered; \(figures): safe at this MTU"]
         case .unsafe:
-            return ["on-demand paging: \(device) is UNSAFE for on-demand paging: \(figures)",
-                    "  (the cache pins memory and does not use ODP: the exit status is not affected)"]
+            return ["on-demand paging: \(device) is UNSAFE for on-demand paging: \(figures)"]
+                + (odp.detail.map { ["  \($0)"] } ?? [])
+                + ["  (the cache pins memory and does not use ODP: the exit status is not affected)"]
         case .error:
             return ["on-demand paging: offered, but the check failed: \(odp.detail ?? "unknown error") "
                 + "(not used by the cache: the exit status is not affected)"]

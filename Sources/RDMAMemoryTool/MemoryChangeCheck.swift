@@ -30,10 +30,11 @@ struct MemoryChangeCheck {
         var (row, retryable) = attempt(change)
         var tries = 1
         while retryable, tries < Self.attempts {
+            let reason = row.detail ?? "skipped"
             tries += 1
             (row, retryable) = attempt(change)
+            row.detail = (row.detail.map { $0 + "; " } ?? "") + "try \(tries) of \(Self.attempts) (before: \(reason))"
         }
-        if tries > 1 { row.detail = (row.detail.map { $0 + "; " } ?? "") + "attempt \(tries) of \(Self.attempts)" }
         return row
     }
 

@@ -26,9 +26,26 @@ enum OnDemandPagingCheck {
             result.bytesLanded = outcome.bytesLanded
             result.bytesChanged = outcome.bytesChanged
             result.verdict = outcome.bytesLanded == outcome.bytesWritten ? .safe : .unsafe
+            if result.verdict == .unsafe, let mtu { result.detail = placement(ofChangesIn: mapping.bytes, mtu: mtu) }
         } catch {
             result.detail = "\(error)"
         }
         return result
+    }
+
+    /// Where the changed bytes are, in words: rxe 7.3's bug puts all of them in the first MTU
+    /// of each page, which tells that bug from any other loss.
+    static func placement(ofChangesIn bytes: UnsafeMutableRawBufferPointer, mtu: Int) -> String {
+        let page = AnonymousMapping.pageSize
+        var changed = 0
+        var inFirstMTU = 0
+        for (index, byte) in bytes.enumerated() where byte != 0 {
+            changed += 1
+            if index % page < mtu { inFirstMTU += 1 }
+        }
+        guard changed > 0 else { return "nothing reached the buffer" }
+        return changed == inFirstMTU
+            ? "every changed byte lies in the first \(mtu) bytes (one MTU) of its \(page)-byte page"
+            : "\(inFirstMTU) of \(changed) changed bytes lie in the first \(mtu) bytes (one MTU) of their \(page)-byte page"
     }
 }

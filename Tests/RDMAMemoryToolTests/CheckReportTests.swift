@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 @testable import RDMAMemoryTool
 
@@ -178,5 +181,25 @@ import Testing
             let counted = LoopbackWriter.count($0)
             #expect(counted.bytesChanged == 4096 && counted.bytesLanded < 64, "\(counted)")
         }
+    }
+
+    @Test func odpPlacementTellsRxesFirstMTUBugFromOtherLoss() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var bytes = [UInt8](repeating: 0, count: 4 * page)
+        bytes.withUnsafeMutableBytes {
+            #expect(OnDemandPagingCheck.placement(ofChangesIn: $0, mtu: 1024) == "nothing reached the buffer")
+        }
+        for index in bytes.indices where index % page < 1024 { bytes[index] = 7 }
+        bytes.withUnsafeMutableBytes {
+            #expect(OnDemandPagingCheck.placement(ofChangesIn: $0, mtu: 1024)
+                == "every changed byte lies in the first 1024 bytes (one MTU) of its \(page)-byte page")
+        }
+        bytes[page + 2000] = 1
+        bytes.withUnsafeMutableBytes {
+            #expect(OnDemandPagingCheck.placement(ofChangesIn: $0, mtu: 1024).hasPrefix("4096 of 4097 changed bytes"))
+        }
+        var unsafe = Self.unsafeODP
+        unsafe.detail = "every changed byte lies in the first 1024 bytes (one MTU) of its 4096-byte page"
+        #expect(CheckTextFormatter.format(Self.report(odp: unsafe)).contains("\n  every changed byte lies in the first 1024"))
     }
 }
