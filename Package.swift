@@ -13,6 +13,8 @@ let package = Package(
         // What a C program loads (or LD_PRELOADs) to make RDMAMemory libfabric's memory monitor.
         .library(name: "RDMAMemoryLibfabric", type: .dynamic, targets: ["RDMAMemoryLibfabric"]),
         .executable(name: "stale-registration", targets: ["StaleRegistration"]),
+        // The two-host example: a data set over rdma_cm, every byte verified, cache against plain.
+        .executable(name: "rdma-transfer", targets: ["Transfer"]),
         // `rdmamemory info`: devices, ODP, how invalidations reach this process, limits.
         .executable(name: "rdmamemory", targets: ["RDMAMemoryTool"]),
     ],
@@ -61,6 +63,16 @@ let package = Package(
             name: "StaleRegistration",
             dependencies: ["RDMAMemory", "MemoryMapping"],
             path: "Examples/StaleRegistration"
+        ),
+        // zlib's CRC-32 for the transfer example (Debian: zlib1g-dev).
+        .systemLibrary(name: "CZlib", path: "Examples/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .executableTarget(
+            name: "Transfer",
+            dependencies: [
+                "Verbs", "MemoryRegistration", "MemoryMapping", "CZlib",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Examples/Transfer"
         ),
         .executableTarget(
             name: "RDMAMemoryTool",

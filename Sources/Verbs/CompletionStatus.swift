@@ -91,6 +91,8 @@ public struct WorkCompletion: Sendable, Hashable {
     public var byteLength: UInt32
     public var queuePairNumber: UInt32
     public var vendorError: UInt32
+    /// The sender's immediate value (SEND or RDMA WRITE with immediate), nil when it sent none.
+    public var immediateData: UInt32?
 
     init(_ raw: ibv_wc) {
         id = raw.wr_id
@@ -99,5 +101,6 @@ public struct WorkCompletion: Sendable, Hashable {
         byteLength = raw.byte_len
         queuePairNumber = raw.qp_num
         vendorError = raw.vendor_err
+        immediateData = raw.wc_flags & IBV_WC_WITH_IMM.rawValue != 0 ? UInt32(bigEndian: raw.imm_data) : nil
     }
 }

@@ -11,6 +11,10 @@ public final class Connection: Sendable {
     private let identifier: ConnectionIdentifier
     /// Whether `rdma_disconnect` is still to be called.
     private let lock = Mutex<Bool>(true)
+    /// What the peer sent with its connect request or its accept.
+    private let received = Mutex<[UInt8]>([])
+    /// Set once rdma_cm has reported the peer's disconnect (the event is read only once).
+    private let peerGone = Atomic<Bool>(false)
 
     public var protectionDomain: ProtectionDomain { queuePair.protectionDomain }
     public var completionQueue: CompletionQueue { queuePair.sendCompletionQueue }
@@ -25,13 +29,26 @@ public final class Connection: Sendable {
         public init() {}
     }
 
-    /// Connects to a listener at `address` (`fe80::ff:fe00:1%dummy0`, `192.0.2.1`) and `port`.
+    /// The most bytes rdma_cm carries with a connect request, and with an accept (RC, RoCE/IB).
+    public static let maxConnectPrivateData = 56
+    public static let maxAcceptPrivateData = 196
+
+    /// The bytes the peer sent with its connect request (on the accepting side) or with its
+    /// accept (on the connecting side): where two programs exchange the keys and addresses of
+    /// their buffers before the first work request, with no receive to race against.
+    /// RoCE pads them with zeros to the transport's size.
+    public var peerPrivateData: [UInt8] { received.withLock { $0 } }
+
+    /// Connects to a listener at `address` (`fe80::ff:fe00:1%dummy0`, `192.0.2.1`) and `port`,
+    /// sending `privateData` (at most `maxConnectPrivateData` bytes) with the request.
     ///
     /// - Throws: `VerbsError` naming the rdma_cm step that failed (address or route resolution,
     ///   connect) with its errno or the event that came instead (e.g. REJECTED when nobody
     ///   listens); every step is bounded by `timeout`.
     public static func connect(to address: String, port: UInt16, options: Options = .init(),
+                               privateData: [UInt8] = [],
                                timeout: Duration = .seconds(10)) throws -> Connection {
+        let privateLength = try Self.privateDataLength(privateData, limit: maxConnectPrivateData, call: "rdma_connect")
         let identifier = try ConnectionIdentifier(channel: EventChannel())
         let resolved = try ResolvedAddress(node: address, port: port, passive: false)
         defer { resolved.free() }
@@ -46,13 +63,31 @@ public final class Connection: Sendable {
         }
         _ = try identifier.channel.next(RDMA_CM_EVENT_ROUTE_RESOLVED, after: "rdma_resolve_route", timeout: timeout)
         let connection = try Connection(identifier: identifier, options: options)
-        var parameters = connection.parameters(options)
-        guard rdma_connect(identifier.pointer, &parameters) == 0 else {
+        let code = privateData.withUnsafeBytes { bytes in
+            var parameters = connection.parameters(options)
+            parameters.private_data = bytes.baseAddress
+            parameters.private_data_len = privateLength
+            return rdma_connect(identifier.pointer, &parameters)
+        }
+        guard code == 0 else {
             throw VerbsError.fromErrno("rdma_connect", argument: "address: \"\(address)\", port: \(port)")
         }
-        _ = try identifier.channel.next(RDMA_CM_EVENT_ESTABLISHED, after: "rdma_connect", timeout: timeout)
+        let established = try identifier.channel.next(RDMA_CM_EVENT_ESTABLISHED, after: "rdma_connect", timeout: timeout)
+        connection.received.withLock { $0 = established.privateData }
         return connection
     }
+
+    /// `privateData`'s length as rdma_cm takes it, or an error naming the call and the limit.
+    static func privateDataLength(_ privateData: [UInt8], limit: Int, call: String) throws -> UInt8 {
+        guard privateData.count <= limit, let length = UInt8(exactly: privateData.count) else {
+            throw VerbsError(call: call, argument: "private_data_len: \(privateData.count)", errno: .invalidArgument,
+                             detail: "rdma_cm carries at most \(limit) bytes here")
+        }
+        return length
+    }
+
+    /// Records what the peer sent with its request (the accepting side, before it answers).
+    func recordPeerPrivateData(_ bytes: [UInt8]) { received.withLock { $0 = bytes } }
 
     /// Builds PD, CQ and QP on an identifier whose device rdma_cm has chosen.
     init(identifier: ConnectionIdentifier, options: Options) throws {
@@ -76,6 +111,19 @@ public final class Connection: Sendable {
         parameters.retry_count = 7
         parameters.rnr_retry_count = 6
         return parameters
+    }
+
+    /// Whether the peer has ended the connection: its `rdma_disconnect`, or its process gone
+    /// (the kernel disconnects for it). Reads the events the channel has ready now and never
+    /// waits, so a program streaming data can ask between completions instead of learning it
+    /// from a transport timeout, seconds later.
+    public func peerHasDisconnected() throws -> Bool {
+        while !peerGone.load(ordering: .relaxed), let event = try identifier.channel.ready() {
+            if event.type == RDMA_CM_EVENT_DISCONNECTED || event.type == RDMA_CM_EVENT_DEVICE_REMOVAL {
+                peerGone.store(true, ordering: .relaxed)
+            }
+        }
+        return peerGone.load(ordering: .relaxed)
     }
 
     deinit { disconnect() }

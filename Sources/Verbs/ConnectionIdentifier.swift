@@ -27,6 +27,34 @@ final class EventChannel: @unchecked Sendable {
         var status: Int32
         /// The new identifier of a CONNECT_REQUEST; the listener's own otherwise.
         var identifier: UnsafeMutablePointer<rdma_cm_id>?
+        /// What the peer put in its connect or accept (RoCE pads it with zeros to the
+        /// transport's size, so the reader must know how long its own message is).
+        var privateData: [UInt8]
+    }
+
+    /// The next event if one is ready now (acknowledged), nil otherwise; never waits.
+    func ready() throws -> Event? {
+        var descriptor = pollfd(fd: pointer.pointee.fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&descriptor, 1, 0)
+        if ready < 0 { throw VerbsError.fromErrno("poll", argument: "rdma_cm event channel") }
+        guard ready > 0 else { return nil }
+        return try read()
+    }
+
+    /// Reads and acknowledges one event (the channel must have one: rdma_get_cm_event blocks).
+    private func read() throws -> Event {
+        var raw: UnsafeMutablePointer<rdma_cm_event>?
+        guard rdma_get_cm_event(pointer, &raw) == 0, let received = raw else {
+            throw VerbsError.fromErrno("rdma_get_cm_event")
+        }
+        let connection = received.pointee.param.conn
+        let privateData = connection.private_data.map {
+            Array(UnsafeRawBufferPointer(start: $0, count: Int(connection.private_data_len)))
+        } ?? []
+        let event = Event(type: received.pointee.event, status: received.pointee.status,
+                          identifier: received.pointee.id, privateData: privateData)
+        rdma_ack_cm_event(received)
+        return event
     }
 
     /// Waits (bounded) for the next event and checks it is `expected`.
@@ -42,13 +70,7 @@ final class EventChannel: @unchecked Sendable {
             throw VerbsError(call: call, errno: .timedOut,
                              detail: "no \(Self.name(expected)) event within \(timeout)")
         }
-        var raw: UnsafeMutablePointer<rdma_cm_event>?
-        guard rdma_get_cm_event(pointer, &raw) == 0, let received = raw else {
-            throw VerbsError.fromErrno("rdma_get_cm_event")
-        }
-        let event = Event(type: received.pointee.event, status: received.pointee.status,
-                          identifier: received.pointee.id)
-        rdma_ack_cm_event(received)
+        let event = try read()
         guard event.type == expected else {
             let status = event.status < 0 ? -event.status : event.status
             throw VerbsError(call: call, errno: status != 0 ? .init(rawValue: status) : nil,

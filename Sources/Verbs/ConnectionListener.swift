@@ -25,14 +25,42 @@ public final class ConnectionListener: @unchecked Sendable {
 
     /// Waits (bounded) for one connection request and accepts it.
     public func accept(options: Connection.Options = .init(), timeout: Duration = .seconds(10)) throws -> Connection {
+        try accept(options: options, timeout: timeout) { _ in [] }
+    }
+
+    /// Waits (bounded) for one connection request and accepts it, after `answer` has seen the
+    /// new connection (its queue pair exists, the peer's request bytes are in
+    /// `peerPrivateData`) and returned the bytes (at most `Connection.maxAcceptPrivateData`)
+    /// that go back with the accept. `answer` is where receives are posted and memory is
+    /// registered: nothing the peer sends once it is connected can then find the queue empty.
+    ///
+    /// - Throws: what `answer` throws (the request is then rejected, so the peer hears at once),
+    ///   or `VerbsError` naming the rdma_cm step that failed.
+    public func accept(options: Connection.Options = .init(), timeout: Duration = .seconds(10),
+                       answer: (Connection) throws -> [UInt8]) throws -> Connection {
         let request = try identifier.channel.next(RDMA_CM_EVENT_CONNECT_REQUEST, after: "rdma_listen", timeout: timeout)
         guard let incoming = request.identifier else {
             throw VerbsError(call: "rdma_get_cm_event", detail: "CONNECT_REQUEST without an identifier")
         }
         let accepted = try ConnectionIdentifier(accepted: incoming)
         let connection = try Connection(identifier: accepted, options: options)
-        var parameters = connection.parameters(options)
-        guard rdma_accept(accepted.pointer, &parameters) == 0 else {
+        connection.recordPeerPrivateData(request.privateData)
+        let reply: [UInt8]
+        let length: UInt8
+        do {
+            reply = try answer(connection)
+            length = try Connection.privateDataLength(reply, limit: Connection.maxAcceptPrivateData, call: "rdma_accept")
+        } catch {
+            rdma_reject(accepted.pointer, nil, 0)
+            throw error
+        }
+        let code = reply.withUnsafeBytes { bytes in
+            var parameters = connection.parameters(options)
+            parameters.private_data = bytes.baseAddress
+            parameters.private_data_len = length
+            return rdma_accept(accepted.pointer, &parameters)
+        }
+        guard code == 0 else {
             throw VerbsError.fromErrno("rdma_accept")
         }
         _ = try accepted.channel.next(RDMA_CM_EVENT_ESTABLISHED, after: "rdma_accept", timeout: timeout)

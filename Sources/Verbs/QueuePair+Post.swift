@@ -9,6 +9,15 @@ extension QueuePair {
                      remote: (remoteAddress, rkey), call: "ibv_post_send(RDMA_WRITE)")
     }
 
+    /// Writes the local pieces into the peer's memory and consumes one of the peer's posted
+    /// receives, which completes with `immediate`: the peer learns that (and which) data landed
+    /// without polling memory, in the order the writes were posted.
+    public func postWrite(_ local: [ScatterGatherElement], remoteAddress: UInt64, rkey: UInt32,
+                          immediate: UInt32, id: UInt64, signaled: Bool = true) throws {
+        try postSend(opcode: IBV_WR_RDMA_WRITE_WITH_IMM, local, id: id, signaled: signaled,
+                     remote: (remoteAddress, rkey), immediate: immediate, call: "ibv_post_send(RDMA_WRITE_WITH_IMM)")
+    }
+
     /// Reads the peer's memory at `remoteAddress` into the local pieces (one-sided).
     public func postRead(_ local: [ScatterGatherElement], remoteAddress: UInt64, rkey: UInt32,
                          id: UInt64, signaled: Bool = true) throws {
@@ -48,7 +57,8 @@ extension QueuePair {
     }
 
     private func postSend(opcode: ibv_wr_opcode, _ local: [ScatterGatherElement], id: UInt64, signaled: Bool,
-                          remote: (address: UInt64, rkey: UInt32)?, call: String) throws {
+                          remote: (address: UInt64, rkey: UInt32)?, immediate: UInt32? = nil,
+                          call: String) throws {
         let count = try Self.scatterGatherCount(local, call: call, id: id)
         var elements = local.map(\.raw)
         let code = elements.withUnsafeMutableBufferPointer { sgl -> Int32 in
@@ -58,6 +68,7 @@ extension QueuePair {
             request.num_sge = count
             request.opcode = opcode
             request.send_flags = signaled ? IBV_SEND_SIGNALED.rawValue : 0
+            if let immediate { request.imm_data = immediate.bigEndian }  // __be32 on the wire
             if let remote {
                 request.wr.rdma.remote_addr = remote.address
                 request.wr.rdma.rkey = remote.rkey

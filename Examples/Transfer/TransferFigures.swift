@@ -1,0 +1,87 @@
+import Foundation
+
+/// What one run measured, and how it prints.
+struct TransferFigures {
+    var registration: RegistrationChoice
+    var buffers: BufferChoice
+    var bytes: Int
+    var messages: Int
+    var messageSize: Int
+    var elapsed: Duration
+    var registrationTime: Duration
+    /// Cache lookups that registered, and the time they took (nil: no cache).
+    var misses: (count: Int, time: Duration)?
+    var registrations: Int
+    var hits: Int
+    var invalidations: Int
+    var remaps: Int
+    var corruptCredits: Int
+    var verdict: TransferVerdict
+
+    var seconds: Double { Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18 }
+    var megabytesPerSecond: Double { Double(bytes) / 1e6 / seconds }
+    var messagesPerSecond: Double { Double(messages) / seconds }
+    var registrationsPerSecond: Double { Double(registrations) / seconds }
+
+    /// Every message arrived and matched its CRC-32, by the server's count and by the credits.
+    var verified: Bool {
+        verdict.mismatchedMessages == 0 && corruptCredits == 0 && verdict.verifiedMessages == UInt64(messages)
+            && verdict.verifiedBytes == UInt64(bytes)
+    }
+
+    var summary: String {
+        let registrationMicroseconds = Self.microseconds(registrationTime)
+        var lines = [
+            "[\(registration.rawValue)] \(ByteCount.format(bytes)) in \(messages) messages of \(ByteCount.format(messageSize)) "
+                + "(\(buffers.rawValue) buffers) in \(String(format: "%.2f", seconds)) s: "
+                + "\(String(format: "%.1f", megabytesPerSecond)) MB/s, \(String(format: "%.0f", messagesPerSecond)) messages/s",
+            "[\(registration.rawValue)]   ibv_reg_mr: \(registrations) (\(String(format: "%.1f", registrationsPerSecond))/s), "
+                + "cache hits: \(hits), invalidations: \(invalidations)"
+                + (remaps > 0 ? ", pool remapped \(remaps) times" : "")
+                + ", registering: \(String(format: "%.1f", registrationMicroseconds / Double(max(messages, 1)))) µs/message"
+                + (misses.map { $0.count > 0 ? " (a miss: \(String(format: "%.0f", Self.microseconds($0.time) / Double($0.count))) µs)" : "" } ?? ""),
+            "[\(registration.rawValue)]   server: \(verdict.verifiedMessages) of \(messages) messages verified "
+                + "(\(ByteCount.format(Int(verdict.verifiedBytes))))"
+                + (verified ? ", every byte matches" : ", \(verdict.mismatchedMessages) CORRUPT"),
+        ]
+        if corruptCredits > 0 { lines.append("[\(registration.rawValue)]   \(corruptCredits) messages failed their CRC-32") }
+        return lines.joined(separator: "\nclient: ")
+    }
+
+    static func microseconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
+    }
+
+    /// The cache's run against the plain run's, as ratios.
+    static func comparison(_ cached: TransferFigures, _ plain: TransferFigures) -> String {
+        let speedup = cached.megabytesPerSecond / plain.megabytesPerSecond
+        let fewer = Double(plain.registrations) / Double(max(cached.registrations, 1))
+        return "cache vs plain: \(String(format: "%.2f", speedup))x the throughput, "
+            + "\(String(format: "%.1f", fewer))x fewer ibv_reg_mr (\(cached.registrations) against \(plain.registrations))"
+    }
+}
+
+/// A progress line every two seconds on long runs (none on short ones).
+struct ProgressLine {
+    let label: String
+    let total: Int
+    private let clock = ContinuousClock()
+    private let start: ContinuousClock.Instant
+    private var last: ContinuousClock.Instant
+
+    init(label: String, total: Int) {
+        self.label = label
+        self.total = total
+        start = clock.now
+        last = start
+    }
+
+    mutating func update(done: Int) {
+        let now = clock.now
+        guard now - last >= .seconds(2), done < total else { return }
+        last = now
+        let seconds = Double((now - start).components.seconds) + Double((now - start).components.attoseconds) * 1e-18
+        print("\(label) \(ByteCount.format(done)) of \(ByteCount.format(total)) "
+              + "(\(100 * done / max(total, 1))%), \(String(format: "%.1f", Double(done) / 1e6 / seconds)) MB/s")
+    }
+}
