@@ -7,13 +7,15 @@ extension RxeIntegration {
     /// are checked as scripts will read them.
     @Suite struct CheckTool {
         /// Runs the built `rdmamemory` with `arguments`, bounded; its exit status and stdout.
-        static func run(_ arguments: [String], timeout: DispatchTime = .now() + 180) throws -> (status: Int32, output: Data) {
+        static func run(_ arguments: [String], environment extra: [String: String] = [:],
+                        timeout: DispatchTime = .now() + 180) throws -> (status: Int32, output: Data) {
             let bundle = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
             let tool = URL(fileURLWithPath: bundle).deletingLastPathComponent().appendingPathComponent("rdmamemory")
             try #require(FileManager.default.isExecutableFile(atPath: tool.path), "build it first: \(tool.path)")
             let process = Process()
             process.executableURL = tool
             process.arguments = arguments
+            process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
             let output = Pipe()
             process.standardOutput = output
             let exited = DispatchSemaphore(value: 0)
@@ -71,6 +73,27 @@ extension RxeIntegration {
             default:
                 Issue.record("the ODP check did not answer: \(odp)")
             }
+        }
+
+        /// The check must also *fail* when the cache is stale: with the hooks off, shmat(SHM_REMAP)
+        /// replaces cached memory with no event at all (documented), so that row must be STALE and
+        /// the exit status 1, while every row userfaultfd reports stays fresh.
+        @Test func withTheHooksOffTheShmatRowIsStaleAndTheCheckFails() throws {
+            let (status, data) = try Self.run(["check", Rxe.deviceName, "--json"], environment: ["RDMAMEMORY_HOOKS": "off"])
+            let text = String(decoding: data, as: UTF8.self)
+            #expect(status == 1, "\(text)")
+            let json = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(text)")
+            #expect((json["control"] as? [String: Any])?["outcome"] as? String == "stale_as_expected")
+            let rows = try #require(json["rows"] as? [[String: Any]], "\(text)")
+            let shmat = try #require(rows.first { $0["change"] as? String == "shmat_remap" }, "\(text)")
+            #expect(shmat["result"] as? String == "stale" && shmat["bytes_landed"] as? Int == 0, "\(shmat)")
+            #expect(shmat["new_region"] as? Bool == false, "the region of the replaced pages was served: \(shmat)")
+            for row in rows where ["munmap_mmap_fixed", "raw_munmap_mmap", "mremap", "madvise_dontneed"]
+                .contains(row["change"] as? String) {
+                #expect(row["result"] as? String == "fresh", "userfaultfd still reports this: \(row)")
+            }
+            let failures = try #require(json["failures"] as? [String], "\(text)")
+            #expect(failures.contains { $0.hasPrefix("shmat(SHM_REMAP) over cached memory: STALE") }, "\(failures)")
         }
 
         @Test func anUnknownDeviceFailsAndNamesTheDevicesPresent() throws {
