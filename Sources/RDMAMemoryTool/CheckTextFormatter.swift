@@ -13,6 +13,10 @@ enum CheckTextFormatter {
         if !report.rows.isEmpty {
             lines.append("")
             lines += tableLines(report.rows)
+            if !report.rows.contains(where: { $0.cachedBefore == true }) {
+                lines.append("note: the cache cached nothing here (monitoring: \(report.monitoring)): every row was "
+                    + "registered uncached, which is fresh but proves no invalidation")
+            }
         }
         if let odp = report.onDemandPaging {
             lines.append("")

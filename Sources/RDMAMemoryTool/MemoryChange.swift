@@ -25,8 +25,9 @@ enum MemoryChange: String, CaseIterable, Sendable {
         }
     }
 
-    /// True for memory a default cache registers uncached by rule (shared or System V memory,
-    /// whose pages can change with no event): the row must still be fresh.
+    /// True where the memory is shared from the start, so a default cache registers it uncached
+    /// by rule before and after the change (its pages can change with no event): the row must
+    /// still be fresh. (shmat's row starts cached: only the segment attached over it is not.)
     var isUncachedByRule: Bool {
         switch self {
         case .memfdTruncate: true

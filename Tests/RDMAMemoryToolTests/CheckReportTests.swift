@@ -97,6 +97,18 @@ import Testing
         #expect(report.failures == ["munmap + mmap(MAP_FIXED): ibv_reg_mr(...): Bad address (EFAULT)"])
     }
 
+    @Test func rowsThatWereNeverCachedPassButSayTheyProveNoInvalidation() {
+        let rows = Self.rows.map { row in
+            var row = row
+            (row.cachedBefore, row.cachedAfter, row.uncachedReason) = (false, false, "no userfaultfd")
+            return row
+        }
+        let report = Self.report(rows: rows)
+        #expect(report.exitStatus == 0)
+        #expect(CheckTextFormatter.format(report).contains("note: the cache cached nothing here"))
+        #expect(!CheckTextFormatter.format(Self.report()).contains("cached nothing"))
+    }
+
     @Test func noRowsIsNotAPass() {
         #expect(Self.report(rows: []).exitStatus == 1)
     }
