@@ -92,7 +92,10 @@ final class ControlChannel {
 
     /// The completions, or the error of the first that failed.
     private func checked(_ completions: [WorkCompletion]) throws -> [WorkCompletion] {
-        if let failed = completions.first(where: { $0.status != .success }) { throw TransferError(failure(failed)) }
+        if let failed = completions.first(where: { $0.status != .success }) {
+            let gone = (try? connection.peerHasDisconnected()) == true ? "\(peer) disconnected: " : ""
+            throw TransferError(gone + failure(failed))
+        }
         return completions
     }
 
@@ -107,7 +110,7 @@ final class ControlChannel {
         let hint = switch completion.status {
         case .retryExceededError, .rnrRetryExceededError: " (\(peer) stopped answering: gone, or unreachable)"
         case .workRequestFlushError: " (the connection was already broken)"
-        case .remoteAccessError: " (\(peer) refused the key or the address)"
+        case .remoteAccessError: " (\(peer) refused the key or the address: its memory is gone, or it never offered it)"
         default: ""
         }
         return "\(what) failed with \(completion.status)\(hint)"

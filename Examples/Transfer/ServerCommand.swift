@@ -41,19 +41,22 @@ struct ServerCommand: ParsableCommand {
     }
 
     func run() throws {
-        let listener: ConnectionListener
+        var listener: ConnectionListener?
         do {
             listener = try ConnectionListener(address: address, port: port)
         } catch {
             throw TransferError("cannot listen on \(address) port \(port): \(error)")
         }
-        say("server", "listening on \(address) port \(listener.port), \(slots) slots per client")
+        say("server", "listening on \(address) port \(listener?.port ?? port), \(slots) slots per client")
         var served = 0
         var failed = 0
-        while connections == 0 || served < connections {
+        while listener != nil {
             served += 1
             do {
-                let verdict = try serveOne(listener)
+                // After the last client the port closes at once: a client that comes later is
+                // refused, instead of waiting on a request nobody will answer.
+                let client = try acceptClient(&listener, closingAfter: connections > 0 && served >= connections)
+                let verdict = try serve(client)
                 if verdict.mismatchedMessages > 0 { failed += 1 }
             } catch {
                 say("server", "transfer \(served) failed: \(error)")
@@ -63,28 +66,44 @@ struct ServerCommand: ParsableCommand {
         guard failed == 0 else { throw ExitCode(1) }
     }
 
-    private func serveOne(_ listener: ConnectionListener) throws -> TransferVerdict {
-        var request = TransferRequest(messageSize: 0, messageCount: 0, totalBytes: 0, registration: "")
-        var landing: AnonymousMapping?
-        var landingRegion: MemoryRegion?
-        var channel: ControlChannel?
-        let connection = try listener.accept(options: Self.connectionOptions, timeout: .seconds(acceptTimeout)) { connection in
-            request = try TransferRequest(decoding: connection.peerPrivateData)
+    /// A client accepted: its request, the landing slots registered for it, its control channel.
+    private struct AcceptedClient {
+        var connection: Connection
+        var request: TransferRequest
+        var landing: AnonymousMapping
+        var landingRegion: MemoryRegion
+        var channel: ControlChannel
+    }
+
+    /// Accepts one client, registering its landing slots and posting its receives before the
+    /// accept; drops the listener after it when `closingAfter`.
+    private func acceptClient(_ listener: inout ConnectionListener?, closingAfter: Bool) throws -> AcceptedClient {
+        defer { if closingAfter { listener = nil } }
+        guard let listening = listener else { throw TransferError("the listener is closed") }
+        var accepted: (TransferRequest, AnonymousMapping, MemoryRegion, ControlChannel)?
+        let connection = try listening.accept(options: Self.connectionOptions, timeout: .seconds(acceptTimeout)) { connection in
+            let request = try TransferRequest(decoding: connection.peerPrivateData)
             try Self.check(request)
-            let area = try AnonymousMapping(length: slots * Int(request.messageSize))
-            landingRegion = try connection.protectionDomain.registerMemory(area.bytes, access: [.localWrite, .remoteWrite])
-            landing = area
+            let landing = try AnonymousMapping(length: slots * Int(request.messageSize))
+            let region = try connection.protectionDomain.registerMemory(landing.bytes, access: [.localWrite, .remoteWrite])
             // One receive per slot (each write with immediate consumes one), one for the done.
-            channel = try ControlChannel(connection: connection, receives: slots + 1, sends: slots + 1, peer: "the client")
-            return TransferHello(slotAddress: UInt64(area.address), rkey: landingRegion?.rkey ?? 0,
+            let channel = try ControlChannel(connection: connection, receives: slots + 1, sends: slots + 1, peer: "the client")
+            accepted = (request, landing, region, channel)
+            return TransferHello(slotAddress: UInt64(landing.address), rkey: region.rkey,
                                  slots: UInt32(slots), slotSize: request.messageSize).encoded
         }
-        guard let landing, let channel else { throw TransferError("accepted a connection without its buffers") }
-        defer { connection.disconnect() }
+        guard let (request, landing, region, channel) = accepted else {
+            throw TransferError("accepted a connection without its buffers")
+        }
+        return AcceptedClient(connection: connection, request: request, landing: landing, landingRegion: region, channel: channel)
+    }
+
+    private func serve(_ client: AcceptedClient) throws -> TransferVerdict {
+        defer { client.connection.disconnect() }
+        let request = client.request
         say("server", "client connected: \(ByteCount.format(Int(request.totalBytes))) in \(request.messageCount) "
             + "messages of \(ByteCount.format(Int(request.messageSize))) (\(request.registration) registration)")
-        let result = try receive(request, into: landing, over: channel)
-        _ = landingRegion
+        let result = try receive(request, into: client.landing, over: client.channel)
         let status = result.mismatchedMessages == 0 ? "every byte verified" : "\(result.mismatchedMessages) MESSAGES CORRUPT"
         say("server", "transfer done: \(result.verifiedMessages) messages, \(ByteCount.format(Int(result.verifiedBytes))) "
             + "verified: \(status)")

@@ -52,12 +52,20 @@ struct TransferFigures {
         Double(duration.components.seconds) * 1e6 + Double(duration.components.attoseconds) * 1e-12
     }
 
-    /// The cache's run against the plain run's, as ratios.
-    static func comparison(_ cached: TransferFigures, _ plain: TransferFigures) -> String {
-        let speedup = cached.megabytesPerSecond / plain.megabytesPerSecond
-        let fewer = Double(plain.registrations) / Double(max(cached.registrations, 1))
-        return "cache vs plain: \(String(format: "%.2f", speedup))x the throughput, "
-            + "\(String(format: "%.1f", fewer))x fewer ibv_reg_mr (\(cached.registrations) against \(plain.registrations))"
+    /// The cache's runs against the plain runs: medians of throughput and of ibv_reg_mr.
+    static func comparison(_ runs: [TransferFigures]) -> String {
+        func median(_ choice: RegistrationChoice, _ value: (TransferFigures) -> Double) -> Double {
+            let values = runs.filter { $0.registration == choice }.map(value).sorted()
+            return values.isEmpty ? .nan : values[values.count / 2]
+        }
+        let cachedRate = median(.cache, \.megabytesPerSecond), plainRate = median(.plain, \.megabytesPerSecond)
+        let cachedCount = median(.cache) { Double($0.registrations) }, plainCount = median(.plain) { Double($0.registrations) }
+        let rounds = runs.count / 2
+        return "cache vs plain" + (rounds > 1 ? " (medians of \(rounds) rounds)" : "") + ": "
+            + "\(String(format: "%.1f", cachedRate)) against \(String(format: "%.1f", plainRate)) MB/s, "
+            + "\(String(format: "%.2f", cachedRate / plainRate))x the throughput; "
+            + "\(Int(cachedCount)) against \(Int(plainCount)) ibv_reg_mr, "
+            + "\(String(format: "%.1f", plainCount / max(cachedCount, 1)))x fewer"
     }
 }
 

@@ -72,12 +72,25 @@ final class EventChannel: @unchecked Sendable {
         }
         let event = try read()
         guard event.type == expected else {
+            if event.type == RDMA_CM_EVENT_REJECTED {
+                // The status is the transport's reject reason, not an errno.
+                throw VerbsError(call: call, errno: .connectionRefused,
+                                 detail: "got RDMA_CM_EVENT_REJECTED (reject reason \(event.status)"
+                                     + (Self.rejectReasons[event.status].map { ": \($0)" } ?? "") + ")")
+            }
             let status = event.status < 0 ? -event.status : event.status
             throw VerbsError(call: call, errno: status != 0 ? .init(rawValue: status) : nil,
                              detail: "got \(Self.name(event.type)) instead of \(Self.name(expected))")
         }
         return event
     }
+
+    /// The IB CM reject reasons (IBTA 12.6.7.2) a RoCE peer gives most; librdmacm 44 has no
+    /// rdma_reject_msg to name them.
+    static let rejectReasons: [Int32: String] = [
+        8: "invalid service ID, nobody listens on that port",
+        28: "rejected by the peer's program (rdma_reject)",
+    ]
 
     static func name(_ type: rdma_cm_event_type) -> String {
         guard let text = rdma_event_str(type) else { return "event \(type.rawValue)" }
