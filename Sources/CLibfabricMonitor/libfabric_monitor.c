@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +27,7 @@ extern int rdmamemory_lf_swift_start(void);
 extern void rdmamemory_lf_swift_stop(void);
 extern int rdmamemory_lf_swift_subscribe(uintptr_t addr, size_t len);
 extern void rdmamemory_lf_swift_unsubscribe(uintptr_t addr, size_t len);
-extern bool rdmamemory_lf_swift_valid(uintptr_t addr, size_t len);
+extern bool rdmamemory_lf_swift_valid(const void *swift_monitor, uintptr_t addr, size_t len);
 extern int rdmamemory_lf_swift_invalidate(uintptr_t addr, size_t len);
 extern void rdmamemory_lf_swift_statistics(struct rdmamemory_libfabric_statistics *out);
 
@@ -50,9 +51,117 @@ static void monitor_unsubscribe(struct fid_mem_monitor *monitor, const void *add
     rdmamemory_lf_swift_unsubscribe((uintptr_t)addr, len);
 }
 
+/*
+ * The memo of ranges valid confirmed. A slot says "range R was current at epoch E", under a
+ * sequence lock (version odd while it is written). The epoch counts every invalidation of a
+ * subscribed range, bumped before that invalidation sets the subscription's sequence, and every
+ * range that leaves. So while no monitor window is open (a window covers changes the kernel
+ * already let return but the monitor has not delivered yet) and the epoch is still E, nothing
+ * can have touched R: libfabric's hit is a few loads here, with no call into Swift, no lock, no
+ * hash and no write to a cache line another thread writes.
+ */
+#define MEMO_SLOTS 64
+
+struct memo_slot {
+    _Atomic uint64_t version;
+    _Atomic uintptr_t start;
+    _Atomic size_t length;
+    _Atomic uint64_t epoch;
+};
+
+struct memo {
+    /* The address space's window sequence: 64 bits, odd while a window is open. */
+    const _Atomic uint64_t *window;
+    _Atomic uint64_t epoch;
+    /* Hits answered here. libfabric calls valid under its mm_lock, one caller at a time: a
+     * relaxed load and store, no read-modify-write. */
+    _Atomic uint64_t hits;
+    struct memo_slot slots[MEMO_SLOTS];
+};
+
+size_t rdmamemory_lf_memo_size(void) { return sizeof(struct memo); }
+
+void rdmamemory_lf_memo_init(void *raw, const void *window) {
+    struct memo *memo = raw;
+    memo->window = window;
+    atomic_init(&memo->epoch, 0);
+    atomic_init(&memo->hits, 0);
+    for (int i = 0; i < MEMO_SLOTS; i++) {
+        atomic_init(&memo->slots[i].version, 0);
+        atomic_init(&memo->slots[i].start, 0);
+        atomic_init(&memo->slots[i].length, 0);
+        atomic_init(&memo->slots[i].epoch, UINT64_MAX);  /* never an epoch: confirms nothing */
+    }
+}
+
+static inline struct memo_slot *memo_slot(struct memo *memo, uintptr_t start) {
+    return &memo->slots[((start >> 6) ^ (start >> 16)) & (MEMO_SLOTS - 1)];
+}
+
+uint64_t rdmamemory_lf_memo_epoch(void *raw) {
+    return atomic_load_explicit(&((struct memo *)raw)->epoch, memory_order_acquire);
+}
+
+void rdmamemory_lf_memo_forget_all(void *raw) {
+    atomic_fetch_add_explicit(&((struct memo *)raw)->epoch, 1, memory_order_seq_cst);
+}
+
+uint64_t rdmamemory_lf_memo_hits(void *raw) {
+    return atomic_load_explicit(&((struct memo *)raw)->hits, memory_order_relaxed);
+}
+
+static inline bool memo_confirms(struct memo *memo, uintptr_t start, size_t length) {
+    if (atomic_load_explicit(memo->window, memory_order_acquire) & 1) return false;
+    uint64_t epoch = atomic_load_explicit(&memo->epoch, memory_order_acquire);
+    struct memo_slot *slot = memo_slot(memo, start);
+    uint64_t before = atomic_load_explicit(&slot->version, memory_order_acquire);
+    if (before & 1) return false;
+    uintptr_t s = atomic_load_explicit(&slot->start, memory_order_relaxed);
+    size_t l = atomic_load_explicit(&slot->length, memory_order_relaxed);
+    uint64_t e = atomic_load_explicit(&slot->epoch, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&slot->version, memory_order_relaxed) == before && s == start && l == length &&
+           e == epoch;
+}
+
+bool rdmamemory_lf_memo_confirms(void *raw, uintptr_t start, size_t length) { return memo_confirms(raw, start, length); }
+
+void rdmamemory_lf_memo_record(void *raw, uintptr_t start, size_t length, uint64_t epoch) {
+    struct memo_slot *slot = memo_slot(raw, start);
+    uint64_t version = atomic_load_explicit(&slot->version, memory_order_relaxed);
+    atomic_store_explicit(&slot->version, version + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&slot->start, start, memory_order_relaxed);
+    atomic_store_explicit(&slot->length, length, memory_order_relaxed);
+    atomic_store_explicit(&slot->epoch, epoch, memory_order_relaxed);
+    atomic_store_explicit(&slot->version, version + 2, memory_order_release);
+}
+
+/*
+ * The Swift monitor object and its memo, set by start (before libfabric subscribes anything, so
+ * before any valid). Only a range the memo cannot vouch for goes to Swift, which checks the
+ * record under its lock and refills the slot. Nothing subscribed means nothing to vouch for:
+ * false.
+ */
+static _Atomic(const void *) swift_monitor;
+static _Atomic(struct memo *) swift_memo;
+
+void rdmamemory_lf_set_monitor(const void *monitor, void *memo) {
+    atomic_store_explicit(&swift_memo, memo, memory_order_release);
+    atomic_store_explicit(&swift_monitor, monitor, memory_order_release);
+}
+
 static bool monitor_valid(struct fid_mem_monitor *monitor, const void *addr, size_t len) {
     (void)monitor;
-    return rdmamemory_lf_swift_valid((uintptr_t)addr, len);
+    const void *swift = atomic_load_explicit(&swift_monitor, memory_order_acquire);
+    if (swift == NULL) return false;
+    struct memo *memo = atomic_load_explicit(&swift_memo, memory_order_relaxed);
+    if (memo_confirms(memo, (uintptr_t)addr, len)) {
+        atomic_store_explicit(&memo->hits, atomic_load_explicit(&memo->hits, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+        return true;
+    }
+    return rdmamemory_lf_swift_valid(swift, (uintptr_t)addr, len);
 }
 
 static struct fi_ops_mem_monitor export_ops = {

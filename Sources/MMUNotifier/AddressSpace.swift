@@ -1,3 +1,4 @@
+import CShims
 import Synchronization
 
 /// A process address space (the kernel's `mm_struct`, mmu-notifier side): the notifiers and
@@ -59,11 +60,25 @@ public final class AddressSpace: Sendable {
     /// Copy of `IntervalState.sequence` for waiters that test it under the wait queue's lock.
     @usableFromInline let intervalSequence = Atomic<UInt64>(2)
     /// Odd while a monitor's window (an invalidation of ranges not known yet) is open: made odd
-    /// by the first window to open and even by the last to close, under the interval lock.
-    @usableFromInline let windowSequence = Atomic<UInt64>(2)
+    /// by the first window to open and even by the last to close, under the interval lock. In C
+    /// memory, so that a C fast path can read it too (`windowSequenceAddress`).
+    /// `nonisolated(unsafe)`: the pointer is set once, here, and freed only in `deinit`; the
+    /// value behind it is only ever accessed atomically.
+    @usableFromInline nonisolated(unsafe) let windowSequence: UnsafeMutablePointer<cshims_window_sequence>
     let intervalEvents = WaitQueue()
 
-    public init(srcu: SRCUDomain = SRCUDomain()) { self.srcu = srcu }
+    public init(srcu: SRCUDomain = SRCUDomain()) {
+        self.srcu = srcu
+        windowSequence = .allocate(capacity: 1)
+        cshims_window_sequence_init(windowSequence, 2)
+    }
+
+    deinit { windowSequence.deallocate() }
+
+    /// Where the window sequence lives, for fast paths written in C: a 64-bit value to read with
+    /// an acquire load (`cshims_window_sequence_load`), odd while a window is open, as
+    /// `openWindowSequence`. Valid as long as this space lives.
+    public var windowSequenceAddress: UnsafeRawPointer { UnsafeRawPointer(windowSequence) }
 
     // MARK: Notifiers
 
@@ -222,7 +237,7 @@ public final class AddressSpace: Sendable {
         intervals.withLock { s in
             s.activeInvalidations += 1
             s.openWindows += 1
-            if s.openWindows == 1 { windowSequence.wrappingAdd(1, ordering: .releasing) }
+            if s.openWindows == 1 { cshims_window_sequence_bump(windowSequence) }
             s.sequence |= 1
             intervalSequence.store(s.sequence, ordering: .releasing)
         }
@@ -237,7 +252,7 @@ public final class AddressSpace: Sendable {
     /// returns, so no lookup that starts after that call can find what they revoked. A
     /// read-only load.
     @inlinable
-    public var openWindowSequence: UInt64 { windowSequence.load(ordering: .acquiring) }
+    public var openWindowSequence: UInt64 { cshims_window_sequence_load(windowSequence) }
 
     /// Waits until the window sequence is no longer `sequence` (returns at once for an even one):
     /// every window open when it was read has closed. Never call it holding a lock that an
@@ -250,7 +265,7 @@ public final class AddressSpace: Sendable {
 
     @usableFromInline
     func waitForWindowToClose(_ sequence: UInt64) {
-        intervalEvents.wait { windowSequence.load(ordering: .acquiring) != sequence }
+        intervalEvents.wait { cshims_window_sequence_load(windowSequence) != sequence }
     }
 
     /// Starts invalidating `range` (`mmu_notifier_invalidate_range_start`): interval
@@ -329,7 +344,7 @@ public final class AddressSpace: Sendable {
             if closingWindow {
                 s.openWindows -= 1
                 if s.openWindows == 0 {
-                    windowSequence.wrappingAdd(1, ordering: .releasing)
+                    cshims_window_sequence_bump(windowSequence)
                     windowClosed = true
                 }
             }

@@ -22,7 +22,8 @@ extension LibfabricMonitor {
 @_cdecl("rdmamemory_lf_swift_start")
 func libfabricMonitorStart() -> Int32 {
     let monitor = MemoryMonitor.shared
-    _ = LibfabricMonitor.shared
+    // The hit path gets the object straight from the C half (see libfabricMonitorValid).
+    rdmamemory_lf_set_monitor(Unmanaged.passUnretained(LibfabricMonitor.shared).toOpaque(), LibfabricMonitor.shared.memo)
     switch monitor.mode {
     case .userfaultfd:
         break
@@ -47,9 +48,14 @@ func libfabricMonitorUnsubscribe(_ address: UInt, _ length: Int) {
     LibfabricMonitor.shared.unsubscribe(start: address, length: UInt(length))
 }
 
+/// libfabric's hit path, for ranges the memo could not vouch for. `monitor` is `LibfabricMonitor.shared` as start handed it to the C
+/// half: a global constant, never released, so borrowing it without a retain is sound (and a
+/// retain and release are two atomic read-modify-writes on every hit).
 @_cdecl("rdmamemory_lf_swift_valid")
-func libfabricMonitorValid(_ address: UInt, _ length: Int) -> Bool {
-    LibfabricMonitor.shared.isValid(start: address, length: UInt(length))
+func libfabricMonitorValid(_ monitor: UnsafeRawPointer, _ address: UInt, _ length: Int) -> Bool {
+    Unmanaged<LibfabricMonitor>.fromOpaque(monitor)._withUnsafeGuaranteedRef {
+        $0.isValid(start: address, length: UInt(length))
+    }
 }
 
 @_cdecl("rdmamemory_lf_swift_invalidate")
@@ -64,7 +70,8 @@ func libfabricMonitorStatistics(_ out: UnsafeMutablePointer<rdmamemory_libfabric
     let c = LibfabricMonitor.shared.counters
     out.pointee = rdmamemory_libfabric_statistics(
         subscribed: c.subscribed.load(ordering: .relaxed), refused: c.refused.load(ordering: .relaxed),
-        unsubscribed: c.unsubscribed.load(ordering: .relaxed), valid: c.valid.load(ordering: .relaxed),
+        unsubscribed: c.unsubscribed.load(ordering: .relaxed),
+        valid: c.valid.load(ordering: .relaxed) + rdmamemory_lf_memo_hits(LibfabricMonitor.shared.memo),
         invalid: c.invalid.load(ordering: .relaxed), notified: c.notified.load(ordering: .relaxed))
 }
 

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CLibfabricMonitor
 import MMUNotifier
 import MemoryMonitor
 import Synchronization
@@ -48,10 +49,13 @@ final class LibfabricMonitor: Sendable {
     /// libfabric's notify (the C half's `rdmamemory_lf_notify`, a fake in tests).
     private let notify: @Sendable (AddressRange) -> Void
     private let records = Locked<[RangeKey: Record]>([:])  // pthread: TSan sees it (Locked's comment)
-    /// Bumped by every invalidation of a subscribed range before it sets the sequence, and by
-    /// every record taken out: a range `confirmed` at the current epoch is still current.
-    private let epoch = Atomic<UInt64>(0)
-    private let confirmed = (0..<ConfirmedRange.slots).map { _ in ConfirmedRange() }
+    /// The memo of confirmed ranges and its epoch (C, libfabric_monitor.c: the hit path reads it
+    /// there without calling Swift). The epoch is bumped by every
+    /// invalidation of a subscribed range before it sets the sequence, and by every record
+    /// taken out: a range confirmed at the current epoch is still current.
+    /// `nonisolated(unsafe)`: set once in `init`, freed in `deinit`; every access to what it
+    /// points to is atomic (the C inline functions).
+    nonisolated(unsafe) let memo: UnsafeMutableRawPointer
     let counters = Counters()
 
     /// The ranges libfabric subscribed, by exact range (libfabric passes the same address and
@@ -88,7 +92,11 @@ final class LibfabricMonitor: Sendable {
         self.space = space
         self.watcher = watcher
         self.notify = notify
+        memo = .allocate(byteCount: rdmamemory_lf_memo_size(), alignment: 64)
+        rdmamemory_lf_memo_init(memo, space.windowSequenceAddress)
     }
+
+    deinit { memo.deallocate() }
 
     /// libfabric's `subscribe`: 0, or a negative errno meaning "do not cache this range".
     func subscribe(start: UInt, length: UInt) -> Int32 {
@@ -158,7 +166,7 @@ final class LibfabricMonitor: Sendable {
     /// since it was subscribed and none may be pending.
     ///
     /// A hit must cost what libfabric's own does (its `valid` is a no-op), so the answer is
-    /// first asked of `confirmed`: a slot that says "this range was current at epoch E". The
+    /// first asked of the memo (the C half asks it first, without calling here): a slot that says "this range was current at epoch E". The
     /// epoch counts every invalidation of any subscribed range (bumped before its sequence),
     /// so while it is still E nothing can have touched the range: a few loads, no lock, no
     /// hash. Otherwise the record's sequence is checked under `records` and the slot refilled.
@@ -167,9 +175,8 @@ final class LibfabricMonitor: Sendable {
         if space.openWindowSequence & 1 == 1 {
             valid = false
         } else {
-            let slot = confirmed[ConfirmedRange.slot(start)]
-            let epochNow = epoch.load(ordering: .acquiring)
-            if slot.confirms(start: start, length: length, epoch: epochNow) {
+            let epochNow = rdmamemory_lf_memo_epoch(memo)
+            if rdmamemory_lf_memo_confirms(memo, start, Int(length)) {
                 valid = true
             } else {
                 let key = RangeKey(start: start, length: length)
@@ -178,7 +185,7 @@ final class LibfabricMonitor: Sendable {
                     // holds until the lock is dropped (the readRetry rule).
                     guard let record = table[key], let sequence = record.sequence,
                           !record.subscription.readRetry(sequence) else { return false }
-                    slot.record(start: start, length: length, epoch: epochNow)
+                    rdmamemory_lf_memo_record(memo, start, Int(length), epochNow)
                     return true
                 }
             }
@@ -199,7 +206,7 @@ final class LibfabricMonitor: Sendable {
                 return (record.subscription, false)
             }
             table.removeValue(forKey: key)
-            epoch.add(1, ordering: .releasing)
+            rdmamemory_lf_memo_forget_all(memo)
             return (record.subscription, true)
         }
         guard let (subscription, last) = found else { return }
@@ -209,7 +216,7 @@ final class LibfabricMonitor: Sendable {
 
     /// The subscription's invalidation, called before it sets the sequence: every confirmed
     /// range is suspect from now on.
-    func invalidationStarts() { epoch.add(1, ordering: .sequentiallyConsistent) }
+    func invalidationStarts() { rdmamemory_lf_memo_forget_all(memo) }
 
     /// The rest of it, after the sequence was set: drop its record (so `valid` answers false
     /// from now on), then notify libfabric, with no lock held.
@@ -230,7 +237,7 @@ final class LibfabricMonitor: Sendable {
         let all = records.withLock { table -> [Record] in
             defer {
                 table.removeAll()
-                epoch.add(1, ordering: .releasing)
+                rdmamemory_lf_memo_forget_all(memo)
             }
             return Array(table.values)
         }

@@ -7,3 +7,4 @@
 #include "monitor_shim.h"
 #include "heap_shim.h"
 #include "sharded_counters.h"
+#include "window_sequence.h"

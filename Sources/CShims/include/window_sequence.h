@@ -1,0 +1,36 @@
+// An address space's window sequence (MMUNotifier's AddressSpace: odd while a monitor's window
+// is open) in memory C can read.
+//
+// Why C: a fast path written in C (libfabric's `valid`, called on every libfabric cache hit)
+// must see an open window with one load, without a call into Swift; a Swift `Atomic` has no
+// address C may use. Swift reads and bumps it through these inline functions, which compile to
+// the same single instructions its own atomics would.
+#pragma once
+#include <stdatomic.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct cshims_window_sequence {
+    _Atomic uint64_t value;
+} cshims_window_sequence;
+
+static inline void cshims_window_sequence_init(cshims_window_sequence *sequence, uint64_t value) {
+    atomic_init(&sequence->value, value);
+}
+
+static inline uint64_t cshims_window_sequence_load(const cshims_window_sequence *sequence) {
+    return atomic_load_explicit(&sequence->value, memory_order_acquire);
+}
+
+/// One step: the first window to open makes it odd, the last to close even (under the
+/// address space's interval lock: one writer at a time).
+static inline void cshims_window_sequence_bump(cshims_window_sequence *sequence) {
+    atomic_fetch_add_explicit(&sequence->value, 1, memory_order_release);
+}
+
+#ifdef __cplusplus
+}
+#endif
