@@ -173,7 +173,6 @@ struct ClientCommand: ParsableCommand {
         let counts = registrar.counts
         return TransferFigures(registration: choice, buffers: self.buffers, bytes: total, messages: count,
                                messageSize: messageBytes, elapsed: elapsed, registrationTime: registrar.registrationTime,
-                               misses: choice == .cache ? (registrar.timedMisses, registrar.missTime) : nil,
                                registrations: counts.registrations, hits: counts.hits, invalidations: counts.invalidations,
                                remaps: buffers.remaps, corruptCredits: corrupt, verdict: verdict)
     }

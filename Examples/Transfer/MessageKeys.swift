@@ -47,22 +47,12 @@ final class MessageRegistrar {
         cache = choice == .cache ? RegistrationCache(protectionDomain: domain) : nil
     }
 
-    /// Time spent in cache lookups that had to register (a miss), and their number.
-    private(set) var missTime = Duration.zero
-    private(set) var timedMisses = 0
-
     func keys(for buffer: UnsafeMutableRawBufferPointer) throws -> MessageKeys {
         let clock = ContinuousClock()
         let start = clock.now
         defer { registrationTime += clock.now - start }
         if let cache {
-            let missesBefore = cache.statistics.misses
-            let registration = try cache.register(buffer, access: [.localWrite])
-            if cache.statistics.misses != missesBefore {
-                missTime += clock.now - start
-                timedMisses += 1
-            }
-            return .cached(registration)
+            return .cached(try cache.register(buffer, access: [.localWrite]))
         }
         plainRegistrations += 1
         return .plain(try domain.registerMemory(buffer, access: [.localWrite]))

@@ -9,8 +9,6 @@ struct TransferFigures {
     var messageSize: Int
     var elapsed: Duration
     var registrationTime: Duration
-    /// Cache lookups that registered, and the time they took (nil: no cache).
-    var misses: (count: Int, time: Duration)?
     var registrations: Int
     var hits: Int
     var invalidations: Int
@@ -38,8 +36,7 @@ struct TransferFigures {
             "[\(registration.rawValue)]   ibv_reg_mr: \(registrations) (\(String(format: "%.1f", registrationsPerSecond))/s), "
                 + "cache hits: \(hits), invalidations: \(invalidations)"
                 + (remaps > 0 ? ", pool remapped \(remaps) times" : "")
-                + ", registering: \(String(format: "%.1f", registrationMicroseconds / Double(max(messages, 1)))) µs/message"
-                + (misses.map { $0.count > 0 ? " (a miss: \(String(format: "%.0f", Self.microseconds($0.time) / Double($0.count))) µs)" : "" } ?? ""),
+                + ", registering: \(String(format: "%.1f", registrationMicroseconds / Double(max(messages, 1)))) µs/message",
             "[\(registration.rawValue)]   server: \(verdict.verifiedMessages) of \(messages) messages verified "
                 + "(\(ByteCount.format(Int(verdict.verifiedBytes))))"
                 + (verified ? ", every byte matches" : ", \(verdict.mismatchedMessages) CORRUPT"),

@@ -48,7 +48,6 @@ public final class Connection: Sendable {
     public static func connect(to address: String, port: UInt16, options: Options = .init(),
                                privateData: [UInt8] = [],
                                timeout: Duration = .seconds(10)) throws -> Connection {
-        let privateLength = try Self.privateDataLength(privateData, limit: maxConnectPrivateData, call: "rdma_connect")
         let identifier = try ConnectionIdentifier(channel: EventChannel())
         let resolved = try ResolvedAddress(node: address, port: port, passive: false)
         defer { resolved.free() }
@@ -63,12 +62,8 @@ public final class Connection: Sendable {
         }
         _ = try identifier.channel.next(RDMA_CM_EVENT_ROUTE_RESOLVED, after: "rdma_resolve_route", timeout: timeout)
         let connection = try Connection(identifier: identifier, options: options)
-        let code = privateData.withUnsafeBytes { bytes in
-            var parameters = connection.parameters(options)
-            parameters.private_data = bytes.baseAddress
-            parameters.private_data_len = privateLength
-            return rdma_connect(identifier.pointer, &parameters)
-        }
+        let code = try connection.withParameters(options, privateData: privateData, limit: maxConnectPrivateData,
+                                                 call: "rdma_connect") { rdma_connect(identifier.pointer, &$0) }
         guard code == 0 else {
             throw VerbsError.fromErrno("rdma_connect", argument: "address: \"\(address)\", port: \(port)")
         }
@@ -77,13 +72,20 @@ public final class Connection: Sendable {
         return connection
     }
 
-    /// `privateData`'s length as rdma_cm takes it, or an error naming the call and the limit.
-    static func privateDataLength(_ privateData: [UInt8], limit: Int, call: String) throws -> UInt8 {
+    /// Calls `body` (rdma_connect or rdma_accept) with this connection's parameters for
+    /// `options`, carrying `privateData`; an error names `call` if rdma_cm cannot carry it all.
+    func withParameters(_ options: Options, privateData: [UInt8], limit: Int, call: String,
+                        _ body: (inout rdma_conn_param) -> Int32) throws -> Int32 {
         guard privateData.count <= limit, let length = UInt8(exactly: privateData.count) else {
             throw VerbsError(call: call, argument: "private_data_len: \(privateData.count)", errno: .invalidArgument,
                              detail: "rdma_cm carries at most \(limit) bytes here")
         }
-        return length
+        return privateData.withUnsafeBytes { bytes in
+            var parameters = self.parameters(options)
+            parameters.private_data = bytes.baseAddress
+            parameters.private_data_len = length
+            return body(&parameters)
+        }
     }
 
     /// Records what the peer sent with its request (the accepting side, before it answers).

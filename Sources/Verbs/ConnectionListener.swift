@@ -45,20 +45,14 @@ public final class ConnectionListener: @unchecked Sendable {
         let accepted = try ConnectionIdentifier(accepted: incoming)
         let connection = try Connection(identifier: accepted, options: options)
         connection.recordPeerPrivateData(request.privateData)
-        let reply: [UInt8]
-        let length: UInt8
+        let code: Int32
         do {
-            reply = try answer(connection)
-            length = try Connection.privateDataLength(reply, limit: Connection.maxAcceptPrivateData, call: "rdma_accept")
+            let reply = try answer(connection)
+            code = try connection.withParameters(options, privateData: reply, limit: Connection.maxAcceptPrivateData,
+                                                 call: "rdma_accept") { rdma_accept(accepted.pointer, &$0) }
         } catch {
             rdma_reject(accepted.pointer, nil, 0)
             throw error
-        }
-        let code = reply.withUnsafeBytes { bytes in
-            var parameters = connection.parameters(options)
-            parameters.private_data = bytes.baseAddress
-            parameters.private_data_len = length
-            return rdma_accept(accepted.pointer, &parameters)
         }
         guard code == 0 else {
             throw VerbsError.fromErrno("rdma_accept")

@@ -20,11 +20,13 @@ final class CacheLikeSubscriber: IntervalNotifierOps {
                     currentSequence: UInt64) -> Bool {
         if refuseNonBlocking && !range.blockable { return false }
         calls.wrappingAdd(1, ordering: .relaxed)
-        inCallback.store(true, ordering: .releasing)
         lock.withLock { published in
             subscription.setSequence(currentSequence)
             published = nil
         }
+        // Only now: a readBegin before setSequence returns at once (the kernel's rule too; its
+        // readRetry then says retry), and the test that waits for this flag means "set".
+        inCallback.store(true, ordering: .releasing)
         if blockMicroseconds > 0 { sleepMicroseconds(blockMicroseconds) }
         inCallback.store(false, ordering: .releasing)
         return true
