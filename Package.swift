@@ -115,6 +115,7 @@ let package = Package(
         .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "MMUNotifier", "MemoryMonitor"]),
         .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
         .testTarget(name: "RDMAMemoryToolTests", dependencies: ["RDMAMemoryTool", "Verbs"]),
+        .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
     ],
     swiftLanguageModes: [.v6]
 )

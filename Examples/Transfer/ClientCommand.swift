@@ -62,6 +62,7 @@ struct ClientCommand: ParsableCommand {
 
     func run() throws {
         let dataSet = try size.map { try DataSet(generating: $0.bytes) } ?? DataSet(file: file ?? "")
+        say("client", "sending \(dataSet.name) to \(server) port \(port) in messages of \(messageSize)")
         var figures: [TransferFigures] = []
         for round in 0..<(registration == .both ? rounds : 1) {
             // Alternate which way goes first: the first run of a process also pays its start-up.

@@ -15,7 +15,6 @@ enum BufferChoice: String, CaseIterable, Sendable {
 }
 
 final class MessageBuffers {
-    let choice: BufferChoice
     private let messageSize: Int
     private let pool: AnonymousMapping?
     private let remapEvery: Int
@@ -23,7 +22,6 @@ final class MessageBuffers {
     private var handedOut = 0
 
     init(_ choice: BufferChoice, messageSize: Int, window: Int, remapEvery: Int) throws {
-        self.choice = choice
         self.messageSize = messageSize
         self.remapEvery = remapEvery
         pool = choice == .pool ? try AnonymousMapping(length: window * messageSize) : nil

@@ -32,7 +32,6 @@ enum MessageKeys: ~Copyable {
 
 /// Makes `MessageKeys` the chosen way and counts what that cost.
 final class MessageRegistrar {
-    let choice: RegistrationChoice
     private let domain: ProtectionDomain
     /// The cache, when `choice` is `.cache`. It watches the buffers through the process's one
     /// memory monitor, so a freed and reused or remapped buffer gets a new region.
@@ -42,7 +41,6 @@ final class MessageRegistrar {
     private(set) var registrationTime = Duration.zero
 
     init(_ choice: RegistrationChoice, domain: ProtectionDomain) {
-        self.choice = choice
         self.domain = domain
         cache = choice == .cache ? RegistrationCache(protectionDomain: domain) : nil
     }
