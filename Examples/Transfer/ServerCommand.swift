@@ -134,8 +134,7 @@ struct ServerCommand: ParsableCommand {
         var verdict = TransferVerdict(verifiedMessages: 0, verifiedBytes: 0, mismatchedMessages: 0)
         var received: UInt64 = 0
         var answered = false
-        var handle: (WorkCompletion) throws -> Void = { _ in }
-        handle = { completion in
+        func handle(_ completion: WorkCompletion) throws {
             switch WorkID(raw: completion.id) {
             case .send(let buffer):
                 channel.sendCompleted(buffer)

@@ -24,7 +24,7 @@ public final class AnonymousMapping {
         }
         let pointer = mmap(nil, length, PROT_READ | PROT_WRITE, flags, -1, 0)
         guard let pointer, pointer != MAP_FAILED else {
-            throw MappingError(call: "mmap", argument: "length: \(length)", errno: Errno(rawValue: errno))
+            throw MappingError.fromErrno("mmap", argument: "length: \(length)")
         }
         address = UInt(bitPattern: pointer)
         self.length = length
@@ -70,7 +70,7 @@ public final class AnonymousMapping {
         let pointer = mmap(UnsafeMutableRawPointer(bitPattern: address), length, PROT_READ | PROT_WRITE,
                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_POPULATE, -1, 0)
         guard pointer != MAP_FAILED else {
-            throw MappingError(call: "mmap", argument: describe(), errno: Errno(rawValue: errno))
+            throw MappingError.fromErrno("mmap", argument: describe())
         }
         isMapped = true
     }
@@ -90,14 +90,14 @@ public final class AnonymousMapping {
     public func remap(to newLength: Int) throws {
         let moved = mremap_shim(address, length, newLength)
         guard moved != MAP_FAILED, let moved else {
-            throw MappingError(call: "mremap", argument: describe(), errno: Errno(rawValue: errno))
+            throw MappingError.fromErrno("mremap", argument: describe())
         }
         address = UInt(bitPattern: moved)
         length = newLength
     }
 
     private func check(_ result: Int32, _ call: String) throws {
-        guard result == 0 else { throw MappingError(call: call, argument: describe(), errno: Errno(rawValue: errno)) }
+        guard result == 0 else { throw MappingError.fromErrno(call, argument: describe()) }
     }
 
     private func describe() -> String { "address: 0x\(String(address, radix: 16)), length: \(length)" }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SystemPackage
 
 /// A failed memory-mapping system call: which call, on what, and the errno with its text.
@@ -10,6 +13,12 @@ public struct MappingError: Error, Equatable, Sendable, CustomStringConvertible 
         self.call = call
         self.argument = argument
         self.errno = errno
+    }
+
+    /// The error of `call`, which just failed, with the calling thread's errno (read it before
+    /// anything else can change it).
+    public static func fromErrno(_ call: String, argument: String) -> MappingError {
+        MappingError(call: call, argument: argument, errno: Errno(rawValue: Glibc.errno))
     }
 
     public var description: String { "\(call)(\(argument)): \(errno)" }

@@ -98,7 +98,7 @@ struct MemoryChangeCheck {
         let mapping = try AnonymousMapping(length: Self.length)
         try measure(&row, before: mapping.bytes) {
             guard cshims_raw_munmap(mapping.bytes.baseAddress, UInt(Self.length)) == 0 else {
-                throw SystemCallError("syscall(SYS_munmap)", Self.describe(mapping.address, Self.length))
+                throw MappingError.fromErrno("syscall(SYS_munmap)", argument: Self.describe(mapping.address, Self.length))
             }
             try mapping.mapAgain()
             return Changed(target: mapping.bytes)
@@ -130,7 +130,7 @@ struct MemoryChangeCheck {
     /// gives the same address back (the case that matters), and the row says when it did not.
     private func freeMalloc(_ row: inout ChangeRow) throws {
         let size = 64 << 20
-        guard let first = malloc(size) else { throw SystemCallError("malloc", "\(size)") }
+        guard let first = malloc(size) else { throw MappingError.fromErrno("malloc", argument: "\(size)") }
         var second: UnsafeMutableRawPointer?
         var firstFreed = false
         defer {
@@ -140,7 +140,7 @@ struct MemoryChangeCheck {
         try measure(&row, before: UnsafeMutableRawBufferPointer(start: first, count: Self.length)) {
             free(first)
             firstFreed = true
-            guard let block = malloc(size) else { throw SystemCallError("malloc", "\(size)") }
+            guard let block = malloc(size) else { throw MappingError.fromErrno("malloc", argument: "\(size)") }
             second = block
             let note = block == first ? "malloc gave the same address back"
                 : "malloc gave another address (\(Self.hex(UInt(bitPattern: block))) after "
@@ -156,7 +156,7 @@ struct MemoryChangeCheck {
         let page = UInt(AnonymousMapping.pageSize)
         let grow = 2 * Self.length + Int(page)
         let old = cshims_sbrk(grow)
-        guard let old, UInt(bitPattern: old) != UInt.max else { throw SystemCallError("sbrk", "+\(grow)") }
+        guard let old, UInt(bitPattern: old) != UInt.max else { throw MappingError.fromErrno("sbrk", argument: "+\(grow)") }
         let top = UInt(bitPattern: old) + UInt(grow)
         var grown = true
         defer {
@@ -171,10 +171,10 @@ struct MemoryChangeCheck {
                 throw ChangeSkipped(reason: "the program break moved under the check (malloc grew the heap)",
                                     retryable: true)
             }
-            guard UInt(bitPattern: cshims_sbrk(-grow)) != UInt.max else { throw SystemCallError("sbrk", "-\(grow)") }
+            guard UInt(bitPattern: cshims_sbrk(-grow)) != UInt.max else { throw MappingError.fromErrno("sbrk", argument: "-\(grow)") }
             grown = false
             let regrown = cshims_sbrk(grow)
-            guard let regrown, UInt(bitPattern: regrown) != UInt.max else { throw SystemCallError("sbrk", "+\(grow)") }
+            guard let regrown, UInt(bitPattern: regrown) != UInt.max else { throw MappingError.fromErrno("sbrk", argument: "+\(grow)") }
             grown = true
             guard regrown == old else { throw ChangeSkipped(reason: "the heap grew back elsewhere") }
             return Changed(target: buffer)
@@ -185,18 +185,18 @@ struct MemoryChangeCheck {
     /// and the write must land all the same.
     private func memfdTruncate(_ row: inout ChangeRow) throws {
         let fd = cshims_memfd("rdmamemory-check", UInt(Self.length))
-        guard fd >= 0 else { throw SystemCallError("memfd_create", "\"rdmamemory-check\", \(Self.length)") }
+        guard fd >= 0 else { throw MappingError.fromErrno("memfd_create", argument: "\"rdmamemory-check\", \(Self.length)") }
         defer { close(fd) }
         let pointer = mmap(nil, Self.length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         guard let pointer, pointer != MAP_FAILED else {
-            throw SystemCallError("mmap", "MAP_SHARED, memfd \(fd), length: \(Self.length)")
+            throw MappingError.fromErrno("mmap", argument: "MAP_SHARED, memfd \(fd), length: \(Self.length)")
         }
         defer { munmap(pointer, Self.length) }
         let buffer = UnsafeMutableRawBufferPointer(start: pointer, count: Self.length)
         try measure(&row, before: buffer) {
-            guard ftruncate(fd, 0) == 0 else { throw SystemCallError("ftruncate", "memfd \(fd), 0") }
+            guard ftruncate(fd, 0) == 0 else { throw MappingError.fromErrno("ftruncate", argument: "memfd \(fd), 0") }
             guard ftruncate(fd, off_t(Self.length)) == 0 else {
-                throw SystemCallError("ftruncate", "memfd \(fd), \(Self.length)")
+                throw MappingError.fromErrno("ftruncate", argument: "memfd \(fd), \(Self.length)")
             }
             return Changed(target: buffer)
         }
@@ -207,7 +207,7 @@ struct MemoryChangeCheck {
     private func shmatRemap(_ row: inout ChangeRow) throws {
         let mapping = try AnonymousMapping(length: Self.length)
         let id = cshims_shm_create(UInt(Self.length))
-        guard id >= 0 else { throw SystemCallError("shmget", "IPC_PRIVATE, \(Self.length)") }
+        guard id >= 0 else { throw MappingError.fromErrno("shmget", argument: "IPC_PRIVATE, \(Self.length)") }
         defer { _ = cshims_shm_remove(id) }
         var attached: UnsafeMutableRawPointer?
         defer { if let attached { _ = cshims_shmdt(attached) } }
@@ -215,12 +215,12 @@ struct MemoryChangeCheck {
             try measure(&row, before: mapping.bytes) {
                 let address = cshims_shmat(id, mapping.bytes.baseAddress, CSHIMS_SHM_REMAP)
                 guard let address, UInt(bitPattern: address) != UInt.max else {
-                    throw SystemCallError("shmat", "\(id), \(Self.hex(mapping.address)), SHM_REMAP")
+                    throw MappingError.fromErrno("shmat", argument: "\(id), \(Self.hex(mapping.address)), SHM_REMAP")
                 }
                 attached = address
                 guard UInt(bitPattern: address) == mapping.address else {
-                    throw SystemCallError("shmat", "attached at \(Self.hex(UInt(bitPattern: address))), "
-                        + "not \(Self.hex(mapping.address))", errno: EINVAL)
+                    throw MappingError(call: "shmat", argument: "attached at \(Self.hex(UInt(bitPattern: address))), "
+                        + "not \(Self.hex(mapping.address))", errno: .invalidArgument)
                 }
                 return Changed(target: UnsafeMutableRawBufferPointer(start: address, count: Self.length))
             }
