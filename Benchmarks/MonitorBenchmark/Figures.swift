@@ -92,7 +92,7 @@ func invalidationLatency(monitor: UserfaultfdMonitor, space: AddressSpace, itera
               }) else { fatalError("setup failed") }
         munmap(UnsafeMutableRawPointer(bitPattern: base), Int(pageSize))
         let returned = nowNanoseconds()
-        _ = subscription.readBegin()
+        _ = try? subscription.readBegin()
         samples.append(Double(nowNanoseconds() - returned))
         try? subscription.remove()
         try? monitor.unwatch(range)

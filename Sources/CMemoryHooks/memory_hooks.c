@@ -1,4 +1,5 @@
-// munmap(), mmap(MAP_FIXED), mprotect(), pkey_mprotect(), shmat() and shmdt() for the whole process. An
+// munmap(), mmap(MAP_FIXED), mremap(), madvise(), process_madvise(), mprotect(), pkey_mprotect(),
+// shmat() and shmdt() for the whole process. An
 // executable's own definition of a libc function binds every call from the executable (Swift's
 // Glibc functions included) and, through the dynamic symbol table, every call a shared library
 // makes through its PLT (libibverbs, the Swift runtime, an allocator). glibc's internal calls
@@ -7,10 +8,14 @@
 //
 // The rule every hook keeps: on a call that touches no memory a monitor registered it takes no
 // lock and allocates nothing (one lock-free look at the granule maps), so an allocator that
-// calls it while holding its own lock cannot re-enter itself through us.
+// calls it while holding its own lock cannot re-enter itself through us. On a call that does,
+// nothing is allocated before the real call either (MemoryHooks.swift): under
+// mallopt(M_MMAP_THRESHOLD, 1) every malloc is a fresh mapping, which the kernel may place in the
+// hole an mmap(MAP_FIXED) is about to fill (libfabric's fi_mr_cache_evict test did exactly that).
 #define _GNU_SOURCE
 #include "memory_hooks.h"
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -19,6 +24,8 @@
 #include <sys/mman.h>
 #include <sys/shm.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static _Atomic(cmemhooks_handler) installed_handler;
@@ -40,7 +47,9 @@ static void forget_handler_in_child(void) {
 }
 
 static void first_install(void) {
-    const char *setting = getenv("RDMAMEMORY_HOOKS");
+    // secure_getenv: in a setuid program the caller's environment must not switch off the
+    // revocation of regions a protection change takes write access from.
+    const char *setting = secure_getenv("RDMAMEMORY_HOOKS");
     if (setting && (strcmp(setting, "off") == 0 || strcmp(setting, "0") == 0)) atomic_store(&hooks_disabled, 1);
     pthread_atfork(NULL, NULL, forget_handler_in_child);
 }
@@ -85,6 +94,16 @@ void cmemhooks_perform(cmemhooks_call *call) {
     case CMEMHOOKS_SHMDT:
         result = syscall(SYS_shmdt, call->address);
         break;
+    case CMEMHOOKS_MREMAP:
+        result = syscall(SYS_mremap, call->address, call->length, call->new_length, call->flags,
+                         (void *)call->new_start);
+        break;
+    case CMEMHOOKS_MADVISE:
+        result = call->pidfd == -1
+            ? syscall(SYS_madvise, call->address, call->length, call->advice)
+            : syscall(SYS_process_madvise, call->pidfd, call->iovec, call->iovec_count, call->advice,
+                      (unsigned)call->flags);
+        break;
     default:
         result = -1;
         errno = EINVAL;
@@ -111,6 +130,15 @@ static int page_range(const void *address, size_t length, uintptr_t *start, uint
     uintptr_t e;
     if (__builtin_add_overflow(s, length, &e) || __builtin_add_overflow(e, mask, &e)) return 0;
     *start = s;
+    *end = e & ~mask;
+    return 1;
+}
+
+// The pages [*start, *end) that (address, length) touches, rounded outwards; 0 when it wraps.
+static int covering_pages(const void *address, size_t length, uintptr_t *start, uintptr_t *end) {
+    uintptr_t mask = page_mask(), s = (uintptr_t)address, e;
+    if (length == 0 || __builtin_add_overflow(s, length, &e) || __builtin_add_overflow(e, mask, &e)) return 0;
+    *start = s & ~mask;
     *end = e & ~mask;
     return 1;
 }
@@ -174,6 +202,13 @@ static int protect(void *address, size_t length, int prot, int pkey) {
                            .prot = prot, .pkey = pkey};
     int loss = !(prot & (PROT_READ | PROT_WRITE)) ? CMEMHOOKS_LOSES_ALL
              : !(prot & PROT_WRITE)               ? CMEMHOOKS_LOSES_WRITE : 0;
+    // A protection key other than the default one may deny writes (or all access) in any
+    // thread, now or after a later PKRU change no hook sees: taken as a loss of write access, or
+    // of all access when this thread's rights for the key deny it.
+    if (pkey > 0 && loss == 0) {
+        int rights = pkey_get(pkey);
+        loss = rights != -1 && (rights & PKEY_DISABLE_ACCESS) ? CMEMHOOKS_LOSES_ALL : CMEMHOOKS_LOSES_WRITE;
+    }
     call.protection_loss = loss;
     if (!handler || handler_depth != 0 || loss == 0 || !page_range(address, length, &call.start, &call.end)) {
         cmemhooks_perform(&call);
@@ -246,4 +281,139 @@ int shmdt(const void *address) {
     cmemhooks_perform(&call);
     errno = call.result == -1 ? call.error : saved;
     return (int)call.result;
+}
+
+// mremap: the old range moves away (or shrinks), and with MREMAP_FIXED the new range replaces
+// whatever was mapped there. Both are handled like munmap: invalidated, taken out of userfaultfd
+// in this thread (so the kernel queues no REMAP event and the caller never sleeps for the
+// monitor) and the pieces forgotten. Taking the watched parts out also merges the mapping back
+// into one VMA: userfaultfd registration splits a mapping, and mremap refuses a range over more
+// than one VMA (EFAULT), so a program's mremap of a partly watched mapping behaves as unwatched.
+void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...) {
+    void *new_address = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list arguments;
+        va_start(arguments, flags);
+        new_address = va_arg(arguments, void *);
+        va_end(arguments);
+    }
+    cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
+    cmemhooks_call call = {.kind = CMEMHOOKS_MREMAP, .address = old_address, .length = old_size,
+                           .new_length = new_size, .flags = flags, .new_start = (uintptr_t)new_address,
+                           .pkey = -1, .pidfd = -1};
+    if (handler && handler_depth == 0 && cmemhooks_active_slots() != 0) {
+        uintptr_t start = 0, end = 0, new_start = 0, new_end = 0;
+        if (page_range(old_address, old_size, &start, &end)) {
+            call.start = start;
+            call.end = end;
+            call.slots = cmemhooks_touching(start, end);
+        }
+        if ((flags & MREMAP_FIXED) && page_range(new_address, new_size, &new_start, &new_end)) {
+            uint32_t replaced = cmemhooks_touching(new_start, new_end);
+            if (replaced) {
+                call.slots |= replaced;
+                if (call.start == call.end) {  // a duplicated shared mapping: only the target matters
+                    call.start = new_start;
+                    call.end = new_end;
+                }
+            }
+        }
+        call.new_start = (uintptr_t)new_address;
+        call.new_end = (flags & MREMAP_FIXED) ? new_end : call.new_start;
+        if (call.slots != 0 && call.start < call.end) return (void *)through_handler(handler, &call);
+    }
+    cmemhooks_perform(&call);
+    if (call.result == -1) errno = call.error;
+    return (void *)call.result;
+}
+
+int cmemhooks_advice_replaces_pages(int advice) {
+    switch (advice) {
+    case MADV_NORMAL: case MADV_RANDOM: case MADV_SEQUENTIAL: case MADV_WILLNEED:
+    case MADV_DONTFORK: case MADV_DOFORK:           // what a child inherits
+    case MADV_MERGEABLE: case MADV_UNMERGEABLE:     // KSM never merges a pinned page
+    case MADV_HUGEPAGE: case MADV_NOHUGEPAGE:
+    case MADV_DONTDUMP: case MADV_DODUMP:
+    case 18: case 19:                               // MADV_WIPEONFORK, MADV_KEEPONFORK: the child's
+    case 20: case 21:                               // MADV_COLD, MADV_PAGEOUT: reclaim skips pinned pages
+    case 22: case 23:                               // MADV_POPULATE_READ/WRITE: fault in what is missing
+    case 25:                                        // MADV_COLLAPSE: skips pinned pages
+    case 103:                                       // MADV_GUARD_REMOVE: the install zapped already
+        return 0;
+    default:  // DONTNEED(_LOCKED), FREE, REMOVE, GUARD_INSTALL, HWPOISON, SOFT_OFFLINE, unknown
+        return 1;
+    }
+}
+
+// madvise and process_madvise of this process with advice that may replace pages. DONTNEED and
+// REMOVE are userfaultfd events, but the caller then sleeps until the monitor reads them;
+// MADV_GUARD_INSTALL (Linux 6.13) zaps the pages with no event at all, and the next touch maps
+// new zero pages under a cached region. Invalidated around the call, and once more after it for
+// a watch that raced the first check (as mprotect).
+static long advise(cmemhooks_call *call) {
+    cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
+    if (!handler || handler_depth != 0 || call->start >= call->end ||
+        !cmemhooks_advice_replaces_pages(call->advice) || cmemhooks_active_slots() == 0) {
+        cmemhooks_perform(call);
+    } else if ((call->slots = cmemhooks_touching(call->start, call->end)) != 0) {
+        return (long)through_handler(handler, call);
+    } else {
+        cmemhooks_perform(call);
+        if (call->result != -1 && (call->slots = cmemhooks_touching(call->start, call->end)) != 0) {
+            return (long)through_handler(handler, call);
+        }
+    }
+    if (call->result == -1) errno = call->error;
+    return (long)call->result;
+}
+
+int madvise(void *address, size_t length, int advice) {
+    cmemhooks_call call = {.kind = CMEMHOOKS_MADVISE, .address = address, .length = length, .advice = advice,
+                           .pkey = -1, .pidfd = -1};
+    if (!covering_pages(address, length, &call.start, &call.end)) call.start = call.end = 0;
+    return (int)advise(&call);
+}
+
+// 1 when `pidfd` refers to this process (its /proc fdinfo names our pid). Allocation-free.
+static int pidfd_is_self(int pidfd) {
+    char path[64] = "/proc/self/fdinfo/";
+    char digits[16];
+    int n = 0;
+    unsigned value = (unsigned)pidfd;
+    do { digits[n++] = (char)('0' + value % 10); value /= 10; } while (value && n < 15);
+    size_t at = strlen(path);
+    while (n > 0) path[at++] = digits[--n];
+    path[at] = 0;
+    int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 1;  // cannot tell: assume it is us (an extra invalidation is harmless)
+    char text[1024];
+    ssize_t got = syscall(SYS_read, fd, text, sizeof text - 1);
+    syscall(SYS_close, fd);
+    if (got <= 0) return 1;
+    text[got] = 0;
+    const char *line = strstr(text, "\nPid:");
+    if (!line) return 1;
+    long pid = strtol(line + 5, NULL, 10);
+    return pid == (long)getpid();
+}
+
+ssize_t process_madvise(int pidfd, const struct iovec *iovec, size_t count, int advice, unsigned int flags) {
+    cmemhooks_call call = {.kind = CMEMHOOKS_MADVISE, .advice = advice, .pkey = -1, .pidfd = pidfd,
+                           .iovec = iovec, .iovec_count = count, .flags = (int)flags};
+    // The range handed to the handler covers every vector (an over-wide invalidation is safe).
+    uintptr_t low = UINTPTR_MAX, high = 0;
+    if (atomic_load_explicit(&installed_handler, memory_order_acquire) && cmemhooks_active_slots() != 0 &&
+        cmemhooks_advice_replaces_pages(advice) && iovec && count <= 1024 && pidfd_is_self(pidfd)) {
+        for (size_t i = 0; i < count; i++) {
+            uintptr_t s, e;
+            if (!covering_pages(iovec[i].iov_base, iovec[i].iov_len, &s, &e)) continue;
+            if (s < low) low = s;
+            if (e > high) high = e;
+        }
+    }
+    if (low < high) {
+        call.start = low;
+        call.end = high;
+    }
+    return (ssize_t)advise(&call);
 }

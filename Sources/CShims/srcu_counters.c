@@ -23,6 +23,32 @@ static _Atomic uint64_t next_domain_id = 1;
 static _Thread_local srcu_slot *thread_slots;  // this thread's slots (registry lock)
 static _Thread_local char thread_owner_token;  // its address identifies the live thread
 
+// Slots come from a static pool first (the registry lock guards it): a thread's first read
+// section may be inside a hooked mmap(MAP_FIXED), and a slot malloc placed in the hole that call
+// fills would be zeroed under its counters. Beyond the pool, from the heap.
+#define SRCU_POOLED_SLOTS 512
+static srcu_slot slot_pool[SRCU_POOLED_SLOTS];
+static size_t slot_pool_used;
+static srcu_slot *slot_pool_free;  // through thread_next
+
+static srcu_slot *slot_alloc(void) {
+    srcu_slot *s = slot_pool_free;
+    if (s) slot_pool_free = s->thread_next;
+    else if (slot_pool_used < SRCU_POOLED_SLOTS) s = &slot_pool[slot_pool_used++];
+    else s = aligned_alloc(64, sizeof(srcu_slot));
+    if (s) memset(s, 0, sizeof *s);
+    return s;
+}
+
+static void slot_free(srcu_slot *s) {
+    if (s >= slot_pool && s < slot_pool + SRCU_POOLED_SLOTS) {
+        s->thread_next = slot_pool_free;
+        slot_pool_free = s;
+    } else {
+        free(s);
+    }
+}
+
 static int membarrier_cmd(int cmd) { return (int)syscall(__NR_membarrier, cmd, 0, 0); }
 
 static void thread_exit(void *unused) {
@@ -32,7 +58,7 @@ static void thread_exit(void *unused) {
     while (s) {
         srcu_slot *next = s->thread_next;
         s->thread_next = NULL;
-        if (s->domain == NULL) free(s);  // its domain is gone: nobody else knows it
+        if (s->domain == NULL) slot_free(s);  // its domain is gone: nobody else knows it
         else s->owner = NULL;            // the domain may hand it to another thread
         s = next;
     }
@@ -74,7 +100,7 @@ void srcu_domain_destroy(void *domain) {
     while (s) {
         srcu_slot *next = atomic_load_explicit(&s->domain_next, memory_order_relaxed);
         s->domain = NULL;
-        if (s->owner == NULL) free(s);  // else its thread frees it on exit or next slow path
+        if (s->owner == NULL) slot_free(s);  // else its thread frees it on exit or next slow path
         s = next;
     }
     pthread_mutex_unlock(&registry);
@@ -91,7 +117,7 @@ srcu_slot *srcu_slot_slow(srcu_domain *d) {
     srcu_slot **link = &thread_slots;
     while (*link) {
         srcu_slot *s = *link;
-        if (s->domain == NULL) { *link = s->thread_next; free(s); continue; }
+        if (s->domain == NULL) { *link = s->thread_next; slot_free(s); continue; }
         if (s->domain == d) found = s;
         link = &s->thread_next;
     }
@@ -102,9 +128,8 @@ srcu_slot *srcu_slot_slow(srcu_domain *d) {
             if (s->owner == NULL) { found = s; break; }
         }
         if (!found) {
-            found = aligned_alloc(64, sizeof(srcu_slot));
+            found = slot_alloc();
             if (!found) abort();  // out of memory on a first read: nothing sensible to return
-            memset(found, 0, sizeof *found);
             found->domain = d;
             srcu_slot *head = atomic_load_explicit(&d->slots, memory_order_relaxed);
             do {

@@ -258,14 +258,32 @@ public final class AddressSpace: Sendable {
     /// every window open when it was read has closed. Never call it holding a lock that an
     /// invalidate callback takes. Inlinable: every hit asks, and almost always the answer is a
     /// load and a test.
+    ///
+    /// Throws `.wouldDeadlock` instead of waiting from inside an invalidation callback: the
+    /// window may be the one the callback runs in, which closes only after it returns.
     @inlinable
-    public func waitWhileWindowOpen(_ sequence: UInt64) {
-        if sequence & 1 == 1 { waitForWindowToClose(sequence) }
+    public func waitWhileWindowOpen(_ sequence: UInt64) throws(NotifierError) {
+        if sequence & 1 == 1 { try waitForWindowToClose(sequence) }
     }
 
     @usableFromInline
-    func waitForWindowToClose(_ sequence: UInt64) {
+    func waitForWindowToClose(_ sequence: UInt64) throws(NotifierError) {
+        if Self.isInsideCallback {
+            throw .wouldDeadlock("a lookup inside an invalidation callback while a monitor's window is open")
+        }
         intervalEvents.wait { cshims_window_sequence_load(windowSequence) != sequence }
+    }
+
+    /// True while the calling thread runs an invalidation callback (of any space): it must not
+    /// wait for an invalidation to end, which may be its own.
+    public static var isInsideCallback: Bool { cshims_callback_depth() > 0 }
+
+    /// Runs callbacks of an invalidation, counted as such on this thread (`isInsideCallback`).
+    @inline(__always)
+    func inCallbacks<R>(_ body: () -> R) -> R {
+        cshims_callback_depth_enter()
+        defer { cshims_callback_depth_leave() }
+        return body()
     }
 
     /// Starts invalidating `range` (`mmu_notifier_invalidate_range_start`): interval
@@ -310,8 +328,10 @@ public final class AddressSpace: Sendable {
         }
         guard let root else { return }
         let refused = srcu.withReadLock {
-            !IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
-                sub.invalidate(r, currentSequence: seq) || r.blockable
+            inCallbacks {
+                !IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
+                    sub.invalidate(r, currentSequence: seq) || r.blockable
+                }
             }
         }
         if refused {
@@ -327,9 +347,11 @@ public final class AddressSpace: Sendable {
         let (root, seq) = intervals.withLock { s in (s.tree.root, s.sequence) }
         guard let root else { return }
         srcu.withReadLock {
-            _ = IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
-                _ = sub.invalidate(r, currentSequence: seq)
-                return true
+            inCallbacks {
+                _ = IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
+                    _ = sub.invalidate(r, currentSequence: seq)
+                    return true
+                }
             }
         }
     }
@@ -392,6 +414,8 @@ public final class AddressSpace: Sendable {
     /// (the ones already started get their end, as the kernel does).
     func notifiersStart(_ r: InvalidationRange) -> [NotifierEntry]? {
         srcu.withReadLock {
+            cshims_callback_depth_enter()
+            defer { cshims_callback_depth_leave() }
             let entries = notifiers.withLock { $0.list }
             for (i, entry) in entries.enumerated() where entry.isLive {
                 if !entry.notifier.invalidateRangeStart(r, in: self) && !r.blockable {
@@ -409,7 +433,9 @@ public final class AddressSpace: Sendable {
     func notifiersEnd(_ r: InvalidationRange, _ entries: [NotifierEntry]) {
         if entries.isEmpty { return }
         srcu.withReadLock {
-            for entry in entries where entry.isLive { entry.notifier.invalidateRangeEnd(r, in: self) }
+            inCallbacks {
+                for entry in entries where entry.isLive { entry.notifier.invalidateRangeEnd(r, in: self) }
+            }
         }
     }
 
@@ -471,8 +497,24 @@ public final class AddressSpace: Sendable {
     /// called again. A second remove throws `.alreadyRemoved`; a remove that would wait from
     /// inside a callback of this space throws `.wouldDeadlock`.
     public func removeInterval(_ sub: IntervalSubscription) throws(NotifierError) {
+        if let waitFor = try detachInterval(sub, mayWait: !srcu.isInsideReadSection) {
+            intervalEvents.wait { intervalSequence.load(ordering: .acquiring) != waitFor }
+        }
+    }
+
+    /// Unsubscribes without waiting: where an invalidation that sees the subscription is in
+    /// flight, the removal is applied when it ends, and until then its callbacks may still
+    /// reach `sub` (which the tree keeps alive). For a caller that must not wait (inside a
+    /// callback, or giving up a registration whose subscription nobody else knows).
+    public func removeIntervalWithoutWaiting(_ sub: IntervalSubscription) throws(NotifierError) {
+        _ = try detachInterval(sub, mayWait: nil)
+    }
+
+    /// Takes `sub` out of the tree, or defers that to the end of the invalidation in flight;
+    /// returns the sequence to wait for in the latter case when `mayWait` is true. `mayWait`
+    /// false throws `.wouldDeadlock` where waiting would be needed; nil never waits.
+    private func detachInterval(_ sub: IntervalSubscription, mayWait: Bool?) throws(NotifierError) -> UInt64? {
         guard sub.space === self else { throw .foreignSubscription }
-        let insideCallback = srcu.isInsideReadSection
         let (waitFor, dropReference) = try intervals.withLock { s throws(NotifierError) -> (UInt64?, Bool) in
             switch sub.membership {
             case .notInserted:
@@ -485,10 +527,10 @@ public final class AddressSpace: Sendable {
                 return (nil, true)
             case .inTree:
                 if s.sequence & 1 == 1 {
-                    if insideCallback { throw .wouldDeadlock("removeInterval() inside a callback") }
+                    if mayWait == false { throw .wouldDeadlock("removeInterval() inside a callback") }
                     s.defer_(sub)
                     sub.membership = .pendingRemove
-                    return (s.sequence, false)
+                    return (mayWait == true ? s.sequence : nil, false)
                 }
                 s.tree.remove(sub)
                 sub.membership = .removed
@@ -497,9 +539,7 @@ public final class AddressSpace: Sendable {
         }
         // The caller holds `sub`, so this is never the last reference.
         if dropReference { Unmanaged.passUnretained(sub).release() }
-        if let waitFor {
-            intervalEvents.wait { intervalSequence.load(ordering: .acquiring) != waitFor }
-        }
+        return waitFor
     }
 
     /// The space's invalidate sequence: even when idle, odd while an invalidation runs.

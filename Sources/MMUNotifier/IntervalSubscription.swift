@@ -97,7 +97,12 @@ open class IntervalSubscription: @unchecked Sendable {
     /// Starts a read: returns a sequence for `readRetry`. Waits while an invalidation that
     /// covers this subscription (or a monitor's open invalidation of still unknown range) is
     /// in flight. Never call it holding a lock that an invalidate callback takes.
-    public final func readBegin() -> UInt64 {
+    ///
+    /// Throws `.wouldDeadlock` where it would wait from inside an invalidation callback (on
+    /// any thread): the invalidation in flight may be the callback's own, which ends only after
+    /// the callback returns (a cache miss from a callback, a subscription inserted during the
+    /// invalidation that runs it). It returns at once there when nothing covers it.
+    public final func readBegin() throws(NotifierError) -> UInt64 {
         while true {
             let (seq, busy) = space.intervals.withLock { s -> (UInt64, UInt64?) in
                 let mine = sequence.load(ordering: .relaxed)
@@ -105,6 +110,9 @@ open class IntervalSubscription: @unchecked Sendable {
                 return (mine, nil)
             }
             guard let busy else { return seq }
+            if AddressSpace.isInsideCallback {
+                throw .wouldDeadlock("readBegin() inside an invalidation callback, while an invalidation is in flight")
+            }
             space.intervalEvents.wait {
                 space.intervalSequence.load(ordering: .acquiring) != busy
             }
@@ -144,6 +152,10 @@ open class IntervalSubscription: @unchecked Sendable {
 
     /// Same as `space.removeInterval(self)`.
     public final func remove() throws(NotifierError) { try space.removeInterval(self) }
+
+    /// Unsubscribes without waiting (`AddressSpace.removeIntervalWithoutWaiting`): callbacks of
+    /// an invalidation in flight may still arrive until it ends.
+    public final func removeWithoutWaiting() throws(NotifierError) { try space.removeIntervalWithoutWaiting(self) }
 
     public final var isRemoved: Bool {
         space.intervals.withLock { _ in membership == .removed || membership == .pendingRemove }

@@ -104,6 +104,32 @@ struct GranuleKeyedTable<Value: Sendable>: Sendable {
         }
     }
 
+    /// Calls `body` with every key and its value in place, in no particular order, until it
+    /// returns false; returns false when stopped. Allocates nothing (the hooks walk the table
+    /// this way before the call they intercept).
+    @discardableResult
+    mutating func updateEach(_ body: (UInt, inout Value) -> Bool) -> Bool {
+        for index in keys.indices where keys[index] != Self.empty && values[index] != nil {
+            if !body(keys[index], &values[index]!) { return false }
+        }
+        return true
+    }
+
+    /// Removes every key for which `shouldRemove` is true; allocates nothing. A removal shifts
+    /// later entries of its probe run back into the hole, so the same slot is looked at again;
+    /// a run that wraps moves only entries already looked at.
+    mutating func removeAll(where shouldRemove: (UInt) -> Bool) {
+        var index = 0
+        while index < keys.count {
+            let key = keys[index]
+            if key != Self.empty, shouldRemove(key) {
+                removeValue(forKey: key)
+                continue
+            }
+            index += 1
+        }
+    }
+
     private mutating func grow() {
         let old = zip(keys, values)
         keys = Array(repeating: Self.empty, count: keys.count * 2)

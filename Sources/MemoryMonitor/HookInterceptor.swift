@@ -139,15 +139,17 @@ final class HookInterceptor: Sendable {
     @discardableResult
     private func forEachRecord(overlapping pages: PageRange, in table: inout GranuleTable,
                                _ body: (_ start: UInt, _ record: inout GranuleRecord) -> Bool) -> Bool {
-        var going = true
         func visit(_ start: UInt) -> Bool {
+            var going = true
             table.records.update(start) { going = body(start, &$0) }
             return going
         }
         let spanned = (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize
         if spanned > UInt(table.records.count) {
-            for (start, _) in table.records.entries where pages.intersection(granule(start)) != nil {
-                if !visit(start) { return false }
+            // Every record in place: no array of entries (nothing allocated before the
+            // intercepted call).
+            return table.records.updateEach { start, record in
+                pages.intersection(granule(start)) == nil || body(start, &record)
             }
         } else {
             for start in pages.granuleStarts(granuleSize: granuleSize) where !visit(start) { return false }

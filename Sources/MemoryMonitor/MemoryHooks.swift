@@ -71,65 +71,92 @@ enum MemoryHooks {
     }
 
     /// Handles one intercepted call: the interceptors of the slots it touches, then the call.
+    ///
+    /// Allocates nothing before the real call (no array, no closure context, no object): the
+    /// interceptors are taken one by one from the slot bits, each invalidation lives on this
+    /// stack (one recursion per interceptor), and every table walk is in place. Whatever a
+    /// hook allocated before an `mmap(MAP_FIXED)` could be placed by malloc in the very hole
+    /// the call replaces (a fresh mapping under `M_MMAP_THRESHOLD` 1), and be zeroed under it.
+    /// Invalidation callbacks may allocate; the cache's revoke a region and leave its teardown
+    /// to the reclaim thread.
     static func handle(_ call: UnsafeMutablePointer<cmemhooks_call>) {
-        let slots = call.pointee.slots
-        let involved = interceptors.withLock { list in
-            list.indices.compactMap { slots & (1 << UInt32($0)) != 0 ? list[$0] : nil }
-        }
         let pages = PageRange(start: call.pointee.start, end: call.pointee.end)
         guard let range = try? AddressRange(start: pages.start, length: pages.length) else {
             cmemhooks_perform(call)
             return
         }
-        handle(call, pages, range, through: involved[...])
+        handle(call, pages, range, slots: call.pointee.slots)
+    }
+
+    /// The interceptor in slot `index`, if one is installed (a retain, nothing allocated).
+    private static func interceptor(at index: Int) -> HookInterceptor? {
+        interceptors.withLock { $0[index] }
     }
 
     /// Starts an invalidation of the range for each interceptor the call concerns (recursively,
     /// so each lives on this stack until the call returned), then performs it.
     private static func handle(_ call: UnsafeMutablePointer<cmemhooks_call>, _ pages: PageRange, _ range: AddressRange,
-                               through list: ArraySlice<HookInterceptor>) {
-        guard let interceptor = list.first else {
+                               slots: UInt32) {
+        guard slots != 0 else {
             cmemhooks_perform(call)
             return
         }
-        let rest = list.dropFirst()
+        let rest = slots & (slots &- 1)
+        guard let interceptor = interceptor(at: slots.trailingZeroBitCount) else {
+            return handle(call, pages, range, slots: rest)
+        }
         let kind = call.pointee.kind
         let performed = call.pointee.performed != 0
         // A range invalidation, not a window: the range is known before the call, so only
         // subscriptions overlapping it wait (`readBegin`), and lookups elsewhere do not.
         switch Int(kind) {
-        case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue):
-            guard interceptor.interceptsMunmap, interceptor.touchesWatched(pages) else {
-                return handle(call, pages, range, through: rest)
+        case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue), Int(CMEMHOOKS_MREMAP.rawValue):
+            // mremap also replaces what its MREMAP_FIXED target held: a second range.
+            let target = kind == Int32(CMEMHOOKS_MREMAP.rawValue) && call.pointee.new_end > call.pointee.new_start
+                ? PageRange(start: call.pointee.new_start, end: call.pointee.new_end) : nil
+            let touchesTarget = target.map { interceptor.touchesWatched($0) } ?? false
+            guard interceptor.interceptsMunmap, interceptor.touchesWatched(pages) || touchesTarget else {
+                return handle(call, pages, range, slots: rest)
             }
-            let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
+            let event: InvalidationEvent = kind == Int32(CMEMHOOKS_MREMAP.rawValue) ? .remap : .unmap
+            let invalidation = try? interceptor.space.invalidateRangeStart(range, event: event)
+            let targetInvalidation = touchesTarget ? target.flatMap { pages in
+                (try? AddressRange(start: pages.start, length: pages.length)).flatMap { range in
+                    try? interceptor.space.invalidateRangeStart(range, event: .unmap)
+                }
+            } : nil
             let inPieces = interceptor.unregisterWatched(pages)
-            handle(call, pages, range, through: rest)
+            let targetInPieces = touchesTarget ? target.map { interceptor.unregisterWatched($0) } ?? false : false
+            handle(call, pages, range, slots: rest)
             if call.pointee.result == -1 {
                 interceptor.reregisterWatched(pages)
-            } else if inPieces {
-                interceptor.forgetUnmapped(pages)
+                if touchesTarget, let target { interceptor.reregisterWatched(target) }
+            } else {
+                if inPieces { interceptor.forgetUnmapped(pages) }
+                if targetInPieces, let target { interceptor.forgetUnmapped(target) }
             }
+            targetInvalidation?.end()
             invalidation?.end()
-        case Int(CMEMHOOKS_MPROTECT.rawValue):
-            let event: InvalidationEvent = call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue)
-                ? .writeProtect : .protectionChange
+        case Int(CMEMHOOKS_MPROTECT.rawValue), Int(CMEMHOOKS_MADVISE.rawValue):
+            let event: InvalidationEvent = kind == Int32(CMEMHOOKS_MADVISE.rawValue) ? .remove
+                : call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue) ? .writeProtect
+                : .protectionChange
             interceptor.countProtectionChange()
             if performed {
                 interceptor.space.invalidate(range, event: event)
-                return handle(call, pages, range, through: rest)
+                return handle(call, pages, range, slots: rest)
             }
             let invalidation = try? interceptor.space.invalidateRangeStart(range, event: event)
-            handle(call, pages, range, through: rest)
+            handle(call, pages, range, slots: rest)
             invalidation?.end()
         default:  // shmat over memory, shmdt: mappings change with no event
             interceptor.forgetValidated(pages)
             if performed {
                 interceptor.space.invalidate(range, event: .unmap)
-                return handle(call, pages, range, through: rest)
+                return handle(call, pages, range, slots: rest)
             }
             let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
-            handle(call, pages, range, through: rest)
+            handle(call, pages, range, slots: rest)
             invalidation?.end()
         }
     }

@@ -132,9 +132,8 @@ final class ValidatedGranules: Sendable {
         starts.withLock { set in
             if set.isEmpty { return }
             if (end - first) / granuleSize > UInt(set.count) {
-                for (granule, _) in set.entries where !(granule &+ granuleSize <= start || granule >= end) {
-                    set.removeValue(forKey: granule)
-                }
+                // Allocation-free: the hooks call this before the call they intercept.
+                set.removeAll { granule in !(granule &+ granuleSize <= start || granule >= end) }
             } else {
                 for granule in stride(from: first, to: end, by: Int(granuleSize)) {
                     set.removeValue(forKey: granule)

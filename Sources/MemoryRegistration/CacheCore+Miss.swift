@@ -45,14 +45,21 @@ extension CacheCore {
             throw .shutDown(reason: "\(error)")
         }
         var reserved = false
-        /// Gives up the miss: its subscription goes, and the room it reserved.
+        /// Gives up the miss: its subscription goes (without waiting: inside a callback a remove
+        /// that waits would throw and leave it in the tree for good), and the room it reserved.
         func abandon() {
-            try? entry.remove()
+            try? entry.removeWithoutWaiting()
             if reserved { unreserve(bytes: length) }
         }
         var evictedForDevice = false
         for _ in 0..<max(1, options.maxAttempts) {
-            let sequence = entry.readBegin()  // 2
+            let sequence: UInt64
+            do {
+                sequence = try entry.readBegin()  // 2
+            } catch {
+                abandon()
+                throw .wouldDeadlock(call: "register", reason: "\(error)")
+            }
             var watched = false
             if let monitor {  // 3
                 switch monitor.watch(entry.range, allowingSharedMemory: options.cachesSharedMemory) {

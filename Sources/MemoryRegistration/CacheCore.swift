@@ -66,10 +66,27 @@ final class CacheCore: Sendable {
     /// almost always. Invalidations of known ranges (hooks, explicit calls) do not make a hit
     /// wait: they end before the call that made them returns, so no lookup that starts after that
     /// call can find what they revoked.
+    ///
+    /// From inside an invalidation callback it cannot wait (the window may be the callback's
+    /// own): it throws `.wouldDeadlock` naming `call` instead.
     @usableFromInline @inline(__always)
-    func settleInvalidations() {
-        space.waitWhileWindowOpen(space.openWindowSequence)
+    func settleInvalidations(call: StaticString) throws(RegistrationError) {
+        let sequence = space.openWindowSequence
+        if sequence & 1 == 1 { try settleOpenWindow(sequence, call: call) }
     }
+
+    @usableFromInline
+    func settleOpenWindow(_ sequence: UInt64, call: StaticString) throws(RegistrationError) {
+        do {
+            try space.waitWhileWindowOpen(sequence)
+        } catch {
+            throw .wouldDeadlock(call: "\(call)", reason: "\(error)")
+        }
+    }
+
+    /// The longest range a cache takes: half of `Int.max`, far beyond any address space (x86-64
+    /// user space is 2^47 bytes), so that a range rounded out to pages still fits an `Int`.
+    @usableFromInline static var maxLength: UInt { UInt(Int.max / 2) }
 
     /// The checks before a lookup: the cache is open, the range is usable. Returns its end. The
     /// common case is a few tests inlined into the hit; anything else goes to `rejectOrEnd`.
@@ -77,7 +94,9 @@ final class CacheCore: Sendable {
     func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         // A load, not the state lock: the hit paths write no shared cache line.
         let (end, overflow) = address.addingReportingOverflow(UInt(bitPattern: length))
-        if !isClosed.load(ordering: .acquiring), length > 0, address != 0, !overflow, end <= UInt.max - pageMask {
+        // One compare for 0 < length <= maxLength (a negative length wraps to a huge one).
+        if !isClosed.load(ordering: .acquiring), UInt(bitPattern: length) &- 1 < Self.maxLength, address != 0,
+           !overflow, end <= UInt.max - pageMask {
             return end
         }
         return try rejectOrEnd(address: address, length: length, call: call)
@@ -92,6 +111,10 @@ final class CacheCore: Sendable {
         }
         guard length > 0 else {
             throw .invalidRange(call: call, address: address, length: length, reason: "the length must be positive")
+        }
+        guard UInt(length) <= Self.maxLength else {
+            throw .invalidRange(call: call, address: address, length: length,
+                                reason: "the length is larger than any address space (at most \(Self.maxLength) bytes)")
         }
         guard address != 0 else {
             throw .invalidRange(call: call, address: address, length: length, reason: "the address is NULL")
@@ -121,8 +144,8 @@ final class CacheCore: Sendable {
     /// section, referenced only if its count is not zero, then checked still valid). Returned
     /// unretained: the counted reference keeps the entry alive (its teardown waits for it), and
     /// a Swift retain would be one more atomic write on the entry.
-    func lookupCounted(start: UInt, end: UInt, access: AccessFlags) -> Unmanaged<CacheEntry>? {
-        settleInvalidations()
+    func lookupCounted(start: UInt, end: UInt, access: AccessFlags) throws(RegistrationError) -> Unmanaged<CacheEntry>? {
+        try settleInvalidations(call: "register")
         let token = readSide.lock()
         let bits = index.lookup(start: start, end: end, access: access.rawValue)
         guard bits != 0 else {

@@ -144,7 +144,9 @@ extension CacheCore {
         counters.registered(regions: -1, bytes: -entry.length)
         if entry.watched { try? monitor?.unwatch(entry.range) }
         let retained = EntryReference(entry, retained: true)  // outlives the tree's reference
-        try? entry.remove()
+        // Inside a callback a waiting remove throws: then the removal waits for the end of the
+        // invalidation in flight instead (the tree keeps the entry alive until then).
+        if (try? entry.remove()) == nil { try? entry.removeWithoutWaiting() }
         teardowns.withLock { $0.freeable.append(retained) }
         counters.freeable.add(1, ordering: .relaxed)
     }

@@ -73,11 +73,12 @@ public struct Registration: ~Copyable {
 
     /// True once the memory under the registration changed (unmapped, remapped, made read-only,
     /// released): RDMA through it still reaches the *old* pages, or is refused. Register again
-    /// for the new memory.
+    /// for the new memory. Inside an invalidation callback it does not wait for a monitor's
+    /// open window (that may be the callback's own): it answers what is revoked so far.
     public var isRevoked: Bool {
         guard case let .cached(entry) = backing else { return false }
         return entry._withUnsafeGuaranteedRef { entry in
-            entry.core.settleInvalidations()  // an unmap that returned is reflected here
+            try? entry.core.settleInvalidations(call: "isRevoked")  // an unmap that returned is reflected here
             return entry.revoked.load(ordering: .acquiring)
         }
     }

@@ -92,7 +92,7 @@ public final class RegistrationCache: Sendable {
         -> Registration
     {
         let end = try core.validate(address: address, length: length, call: "register")
-        if let entry = core.lookupCounted(start: address, end: end, access: access) {
+        if let entry = try core.lookupCounted(start: address, end: end, access: access) {
             core.counters.countHit()
             return Registration(address: address, length: length, entry: entry)
         }
@@ -112,7 +112,7 @@ public final class RegistrationCache: Sendable {
                                     _ body: (borrowing ScopedRegistration) throws -> R) throws -> R {
         let address = UInt(bitPattern: buffer.baseAddress)
         let end = try core.validate(address: address, length: buffer.count, call: "withRegistration")
-        core.settleInvalidations()
+        try core.settleInvalidations(call: "withRegistration")
         // An explicit read section, not a closure: a closure made the optimizer retain the SRCU
         // domain around it, an atomic write to a line every thread shares.
         let token = core.readSide.lock()
@@ -153,9 +153,9 @@ public final class RegistrationCache: Sendable {
 
     /// Waits until the invalidations in flight (an `munmap` that returned) are applied and every
     /// region taken out of the cache that nobody holds is deregistered. Not from inside
-    /// `withRegistration`.
+    /// `withRegistration` or an invalidation callback: it throws `.wouldDeadlock` there.
     public func waitForPendingTeardowns() throws(NotifierError) {
-        core.settleInvalidations()
+        try core.space.waitWhileWindowOpen(core.space.openWindowSequence)
         try core.waitForTeardowns()
     }
 

@@ -29,6 +29,10 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
     case limitReached(regions: Int, maxRegions: Int, pinnedBytes: Int, maxPinnedBytes: Int, requested: Int)
     /// The cache was shut down (or its device failed) before this call.
     case shutDown(reason: String)
+    /// `call` was made from inside an invalidation callback and would have waited for an
+    /// invalidation in flight, possibly the callback's own: it would never return. Register from
+    /// elsewhere (the callback can hand the work to another thread).
+    case wouldDeadlock(call: String, reason: String)
 
     public var description: String {
         switch self {
@@ -44,6 +48,8 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
             "register(\(requested) bytes): the cache holds \(regions) of at most \(maxRegions) regions and \(pinnedBytes) of at most \(maxPinnedBytes) pinned bytes, and every cached region is in use"
         case let .shutDown(reason):
             "the registration cache is shut down: \(reason)"
+        case let .wouldDeadlock(call, reason):
+            "\(call)() inside an invalidation callback would wait for itself: \(reason)"
         }
     }
 }

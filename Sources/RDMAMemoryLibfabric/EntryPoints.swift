@@ -8,7 +8,9 @@ import Synchronization
 
 // The operations the C half (libfabric_monitor.c) forwards: libfabric's monitor calls, the
 // explicit invalidation and the counters of rdmamemory_libfabric.h. Plain functions with C
-// names, because libfabric calls them from its own threads with no Swift context.
+// names, because libfabric calls them from its own threads with no Swift context. A `size_t`
+// arrives as `Int`: it is taken back with `UInt(bitPattern:)` (the same 64 bits), never `UInt(_:)`,
+// which traps on a length above `Int.max`; such a length then fails `AddressRange`'s checks.
 
 extension LibfabricMonitor {
     /// The process's libfabric monitor, over the process's one engine and monitor (created
@@ -16,7 +18,7 @@ extension LibfabricMonitor {
     static let shared = LibfabricMonitor(
         space: MemoryMonitor.shared.space,
         watcher: MonitorWatcher(monitor: MemoryMonitor.shared),
-        notify: { range in rdmamemory_lf_notify(range.start, Int(range.length ?? 0)) })
+        notify: { range in rdmamemory_lf_notify(range.start, Int(bitPattern: range.length ?? 0)) })
 }
 
 @_cdecl("rdmamemory_lf_swift_start")
@@ -40,12 +42,12 @@ func libfabricMonitorStop() { LibfabricMonitor.shared.stop() }
 
 @_cdecl("rdmamemory_lf_swift_subscribe")
 func libfabricMonitorSubscribe(_ address: UInt, _ length: Int) -> Int32 {
-    LibfabricMonitor.shared.subscribe(start: address, length: UInt(length))
+    LibfabricMonitor.shared.subscribe(start: address, length: UInt(bitPattern: length))
 }
 
 @_cdecl("rdmamemory_lf_swift_unsubscribe")
 func libfabricMonitorUnsubscribe(_ address: UInt, _ length: Int) {
-    LibfabricMonitor.shared.unsubscribe(start: address, length: UInt(length))
+    LibfabricMonitor.shared.unsubscribe(start: address, length: UInt(bitPattern: length))
 }
 
 /// libfabric's hit path, for ranges the memo could not vouch for. `monitor` is `LibfabricMonitor.shared` as start handed it to the C
@@ -54,13 +56,13 @@ func libfabricMonitorUnsubscribe(_ address: UInt, _ length: Int) {
 @_cdecl("rdmamemory_lf_swift_valid")
 func libfabricMonitorValid(_ monitor: UnsafeRawPointer, _ address: UInt, _ length: Int) -> Bool {
     Unmanaged<LibfabricMonitor>.fromOpaque(monitor)._withUnsafeGuaranteedRef {
-        $0.isValid(start: address, length: UInt(length))
+        $0.isValid(start: address, length: UInt(bitPattern: length))
     }
 }
 
 @_cdecl("rdmamemory_lf_swift_invalidate")
 func explicitInvalidate(_ address: UInt, _ length: Int) -> Int32 {
-    guard length > 0, let range = try? AddressRange(start: address, length: UInt(length)) else { return -EINVAL }
+    guard length != 0, let range = try? AddressRange(start: address, length: UInt(bitPattern: length)) else { return -EINVAL }
     MemoryMonitor.shared.invalidate(range, cause: .reused)
     return 0
 }

@@ -176,7 +176,7 @@ final class LibfabricMonitor: Sendable {
             valid = false
         } else {
             let epochNow = rdmamemory_lf_memo_epoch(memo)
-            if rdmamemory_lf_memo_confirms(memo, start, Int(length)) {
+            if rdmamemory_lf_memo_confirms(memo, start, Int(bitPattern: length)) {
                 valid = true
             } else {
                 let key = RangeKey(start: start, length: length)
@@ -185,7 +185,7 @@ final class LibfabricMonitor: Sendable {
                     // holds until the lock is dropped (the readRetry rule).
                     guard let record = table[key], let sequence = record.sequence,
                           !record.subscription.readRetry(sequence) else { return false }
-                    rdmamemory_lf_memo_record(memo, start, Int(length), epochNow)
+                    rdmamemory_lf_memo_record(memo, start, Int(bitPattern: length), epochNow)
                     return true
                 }
             }

@@ -34,7 +34,7 @@ final class CacheLikeSubscriber: IntervalNotifierOps {
 
     /// readBegin, "register", readRetry under the lock: true if published.
     func tryPublish(_ sub: IntervalSubscription, value: Int, between: () -> Void = {}) -> Bool {
-        let seq = sub.readBegin()
+        let seq = try! sub.readBegin()  // not in a callback: cannot throw
         between()
         return lock.withLock { published in
             if sub.readRetry(seq) { return false }
@@ -68,13 +68,13 @@ struct IntervalSubscriptionTests {
         let space = AddressSpace()
         let cache = CacheLikeSubscriber()
         let sub = try space.insertInterval(range(0x10000, 0x4000), ops: cache)
-        var seq = sub.readBegin()
+        var seq = try sub.readBegin()
         #expect(!sub.readRetry(seq) && !sub.checkRetry(seq))
         space.invalidate(range(0x20000, 0x1000), event: .unmap)  // elsewhere
         #expect(!sub.readRetry(seq))
         space.invalidate(range(0x13fff, 1), event: .remove)     // last byte
         #expect(sub.readRetry(seq) && sub.checkRetry(seq))
-        seq = sub.readBegin()
+        seq = try sub.readBegin()
         #expect(!sub.readRetry(seq))
         #expect(cache.tryPublish(sub, value: 1))
         #expect(!cache.tryPublish(sub, value: 2) { space.invalidate(range(0x10000, 1), event: .unmap) })
@@ -91,9 +91,9 @@ struct IntervalSubscriptionTests {
         let invalidator = spawn { space.invalidate(range(0, 0x10), event: .unmap) }
         while !cache.inCallback.load(ordering: .acquiring) { sleepMicroseconds(100) }
         let t0 = monotonicNanoseconds()
-        _ = other.readBegin()  // not covered: no wait
+        _ = try other.readBegin()  // not covered: no wait
         let tOther = monotonicNanoseconds() - t0
-        let seq = sub.readBegin()
+        let seq = try sub.readBegin()
         let waited = monotonicNanoseconds() - t0
         let check30 = !cache.inCallback.load(ordering: .acquiring)
         #expect(check30, "readBegin returned while the callback ran")
@@ -121,7 +121,7 @@ struct IntervalSubscriptionTests {
         #expect(space.intervalCount == 1, "insert applied while the tree is being walked")
         let readerDone = Atomic<Bool>(false)
         let reader = spawn {
-            _ = late.readBegin()
+            _ = try? late.readBegin()
             readerDone.store(true, ordering: .releasing)
         }
         sleepMicroseconds(20_000)
@@ -197,7 +197,7 @@ struct IntervalSubscriptionTests {
             _ = try space.invalidateRangeStart(range(0, 1), event: .unmap, blockable: false)
         }
         #expect(space.invalidateSequence & 1 == 0)
-        let seq = sub.readBegin()  // must not hang
+        let seq = try sub.readBegin()  // must not hang
         try space.invalidateRangeStart(range(0, 1), event: .unmap).end()
         #expect(sub.readRetry(seq))
         try sub.remove()
@@ -208,12 +208,12 @@ struct IntervalSubscriptionTests {
         let cache = CacheLikeSubscriber()
         let sub = try space.insertInterval(range(0x10000, 0x1000), ops: cache)
         let elsewhere = try space.insertInterval(range(0x90000, 0x1000)) { _, _, _ in true }
-        let seqBefore = sub.readBegin()
+        let seqBefore = try sub.readBegin()
         let window = space.beginInvalidation()
         #expect(space.invalidateSequence & 1 == 1)
         let readerDone = Atomic<Bool>(false)
         let reader = spawn {
-            _ = elsewhere.readBegin()  // range unknown yet: waits too
+            _ = try? elsewhere.readBegin()  // range unknown yet: waits too
             readerDone.store(true, ordering: .releasing)
         }
         sleepMicroseconds(20_000)
@@ -227,7 +227,7 @@ struct IntervalSubscriptionTests {
         reader.join()
         #expect(space.invalidateSequence & 1 == 0)
         #expect(sub.readRetry(seqBefore))
-        #expect(!elsewhere.readRetry(elsewhere.readBegin()))
+        #expect(!elsewhere.readRetry(try elsewhere.readBegin()))
         try sub.remove()
         try elsewhere.remove()
     }
@@ -246,7 +246,7 @@ struct IntervalSubscriptionTests {
             events.withLock { $0.append(r.event) }
             return true
         }
-        let seq = sub.readBegin()
+        let seq = try sub.readBegin()
         try space.release()
         let check37 = events.withLock { $0 } == [.release]
         #expect(check37)

@@ -247,7 +247,7 @@ struct StressTests {
                 while monotonicNanoseconds() < deadline {
                     let slot = slots[Int(rng.next() % UInt64(slots.count))]
                     guard let sub = slot.state.withLock({ $0.subscription }) else { continue }
-                    let seq = sub.readBegin()
+                    guard let seq = try? sub.readBegin() else { continue }
                     let memory = slot.version.load(ordering: .acquiring)  // "ibv_reg_mr pins it"
                     StressTests.jitter(&rng)
                     let ok = slot.state.withLock { s -> Bool in

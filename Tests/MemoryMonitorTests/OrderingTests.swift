@@ -94,7 +94,7 @@ extension MemoryMonitorTests {
                 }
                 while !shared.done.load(ordering: .acquiring) {
                     let start = shared.unmapped.load(ordering: .sequentiallyConsistent)
-                    let sequence = subscription.readBegin()
+                    guard let sequence = try? subscription.readBegin() else { continue }
                     let hit = shared.cached.withLock { $0 }
                     if hit >= 0 {
                         shared.hits.wrappingAdd(1, ordering: .relaxed)

@@ -1,13 +1,16 @@
 #pragma once
-// The process's munmap(), mmap(MAP_FIXED), mprotect(), pkey_mprotect(), shmat() and shmdt(), defined here so that
-// a memory monitor sees the changes userfaultfd reports late (munmap: the caller sleeps until the
-// monitor reads the event) or never (mprotect, shmat over memory, shmdt), in the calling thread.
+// The process's munmap(), mmap(MAP_FIXED), mremap(), madvise(), process_madvise(), mprotect(),
+// pkey_mprotect(), shmat() and shmdt(), defined here so that a memory monitor sees the changes
+// userfaultfd reports late (munmap, mremap, madvise(DONTNEED): the caller sleeps until the monitor
+// reads the event) or never (guard pages, mprotect, shmat over memory, shmdt), in the calling thread.
 // See MemoryMonitor's MemoryHooks.swift for why, and what is still unseen.
 //
 // Three parts, each in its own file:
 // - memory_hooks.c: the definitions. On a call that touches no memory a monitor registered they
 //   take no lock and allocate nothing (a lock-free look at the granule maps below), so an
-//   allocator that calls them while holding its own lock cannot re-enter itself.
+//   allocator that calls them while holding its own lock cannot re-enter itself. On a call that
+//   does, the handler allocates nothing before the real call either: a block malloc maps then
+//   could land in the very range an mmap(MAP_FIXED) is about to replace.
 // - granule_map.c: per monitor, which 2 MiB chunks hold registered and validated granules;
 //   written under the monitor's lock, read lock-free by the hooks. Immortal once made.
 // - vma_query.c: what is mapped at an address (PROCMAP_QUERY where the kernel has it, else
@@ -28,6 +31,8 @@ enum cmemhooks_kind {
     CMEMHOOKS_SHMAT = 3,
     CMEMHOOKS_SHMDT = 4,
     CMEMHOOKS_MMAP_FIXED = 5,
+    CMEMHOOKS_MREMAP = 6,
+    CMEMHOOKS_MADVISE = 7,          // madvise() or process_madvise() of this process, replacing pages
 };
 
 /// What a protection change takes away (the hooks call the handler only when it takes some).
@@ -52,6 +57,13 @@ typedef struct cmemhooks_call {
     int flags;                 // shmat's or mmap's flags
     int fd;                    // mmap's
     long offset;               // mmap's
+    // mremap's: its new size, and the range MREMAP_FIXED replaces (new_start == new_end: none).
+    size_t new_length;
+    uintptr_t new_start, new_end;
+    int advice;                // madvise's
+    int pidfd;                 // process_madvise's (-1: madvise)
+    const void *iovec;         // process_madvise's (struct iovec *), with its count
+    size_t iovec_count;
     // Its outcome: munmap/mprotect/shmdt 0 or -1, shmat/mmap the address or -1; errno when -1.
     intptr_t result;
     int error;
@@ -68,8 +80,14 @@ typedef void (*cmemhooks_handler)(cmemhooks_call *call);
 /// the hooks are switched off by RDMAMEMORY_HOOKS=off (read once, at the first install).
 int cmemhooks_install(cmemhooks_handler handler);
 
-/// 1 when RDMAMEMORY_HOOKS=off switched the hooks off (read once).
+/// 1 when RDMAMEMORY_HOOKS=off switched the hooks off (read once, with secure_getenv: a setuid
+/// program's caller cannot switch them off).
 int cmemhooks_disabled(void);
+
+/// 1 when `advice` may replace the pages of the range it is given (DONTNEED, FREE, REMOVE,
+/// GUARD_INSTALL, ... and every value this build does not know); 0 for advice that only hints
+/// or changes what a child inherits.
+int cmemhooks_advice_replaces_pages(int advice);
 
 /// Runs the real call of `call` (once) and records its outcome.
 void cmemhooks_perform(cmemhooks_call *call);

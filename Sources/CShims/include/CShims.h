@@ -8,3 +8,4 @@
 #include "heap_shim.h"
 #include "sharded_counters.h"
 #include "window_sequence.h"
+#include "callback_depth.h"
