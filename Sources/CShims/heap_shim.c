@@ -5,3 +5,7 @@ unsigned long long cshims_heap_in_use(void) {
     struct mallinfo2 info = mallinfo2();
     return (unsigned long long)info.uordblks + (unsigned long long)info.hblkhd;
 }
+
+int cshims_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
+
+unsigned long long cshims_heap_mapped_blocks(void) { return (unsigned long long)mallinfo2().hblks; }

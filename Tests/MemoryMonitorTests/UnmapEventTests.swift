@@ -57,6 +57,8 @@ extension MemoryMonitorTests {
             #expect(probe.seenByNewLookup == [.unmap])
         }
 
+        // The mremap and madvise cases below are raw system calls: through libc the hooks take
+        // them in the calling thread (AdviceAndRemapHookTests), and no event is queued.
         @Test("mremap moved (MREMAP_FIXED): the old range is invalid")
         func mremapMoved() throws {
             let harness = try Harness()
@@ -67,8 +69,8 @@ extension MemoryMonitorTests {
             let watched = try range(source, length)
             try harness.monitor.watch(watched)
             let probe = try RangeProbe(harness.space, watched)
-            let moved = cshims_mremap_to(UnsafeMutableRawPointer(bitPattern: source), length, length,
-                                         UnsafeMutableRawPointer(bitPattern: target))
+            let moved = cshims_raw_mremap(UnsafeMutableRawPointer(bitPattern: source), length, length,
+                                          Int32(CSHIMS_MREMAP_MAYMOVE | CSHIMS_MREMAP_FIXED), UnsafeMutableRawPointer(bitPattern: target))
             #expect(UInt(bitPattern: moved) == target)
             defer { unmap(target, length) }
             #expect(probe.seenByNewLookup.contains(.remap))
@@ -87,7 +89,7 @@ extension MemoryMonitorTests {
             let watched = try range(base, length)
             try harness.monitor.watch(watched)
             let probe = try RangeProbe(harness.space, watched)
-            let grown = cshims_mremap_maymove(UnsafeMutableRawPointer(bitPattern: base), length, 4 * length)
+            let grown = cshims_raw_mremap(UnsafeMutableRawPointer(bitPattern: base), length, 4 * length, Int32(CSHIMS_MREMAP_MAYMOVE), nil)
             let newAddress = UInt(bitPattern: grown)
             #expect(grown != MAP_FAILED && newAddress != base)
             defer { unmap(newAddress, 4 * length) }
@@ -104,7 +106,7 @@ extension MemoryMonitorTests {
             try harness.monitor.watch(range(base, length))
             let head = try RangeProbe(harness.space, range(base, length / 2))
             let tail = try RangeProbe(harness.space, range(base + length / 2, length / 2))
-            let shrunk = cshims_mremap_in_place(UnsafeMutableRawPointer(bitPattern: base), length, length / 2)
+            let shrunk = cshims_raw_mremap(UnsafeMutableRawPointer(bitPattern: base), length, length / 2, 0, nil)
             #expect(UInt(bitPattern: shrunk) == base)
             #expect(tail.seenByNewLookup == [.unmap])
             #expect(head.seenByNewLookup.isEmpty)
@@ -118,11 +120,12 @@ extension MemoryMonitorTests {
             let watched = try range(of: mapping)
             try harness.monitor.watch(watched)
             let probe = try RangeProbe(harness.space, watched)
-            try mapping.advise(MADV_DONTNEED)
+            let pointer = UnsafeMutableRawPointer(bitPattern: mapping.address)
+            #expect(cshims_raw_madvise(pointer, UInt(mapping.length), MADV_DONTNEED) == 0)
             #expect(probe.seenByNewLookup == [.remove])
             // Still watched: a second discard is reported too, and touching needs no answer.
             mapping.fill { _ in 7 }
-            try mapping.advise(MADV_DONTNEED)
+            #expect(cshims_raw_madvise(pointer, UInt(mapping.length), MADV_DONTNEED) == 0)
             #expect(probe.seenByNewLookup == [.remove, .remove])
         }
 
@@ -140,7 +143,7 @@ extension MemoryMonitorTests {
             #expect(throws: MonitorError.self) { try harness.monitor.watch(watched) }
             try harness.monitor.watch(watched, allowingSharedMemory: true)
             let probe = try RangeProbe(harness.space, watched)
-            #expect(madvise(UnsafeMutableRawPointer(bitPattern: base), Int(pageSize), MADV_REMOVE) == 0)
+            #expect(cshims_raw_madvise(UnsafeMutableRawPointer(bitPattern: base), UInt(pageSize), MADV_REMOVE) == 0)
             #expect(probe.seenByNewLookup == [.remove])
         }
 

@@ -1,0 +1,108 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShims
+import MMUNotifier
+import Synchronization
+import MemoryMonitor
+import Testing
+
+extension MemoryMonitorTests {
+    /// The hooks allocate nothing between their entry and the real call. libfabric's
+    /// `fi_mr_cache_evict` test found why it matters: with `mallopt(M_MMAP_THRESHOLD, 1)` every
+    /// malloc is a fresh mapping, and after `munmap(buffer)` the kernel hands the hole to the next
+    /// one. A hook that allocated before the program's `mmap(buffer, MAP_FIXED)` then had its
+    /// object zeroed under it, and crashed releasing it (6 runs in 12).
+    ///
+    /// Run by `scripts/run-tests` with glibc's malloc, and again with jemalloc and mimalloc
+    /// preloaded (`HOOK_ALLOCATION_ITERATIONS` sets the count).
+    @Suite("hooks allocate nothing before the real call")
+    struct HookAllocationTests {
+        var iterations: Int {
+            if let text = getenv("HOOK_ALLOCATION_ITERATIONS"), let value = Int(String(cString: text)) { return value }
+            return 3000
+        }
+
+        @Test("nothing the hook allocated is alive when the callbacks run: counted by glibc's mapped blocks under M_MMAP_THRESHOLD 1")
+        func noBlockAliveInCallbacks() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let length: UInt = 64 << 10
+            try #require(cshims_set_mmap_threshold(1) == 1, "glibc's malloc (not a preloaded one)")
+            defer { _ = cshims_set_mmap_threshold(128 << 10) }
+            let base = try mapAnonymous(length)
+            let buffer = try range(base, length)
+            try harness.monitor.watch(buffer)
+            defer { try? harness.monitor.unwatch(buffer) }
+            // The callback allocates nothing itself: it reads the count into an atomic.
+            let during = Atomic<UInt64>(.max)
+            let subscription = try harness.space.insertInterval(buffer) { sub, _, sequence in
+                sub.setSequence(sequence)
+                during.store(UInt64(cshims_heap_mapped_blocks()), ordering: .relaxed)
+                return true
+            }
+            defer { try? subscription.remove() }
+            let pointer = UnsafeMutableRawPointer(bitPattern: base)
+            for (call, change) in [("mprotect", { _ = mprotect(pointer, Int(length), PROT_READ) }),
+                                   ("madvise", { _ = madvise(pointer, Int(length), MADV_DONTNEED) }),
+                                   ("mremap", { _ = cshims_mremap_in_place(pointer, UInt(length), UInt(length)) }),
+                                   ("munmap", { _ = munmap(pointer, Int(length)) })] as [(String, () -> Void)] {
+                during.store(.max, ordering: .relaxed)
+                let before = UInt64(cshims_heap_mapped_blocks())
+                change()
+                let seen = during.load(ordering: .relaxed)
+                #expect(seen != .max, "\(call): the hook ran the callback")
+                #expect(seen == before, "\(call): \(Int64(bitPattern: seen &- before)) blocks allocated before the callback")
+            }
+        }
+
+        @Test("munmap, then mmap(MAP_FIXED) into the hole, thousands of times under M_MMAP_THRESHOLD 1, watched and unwatched")
+        func remapIntoTheHole() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            #expect(harness.monitor.hooks == .active)
+            let length: UInt = 64 << 10
+            // 0 under a preloaded jemalloc or mimalloc, which map as they please.
+            let glibc = cshims_set_mmap_threshold(1) == 1
+            defer { if glibc { _ = cshims_set_mmap_threshold(128 << 10) } }
+            for watched in [true, false] {
+                // Placed by the kernel, among the other mappings: the hole is where the next
+                // malloc'd mapping goes.
+                let base = try mapAnonymous(length)
+                let buffer = try range(base, length)
+                if watched { try harness.monitor.watch(buffer) }
+                let probe = try RangeProbe(harness.space, buffer)
+                var lost = 0
+                for iteration in 0..<iterations {
+                    let pointer = UnsafeMutableRawPointer(bitPattern: base)
+                    #expect(munmap(pointer, Int(length)) == 0)
+                    let again = mmap(pointer, Int(length), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+                    guard again == pointer, let bytes = again else {
+                        Issue.record("mmap(MAP_FIXED) failed at iteration \(iteration): errno \(errno)")
+                        break
+                    }
+                    if bytes.load(as: UInt8.self) != 0 { lost += 1 }
+                    bytes.storeBytes(of: UInt8(truncatingIfNeeded: iteration | 1), as: UInt8.self)
+                    if watched {
+                        // As a cache miss would: the new mapping watched again (a new granule
+                        // record when the unmap dropped the old one).
+                        try harness.monitor.watch(buffer)
+                        try harness.monitor.unwatch(buffer)
+                    }
+                }
+                #expect(lost == 0, "a fresh MAP_FIXED mapping held old bytes")
+                if watched {
+                    #expect(probe.seenByNewLookup.contains(.unmap), "the hooked path ran")
+                    try harness.monitor.unwatch(buffer)
+                }
+                unmap(base, length)
+                // The heap is still sound: a few allocations and frees of every size class.
+                for size in [16, 200, 4096, 1 << 20] {
+                    let block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+                    block.initializeMemory(as: UInt8.self, repeating: 1, count: size)
+                    block.deallocate()
+                }
+            }
+        }
+    }
+}
