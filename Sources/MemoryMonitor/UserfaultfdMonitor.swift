@@ -425,7 +425,9 @@ public final class UserfaultfdMonitor: Sendable {
     /// time (measured: 1.47x an unwatched 4 KiB munmap, against 1.09x in a whole granule).
     /// When a neighbour page cannot be registered (a file mapping) the exact piece is used.
     private func paddedPiece(_ piece: PageRange, granule: UInt) -> PageRange {
-        PageRange(start: max(granule, piece.start &- pageSize), end: min(granule &+ granuleSize, piece.end &+ pageSize))
+        // No wrapping below the first granule: a piece at address 0's page has no page before it.
+        PageRange(start: piece.start >= granule + pageSize ? piece.start - pageSize : granule,
+                  end: min(granule + granuleSize, piece.end + pageSize))
     }
 
     /// True when every page of `pages` is registered now. EAGAIN (an event is pending and not
@@ -515,9 +517,16 @@ public final class UserfaultfdMonitor: Sendable {
         }
         let start = range.start & ~(pageSize - 1)
         let (last, overflow) = range.last.addingReportingOverflow(pageSize)
-        guard !overflow, length > 0 else { throw .invalidRange(call: call, argument: "\(range)") }
+        // Above 2^57 no Linux process maps anything (5-level paging's limit): such a range is a
+        // mistake, and walking its granules would take hours.
+        guard !overflow, length > 0, range.last < Self.userSpaceEnd else {
+            throw .invalidRange(call: call, argument: "\(range)")
+        }
         return PageRange(start: start, end: last & ~(pageSize - 1))
     }
+
+    /// The end of any Linux process's address space (x86-64 and arm64 with 5-level paging, 2^57).
+    static let userSpaceEnd: UInt = 1 << 57
 
     private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> { pages.granuleStarts(granuleSize: granuleSize) }
 

@@ -255,4 +255,28 @@ struct LibfabricMonitorTests {
         #expect(f.cache.notified.withLock { $0.count } == 1)
         #expect(!f.monitor.isValid(start: start, length: length))
     }
+
+    /// The C entry points take `size_t`, which reaches Swift as `Int`: a length above `Int.max`
+    /// arrives negative. Each must answer (an errno, false), never trap.
+    @Test func extremeLengthsAtTheCEntryPoints() throws {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let lengths = [0, -1, Int.min, Int.max, -page, Int.max - page]
+        let addresses: [UInt] = [0, 1, UInt(page), UInt.max - UInt(page), UInt.max]
+        for address in addresses {
+            for length in lengths {
+                let (end, wraps) = address.addingReportingOverflow(UInt(bitPattern: length))
+                let impossible = length == 0 || (wraps && end != 0)
+                // Explicit invalidation (the process's space: only impossible ranges, which
+                // are refused before anything is invalidated, so tests beside see nothing).
+                if impossible { #expect(explicitInvalidate(address, length) == -EINVAL, "invalidate(\(address), \(length))") }
+                // libfabric's calls, through the same conversion, on a monitor of its own.
+                let f = Fixture()
+                let subscribed = f.monitor.subscribe(start: address, length: UInt(bitPattern: length))
+                if impossible { #expect(subscribed == -EINVAL, "subscribe(\(address), \(length))") }
+                _ = f.monitor.isValid(start: address, length: UInt(bitPattern: length))
+                f.monitor.unsubscribe(start: address, length: UInt(bitPattern: length))
+                try f.settle()
+            }
+        }
+    }
 }
