@@ -15,7 +15,7 @@ extension RxeIntegration {
     @Suite struct CacheEndToEnd {
         /// How the memory under a cached registration is changed, keeping the address usable.
         enum Change: String, CaseIterable, Sendable {
-            case munmapAndMapFixed, mremap, dontNeed, rawMunmapSyscall
+            case munmapAndMapFixed, mremap, dontNeed, rawMunmapSyscall, guardPages, rawMremapSyscall
         }
 
         @Test("no stale region after the memory changes", arguments: Change.allCases)
@@ -38,6 +38,22 @@ extension RxeIntegration {
             case .rawMunmapSyscall:
                 #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), UInt(length)) == 0)
                 try buffer.mapAgain()
+            case .rawMremapSyscall:  // a REMAP event: the old range moved away, a new mapping there
+                let spare = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+                let target = cshims_raw_mremap(UnsafeMutableRawPointer(bitPattern: address), UInt(length), UInt(length),
+                                               Int32(CSHIMS_MREMAP_MAYMOVE | CSHIMS_MREMAP_FIXED), spare)
+                #expect(target != MAP_FAILED, "errno \(errno)")
+                if let target, target != MAP_FAILED { _ = munmap(target, length) }
+                try buffer.mapAgain()
+            case .guardPages:
+                // Linux 6.13+: the pages are zapped with no userfaultfd event; the hook sees it.
+                let pointer = UnsafeMutableRawPointer(bitPattern: address)
+                guard madvise(pointer, length, 102 /* MADV_GUARD_INSTALL */) == 0 else {
+                    #expect(errno == EINVAL)
+                    print("guard pages: not on this kernel (madvise(MADV_GUARD_INSTALL) answered EINVAL)")
+                    return
+                }
+                #expect(madvise(pointer, length, 103 /* MADV_GUARD_REMOVE */) == 0)
             }
             let target = UnsafeMutableRawBufferPointer(start: UnsafeMutableRawPointer(bitPattern: buffer.address),
                                                        count: length)
