@@ -71,9 +71,20 @@ public final class AddressSpace: Sendable {
         self.srcu = srcu
         windowSequence = .allocate(capacity: 1)
         cshims_window_sequence_init(windowSequence, 2)
+        _ = cshims_window_sequence_track(windowSequence)  // fork(): see `isForkedChild`
     }
 
-    deinit { windowSequence.deallocate() }
+    deinit {
+        cshims_window_sequence_untrack(windowSequence)
+        windowSequence.deallocate()
+    }
+
+    /// True in a `fork()` child (without exec) of a process that made an address space. The
+    /// child has none of the parent's threads (monitor, reclaim), a lock a parent thread held
+    /// stays held, and its memory is watched by nobody; so its window sequences are made odd for
+    /// good at the fork, every lookup leaves its fast path, and the waits throw `.forkedChild`
+    /// instead of waiting for a window nobody will close.
+    public static var isForkedChild: Bool { cshims_in_forked_child() != 0 }
 
     /// Where the window sequence lives, for fast paths written in C: a 64-bit value to read with
     /// an acquire load (`cshims_window_sequence_load`), odd while a window is open, as
@@ -268,6 +279,7 @@ public final class AddressSpace: Sendable {
 
     @usableFromInline
     func waitForWindowToClose(_ sequence: UInt64) throws(NotifierError) {
+        if Self.isForkedChild { throw .forkedChild }
         if Self.isInsideCallback {
             throw .wouldDeadlock("a lookup inside an invalidation callback while a monitor's window is open")
         }

@@ -103,6 +103,8 @@ open class IntervalSubscription: @unchecked Sendable {
     /// the callback returns (a cache miss from a callback, a subscription inserted during the
     /// invalidation that runs it). It returns at once there when nothing covers it.
     public final func readBegin() throws(NotifierError) -> UInt64 {
+        // Before the lock: in a fork() child a parent thread may have held it at the fork.
+        if AddressSpace.isForkedChild { throw .forkedChild }
         while true {
             let (seq, busy) = space.intervals.withLock { s -> (UInt64, UInt64?) in
                 let mine = sequence.load(ordering: .relaxed)

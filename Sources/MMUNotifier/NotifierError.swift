@@ -28,4 +28,7 @@ public enum NotifierError: Error, Equatable, Sendable {
     case referenceCountMisuse(String)
     /// The OS refused a resource the engine needs (thread, memory).
     case resourceUnavailable(String)
+    /// The caller is a `fork()` child of the process whose engine this is: its monitor, threads
+    /// and device registrations belong to the parent, and nothing here would ever invalidate.
+    case forkedChild
 }

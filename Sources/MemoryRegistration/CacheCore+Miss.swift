@@ -56,6 +56,9 @@ extension CacheCore {
             let sequence: UInt64
             do {
                 sequence = try entry.readBegin()  // 2
+            } catch .forkedChild {
+                abandon()
+                throw .forkedChild(call: "register")
             } catch {
                 abandon()
                 throw .wouldDeadlock(call: "register", reason: "\(error)")

@@ -79,6 +79,8 @@ final class CacheCore: Sendable {
     func settleOpenWindow(_ sequence: UInt64, call: StaticString) throws(RegistrationError) {
         do {
             try space.waitWhileWindowOpen(sequence)
+        } catch .forkedChild {
+            throw .forkedChild(call: "\(call)")
         } catch {
             throw .wouldDeadlock(call: "\(call)", reason: "\(error)")
         }

@@ -33,6 +33,11 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
     /// invalidation in flight, possibly the callback's own: it would never return. Register from
     /// elsewhere (the callback can hand the work to another thread).
     case wouldDeadlock(call: String, reason: String)
+    /// `call` was made in a `fork()` child of the process that made the cache. The cache, its
+    /// monitor and its device registrations are the parent's (verbs objects do not survive a
+    /// fork either): nothing would invalidate for the child. Use the cache in the parent, or
+    /// exec.
+    case forkedChild(call: String)
 
     public var description: String {
         switch self {
@@ -48,6 +53,8 @@ public enum RegistrationError: Error, Equatable, Sendable, CustomStringConvertib
             "register(\(requested) bytes): the cache holds \(regions) of at most \(maxRegions) regions and \(pinnedBytes) of at most \(maxPinnedBytes) pinned bytes, and every cached region is in use"
         case let .shutDown(reason):
             "the registration cache is shut down: \(reason)"
+        case let .forkedChild(call):
+            "\(call)() in a fork() child: the registration cache, its monitor and its device registrations belong to the parent process; use them there, or exec"
         case let .wouldDeadlock(call, reason):
             "\(call)() inside an invalidation callback would wait for itself: \(reason)"
         }

@@ -9,3 +9,4 @@
 #include "sharded_counters.h"
 #include "window_sequence.h"
 #include "callback_depth.h"
+#include "process_shim.h"

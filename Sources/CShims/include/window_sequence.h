@@ -31,6 +31,16 @@ static inline void cshims_window_sequence_bump(cshims_window_sequence *sequence)
     atomic_fetch_add_explicit(&sequence->value, 1, memory_order_release);
 }
 
+/// Tracks `sequence` for fork(): in a child every tracked sequence is made odd for good (a
+/// window that can never close), so a lookup there leaves its fast path at once and asks
+/// `cshims_in_forked_child` instead of trusting a cache whose monitor and device state are the
+/// parent's. 0, or -1 when too many are tracked (then a child's lookups are not stopped).
+int cshims_window_sequence_track(cshims_window_sequence *sequence);
+void cshims_window_sequence_untrack(cshims_window_sequence *sequence);
+
+/// 1 in a process forked (without exec) from one that tracked a sequence.
+int cshims_in_forked_child(void);
+
 #ifdef __cplusplus
 }
 #endif
