@@ -153,7 +153,7 @@ final class EventQueue: @unchecked Sendable {
     }
 
     /// Worker: invalidates the overflow's merged range in its window and ends it.
-    func drainOverflow(beforeClosing forget: (_ start: UInt, _ end: UInt) -> Void) {
+    func drainOverflow(as event: InvalidationEvent = .unmap, beforeClosing forget: (_ start: UInt, _ end: UInt) -> Void) {
         pthread_mutex_lock(mutex)
         guard overflowHeld else {
             pthread_mutex_unlock(mutex)
@@ -165,7 +165,7 @@ final class EventQueue: @unchecked Sendable {
         pthread_mutex_unlock(mutex)
         if end > start, let range = try? AddressRange(start: start, length: end - start) {
             // Merged events of several kinds: unmap is the strongest (drop everything).
-            window.invalidate(range, event: .unmap)
+            window.invalidate(range, event: event)
             forget(start, end)
         }
         window.end()

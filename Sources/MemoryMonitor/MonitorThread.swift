@@ -138,23 +138,48 @@ final class MonitorThreads: Sendable {
     /// The monitor stops monitoring for good (once). A window opens first, so that lookups
     /// wait; then the userfaultfd context ends, so no thread waits any longer for a read that
     /// will not come (an unmap released that way has not been invalidated yet: the open window
-    /// keeps every lookup that starts after it returned waiting until the invalidation below),
-    /// and from then on no thread can be waiting for the reader; only then may this thread take
-    /// the granule lock (whose holders allocate) and run callbacks. Later watches fail with
-    /// `error`; the whole address space is invalidated, so every cached translation is revoked.
+    /// keeps every lookup that starts after it returned waiting until the invalidation), and
+    /// from then on no thread can be waiting for the reader. The context really ends because
+    /// this process alone holds the descriptor: a fork() child closes its copy at once
+    /// (`UserfaultfdFile`).
+    ///
+    /// The rest runs on the worker, never on the reader (no user callback ever runs there):
+    /// the window is handed over as an overflow of the whole address space, and the worker
+    /// records the failure (later watches fail with `error`) and forgets every granule (the
+    /// kernel dropped every registration with the context) before it invalidates everything
+    /// and closes the window, so every cached translation is revoked.
     func terminate(_ error: MonitorError) {
-        if failed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        // Recorded before `failed` is set: the worker reads it once it sees `failed`.
+        let first = failure.withLock { recorded -> Bool in
+            if recorded != nil { return false }
+            recorded = error
+            return true
+        }
+        guard first else { return }
+        failed.store(true, ordering: .releasing)
         let window = space.beginInvalidation()
         file.releaseContext()
         requestStop()
+        if isWorkerThread {
+            recordFailure()
+            window.invalidate(.everything, event: .explicit)
+            window.end()
+        } else {
+            queue.publishOverflow(window: window, start: 0, end: .max)
+        }
+    }
+
+    /// Why `terminate` ran (set once, before `failed`), for the worker to record.
+    private let failure = Locked<MonitorError?>(nil)
+
+    /// The worker's half of a failure: watches refused with its reason, every record dropped.
+    private func recordFailure() {
+        let error = failure.withLock { $0 } ?? .shutDown
         granules.withLock { table in
             if table.failure == nil { table.failure = error }
-            // The kernel dropped every registration with the context.
             table.removeAllRecords(slot: slot, granuleSize: validated.granuleSize)
             validated.removeAll()
         }
-        window.invalidate(.everything, event: .explicit)
-        window.end()
     }
 
     // MARK: Reader
@@ -269,18 +294,25 @@ final class MonitorThreads: Sendable {
     func runWorker() {
         workerID.store(UInt(pthread_self()), ordering: .releasing)
         cshims_name_thread("uffd-worker")
+        var failureRecorded = false
         while let work = queue.next() {
             if takeInjected(.worker) {
                 terminate(.monitorFailed(thread: "worker", call: "invalidation (injected failure)", errno: nil))
+                failureRecorded = true
             }
             if failed.load(ordering: .acquiring) {
-                // Everything was invalidated when the monitor failed: only end the windows.
+                // The failure's own window (the overflow, everything) invalidates all; the
+                // windows of events read before it only end.
+                if !failureRecorded {
+                    recordFailure()
+                    failureRecorded = true
+                }
                 switch work {
                 case .slot(let slot):
                     queue.window(slot).end()
                     queue.release()
                 case .overflow:
-                    queue.drainOverflow { _, _ in }
+                    queue.drainOverflow(as: .explicit) { _, _ in }
                 case .poked:
                     break
                 }

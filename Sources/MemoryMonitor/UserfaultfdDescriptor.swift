@@ -158,7 +158,7 @@ struct UserfaultfdDescriptor: Sendable {
 /// Owns a monitor's descriptor number, so that it is given up and closed exactly once, and in
 /// the right order for the threads still using it.
 ///
-/// `releaseContext()` points the number at `/dev/null` (`dup2`): the kernel drops the
+/// `releaseContext()` points the number at `/dev/null` (`dup3`, keeping close-on-exec): the kernel drops the
 /// userfaultfd context as soon as calls in flight on it return, which unregisters every range
 /// and wakes every thread still waiting for an unread event (`userfaultfd_release`), while the
 /// number stays valid, so a thread that still issues an ioctl on it reaches `/dev/null` and gets
@@ -169,7 +169,13 @@ final class UserfaultfdFile: Sendable {
     private let released = Atomic<Bool>(false)
     private let closed = Atomic<Bool>(false)
 
-    init(fd: Int32) { self.fd = fd }
+    /// A fork() child closes its copy at once (see `cshims_userfaultfd_close_in_children`):
+    /// otherwise the child would keep the context alive past `releaseContext()`, with every
+    /// range still registered and nobody left to read its events.
+    init(fd: Int32) {
+        self.fd = fd
+        _ = cshims_userfaultfd_close_in_children(fd)
+    }
 
     deinit { close() }
 
@@ -181,11 +187,12 @@ final class UserfaultfdFile: Sendable {
         if released.exchange(true, ordering: .acquiringAndReleasing) { return }
         let placeholder = Glibc.open("/dev/null", O_RDWR | O_CLOEXEC)
         if placeholder >= 0 {
-            _ = dup2(placeholder, fd)
+            _ = cshims_dup_cloexec(placeholder, fd)
             _ = Glibc.close(placeholder)
         } else {
             // No descriptor left for the placeholder: closing is the only way to end the context.
             closed.store(true, ordering: .releasing)
+            cshims_userfaultfd_keep_in_children(fd)
             _ = Glibc.close(fd)
         }
     }
@@ -194,6 +201,7 @@ final class UserfaultfdFile: Sendable {
     func close() {
         releaseContext()
         if closed.exchange(true, ordering: .acquiringAndReleasing) { return }
+        cshims_userfaultfd_keep_in_children(fd)
         _ = Glibc.close(fd)
     }
 }

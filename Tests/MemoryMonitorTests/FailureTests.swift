@@ -50,6 +50,46 @@ extension MemoryMonitorTests {
             try harness.monitor.unwatch(try range(other, length))
         }
 
+        @Test("the reader fails while a fork() child holds the descriptor: the context still ends, a later unmap of formerly watched memory returns, callbacks run on the worker")
+        func readerFailureWithForkedChild() throws {
+            let harness = try Harness(configuration: .init(interceptsMunmap: false))
+            defer { harness.close() }
+            let length: UInt = 16 * pageSize
+            let base = try mapIsolated(length)
+            let other = try mapIsolated(length)
+            try harness.monitor.watch(try range(base, length))
+            try harness.monitor.watch(try range(other, length))
+            let readerID = harness.monitor.threads.readerID.load(ordering: .acquiring)
+            let callbackThreads = TestLock<[UInt]>([])
+            let probe = try harness.space.insertInterval(try range(other, length)) { sub, _, sequence in
+                sub.setSequence(sequence)
+                callbackThreads.withLock { $0.append(UInt(pthread_self())) }
+                return true
+            }
+            defer { try? probe.remove() }
+            var pipeEnds: [Int32] = [0, 0]
+            try #require(pipe(&pipeEnds) == 0)
+            let child = cshims_fork_holding_until_closed(pipeEnds[0], pipeEnds[1])
+            try #require(child > 0)
+            close(pipeEnds[0])
+            defer {
+                close(pipeEnds[1])
+                #expect(cshims_wait_child(child, 20_000) == 0)
+            }
+            harness.monitor.injectFailure(.readerBeforeRead)
+            #expect(finishes(within: 20) { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), length) },
+                    "munmap hung on a failed reader")
+            // Formerly watched memory: registered still if the child had kept the context alive.
+            #expect(finishes(within: 20) { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: other), length) },
+                    "an unmap of formerly watched memory hung: the context outlived the failure")
+            #expect(harness.monitor.failure != nil)
+            let threads = callbackThreads.withLock { $0 }
+            #expect(!threads.isEmpty, "everything was invalidated")
+            #expect(!threads.contains(readerID), "a callback ran on the reader thread")
+            // The number now names /dev/null, still closed on exec.
+            #expect(fcntl(harness.monitor.descriptor.fd, F_GETFD) & FD_CLOEXEC != 0)
+        }
+
         @Test("the worker fails: windows close, lookups do not hang, everything is invalidated")
         func workerFailure() throws {
             let harness = try Harness(configuration: .init(interceptsMunmap: false))
