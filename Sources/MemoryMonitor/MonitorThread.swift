@@ -169,8 +169,12 @@ final class MonitorThreads: Sendable {
         }
     }
 
-    /// Why `terminate` ran (set once, before `failed`), for the worker to record.
+    /// Why `terminate` ran (set once, before `failed`), for the worker to record. Readable at
+    /// once (the worker records it in the granule table a moment later). Lock order: the
+    /// granule lock, then this one; the reader takes this one alone.
     private let failure = Locked<MonitorError?>(nil)
+
+    var terminationReason: MonitorError? { failure.withLock { $0 } }
 
     /// The worker's half of a failure: watches refused with its reason, every record dropped.
     private func recordFailure() {

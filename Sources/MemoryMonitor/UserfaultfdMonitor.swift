@@ -231,7 +231,7 @@ public final class UserfaultfdMonitor: Sendable {
     }
 
     /// Why monitoring stopped on its own (a thread failed), or nil.
-    public var failure: MonitorError? { granules.withLock { $0.failure } }
+    public var failure: MonitorError? { threads.terminationReason ?? granules.withLock { $0.failure } }
 
     /// Makes the reader or the worker fail at its next step, as a real failure would (tests).
     func injectFailure(_ failure: MonitorThreads.InjectedFailure) { threads.inject(failure) }
@@ -267,7 +267,7 @@ public final class UserfaultfdMonitor: Sendable {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "watch") }
         let pages = try pageRange(range, call: "watch")
         try granules.withLock { table throws(MonitorError) in
-            if let failure = table.failure { throw failure }
+            if let failure = table.failure ?? threads.terminationReason { throw failure }
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
             // No window open (sequence even): the worker has forgotten every granule that an

@@ -83,6 +83,7 @@ extension MemoryMonitorTests {
             #expect(finishes(within: 20) { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: other), length) },
                     "an unmap of formerly watched memory hung: the context outlived the failure")
             #expect(harness.monitor.failure != nil)
+            _ = try? probe.readBegin()  // a lookup after the unmaps returned: waits for the failure's window
             let threads = callbackThreads.withLock { $0 }
             #expect(!threads.isEmpty, "everything was invalidated")
             #expect(!threads.contains(readerID), "a callback ran on the reader thread")
