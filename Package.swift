@@ -55,7 +55,7 @@ let package = Package(
             dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", "CShims", .product(name: "Metrics", package: "swift-metrics")]
         ),
         // libfabric's fid_mem_monitor, its import and the preload constructor (Debian: libfabric-dev).
-        .target(name: "CLibfabricMonitor", linkerSettings: [.linkedLibrary("fabric")]),
+        .target(name: "CLibfabricMonitor", dependencies: ["CMemoryHooks"], linkerSettings: [.linkedLibrary("fabric")]),
         .target(name: "RDMAMemoryLibfabric", dependencies: ["CLibfabricMonitor", "MMUNotifier", "MemoryMonitor"]),
         .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
 

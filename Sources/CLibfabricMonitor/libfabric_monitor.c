@@ -1,3 +1,4 @@
+#define _GNU_SOURCE
 /*
  * The C half of RDMAMemory's libfabric memory monitor: the struct fid_mem_monitor libfabric
  * holds, the import, and the constructor that imports it when the library is preloaded.
@@ -8,6 +9,7 @@
  * half (RDMAMemoryLibfabric), which owns the state; Swift runs only from the first domain on.
  */
 #include "libfabric_bridge.h"
+#include "memory_hooks.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -233,10 +235,19 @@ void rdmamemory_libfabric_get_statistics(struct rdmamemory_libfabric_statistics 
  * library does nothing until the program calls rdmamemory_libfabric_import().
  */
 __attribute__((constructor)) static void import_when_preloaded(void) {
-    const char *wanted = getenv("RDMAMEMORY_LIBFABRIC_IMPORT");
+    // secure_getenv: a setuid program's caller must not be able to swap its monitor.
+    const char *wanted = secure_getenv("RDMAMEMORY_LIBFABRIC_IMPORT");
     if (!wanted || strcmp(wanted, "1") != 0) return;
+    if (cmemhooks_shadowed()) {
+        // The program carries RDMAMemory itself: a second engine and monitor here would refuse
+        // the first one's memory (EBUSY) and cache nothing, silently. Refuse loudly instead.
+        fprintf(stderr, "rdmamemory: libfabric's memory monitor not replaced (pid %d): the program links RDMAMemory "
+                        "itself, and a second copy (this preloaded library) would run a second monitor; call "
+                        "rdmamemory_libfabric_import() from the program instead of preloading\n", (int)getpid());
+        return;
+    }
     int ret = rdmamemory_libfabric_import();
-    const char *override = getenv("FI_MR_CACHE_MONITOR");
+    const char *override = secure_getenv("FI_MR_CACHE_MONITOR");
     if (ret == 0)
         fprintf(stderr, "rdmamemory: libfabric's memory monitor is RDMAMemory's (pid %d)%s%s%s\n", (int)getpid(),
                 override ? "; but FI_MR_CACHE_MONITOR=" : "", override ? override : "",

@@ -14,6 +14,7 @@
 // hole an mmap(MAP_FIXED) is about to fill (libfabric's fi_mr_cache_evict test did exactly that).
 #define _GNU_SOURCE
 #include "memory_hooks.h"
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <pthread.h>
@@ -31,6 +32,9 @@
 static _Atomic(cmemhooks_handler) installed_handler;
 static pthread_once_t install_once = PTHREAD_ONCE_INIT;
 static _Atomic int hooks_disabled;
+static _Atomic int hooks_shadowed;
+// This copy's own munmap, whatever the process's symbol lookup binds `munmap` to.
+extern int cmemhooks_own_munmap(void *address, size_t length) __attribute__((alias("munmap"), visibility("hidden")));
 // Depth of handler calls on this thread: calls made from inside a handler (an invalidation
 // callback that unmaps) go straight to the kernel and reach the monitor as events.
 static _Thread_local int handler_depth __attribute__((tls_model("initial-exec")));
@@ -51,14 +55,22 @@ static void first_install(void) {
     // revocation of regions a protection change takes write access from.
     const char *setting = secure_getenv("RDMAMEMORY_HOOKS");
     if (setting && (strcmp(setting, "off") == 0 || strcmp(setting, "0") == 0)) atomic_store(&hooks_disabled, 1);
+    // The first definition in lookup order binds every call: if it is not ours, another copy's is.
+    void *bound = dlsym(RTLD_DEFAULT, "munmap");
+    if (bound && bound != (void *)cmemhooks_own_munmap) atomic_store(&hooks_shadowed, 1);
     pthread_atfork(NULL, NULL, forget_handler_in_child);
 }
 
 int cmemhooks_install(cmemhooks_handler handler) {
     pthread_once(&install_once, first_install);
-    if (atomic_load(&hooks_disabled)) return -1;
+    if (atomic_load(&hooks_disabled) || atomic_load(&hooks_shadowed)) return -1;
     atomic_store_explicit(&installed_handler, handler, memory_order_release);
     return 0;
+}
+
+int cmemhooks_shadowed(void) {
+    pthread_once(&install_once, first_install);
+    return atomic_load(&hooks_shadowed);
 }
 
 int cmemhooks_disabled(void) {

@@ -47,10 +47,13 @@ enum MemoryHooks {
     /// True when `RDMAMEMORY_HOOKS=off` switched the hooks off.
     static var disabledByEnvironment: Bool { cmemhooks_disabled() != 0 }
 
+    /// True when another copy of the hooks binds the process's calls (see `Hooks.shadowed`).
+    static var shadowed: Bool { cmemhooks_shadowed() != 0 }
+
     /// A slot in the hooks' granule map for a new monitor: `.none` when the hooks are off or all
     /// slots are taken (the monitor then relies on events alone).
     static func acquireSlot() -> HookSlot {
-        if disabledByEnvironment { return .none }
+        if disabledByEnvironment || shadowed { return .none }
         let index = cmemhooks_slot_acquire()
         return index >= 0 ? HookSlot(index: index) : .none
     }

@@ -107,6 +107,11 @@ public final class UserfaultfdMonitor: Sendable {
         case disabledByEnvironment
         /// No slot in the hooks' granule map was free (more than 32 monitors): as disabled.
         case unavailable
+        /// Another copy of RDMAMemory's hooks binds the process's calls (the program links the
+        /// package and a library carrying its own copy, such as the libfabric preload, is loaded
+        /// too): this copy sees no hooked call, so it relies on events alone, as disabled.
+        /// Two copies also mean two monitors, which refuse each other's memory (EBUSY): use one.
+        case shadowed
 
         public var description: String {
             switch self {
@@ -118,6 +123,9 @@ public final class UserfaultfdMonitor: Sendable {
             case .unavailable:
                 return "hooks unavailable (no free slot): unmaps are seen as userfaultfd events only; "
                     + "mprotect and shmat(SHM_REMAP) are not seen"
+            case .shadowed:
+                return "hooks shadowed by another copy of RDMAMemory in this process: unmaps are seen as "
+                    + "userfaultfd events only, and the two monitors refuse each other's memory; load one copy"
             }
         }
     }
@@ -167,7 +175,7 @@ public final class UserfaultfdMonitor: Sendable {
         let slot = MemoryHooks.acquireSlot()
         self.slot = slot
         hooks = slot.isActive ? (configuration.interceptsMunmap ? .active : .activeExceptMunmap)
-            : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : .unavailable
+            : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : MemoryHooks.shadowed ? .shadowed : .unavailable
         validated = ValidatedGranules(granuleSize: configuration.granuleSize)
         do {
             threads = try MonitorThreads(descriptor: descriptor, file: file, space: space, granules: granules,

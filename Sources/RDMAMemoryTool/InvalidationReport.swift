@@ -64,6 +64,7 @@ struct InvalidationReport: Codable, Equatable, Sendable {
             case .activeExceptMunmap: "active_except_munmap"
             case .disabledByEnvironment: "off"
             case .unavailable: "unavailable"
+            case .shadowed: "shadowed"
             }
             report.munmapHooksActive = hooks == .active
         case .explicitOnly:

@@ -84,6 +84,11 @@ int cmemhooks_install(cmemhooks_handler handler);
 /// program's caller cannot switch them off).
 int cmemhooks_disabled(void);
 
+/// 1 when another copy of these hooks binds the process's calls (the program links RDMAMemory
+/// and a library that carries its own copy is preloaded, or the reverse): this copy's hooks then
+/// see nothing, and its monitor must not count on them. Read once, at the first install.
+int cmemhooks_shadowed(void);
+
 /// 1 when `advice` may replace the pages of the range it is given (DONTNEED, FREE, REMOVE,
 /// GUARD_INSTALL, ... and every value this build does not know); 0 for advice that only hints
 /// or changes what a child inherits.
