@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -185,11 +186,31 @@ static pthread_mutex_t import_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool imported;
 static char import_error[512];
 
+/*
+ * Process exit: libfabric is a dependency of this library, so its destructors (which tear its
+ * caches and monitors down) run after ours. Ours closes the door to notify and waits, bounded,
+ * for the notifies in flight (the worker's, or a hooked munmap's in a thread still running
+ * while exit() runs): none reaches libfabric's notify once it may be gone. A notify that comes
+ * later is dropped: the process is ending, nobody will use its cache again.
+ */
+static _Atomic bool exiting;
+static _Atomic int notifies_in_flight;
+
+__attribute__((destructor)) static void close_notify_at_exit(void) {
+    atomic_store_explicit(&exiting, true, memory_order_seq_cst);
+    for (int spins = 0; atomic_load_explicit(&notifies_in_flight, memory_order_seq_cst) != 0 && spins < 100000; spins++)
+        sched_yield();
+}
+
 void rdmamemory_lf_notify(uintptr_t addr, size_t len) {
-    /* Written by libfabric during the import, which happens before it starts the monitor,
-     * and so before any subscription this could be notifying about. */
-    struct fi_ops_mem_notify *ops = __atomic_load_n(&monitor.import_ops, __ATOMIC_ACQUIRE);
-    if (ops && ops->notify) ops->notify(&monitor, (const void *)addr, len);
+    atomic_fetch_add_explicit(&notifies_in_flight, 1, memory_order_seq_cst);
+    if (!atomic_load_explicit(&exiting, memory_order_seq_cst)) {
+        /* Written by libfabric during the import, which happens before it starts the monitor,
+         * and so before any subscription this could be notifying about. */
+        struct fi_ops_mem_notify *ops = __atomic_load_n(&monitor.import_ops, __ATOMIC_ACQUIRE);
+        if (ops && ops->notify) ops->notify(&monitor, (const void *)addr, len);
+    }
+    atomic_fetch_sub_explicit(&notifies_in_flight, 1, memory_order_seq_cst);
 }
 
 int rdmamemory_libfabric_import(void) {

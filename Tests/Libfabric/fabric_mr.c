@@ -27,6 +27,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -411,6 +412,22 @@ static int run_stress(double seconds, int threads) {
     return 0;
 }
 
+/* exit() while threads still map, register and unmap (libc and raw): the monitor's worker and
+ * hooked munmaps may still call libfabric's notify while its destructors run. Must neither crash
+ * nor hang (alarm). */
+static int run_exit_race(void) {
+    connect_loopback();
+    signal(SIGALRM, deadlock);
+    alarm(60);
+    stress_until = now_ns() + 3600e9;
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) pthread_create(&t[i], NULL, stress_thread, (void *)(uintptr_t)(i + 1));
+    while (atomic_load(&operations) < 200) sched_yield();
+    printf("exit-race: exit() with 4 threads mid-stress after %ld rounds\n", atomic_load(&operations));
+    fflush(stdout);
+    exit(0);
+}
+
 /* ------------------------------------------------------------------ bench */
 
 static int compare(const void *a, const void *b) {
@@ -475,6 +492,7 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "cases")) return run_cases();
     if (!strcmp(mode, "stress")) return run_stress(argc > 2 ? atof(argv[2]) : 10, argc > 3 ? atoi(argv[3]) : 4);
     if (!strcmp(mode, "bench")) return run_bench();
-    fprintf(stderr, "usage: fabric_mr cases | stress [SECONDS [THREADS]] | bench\n");
+    if (!strcmp(mode, "exit-race")) return run_exit_race();
+    fprintf(stderr, "usage: fabric_mr cases | stress [SECONDS [THREADS]] | bench | exit-race\n");
     return 2;
 }
