@@ -113,7 +113,7 @@ let package = Package(
         ),
         .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping", "SharedTestSupport"]),
         .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "MMUNotifier", "MemoryMonitor"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims", "SharedTestSupport"]),
         .testTarget(name: "RDMAMemoryToolTests", dependencies: ["RDMAMemoryTool", "Verbs"]),
         .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
     ],
