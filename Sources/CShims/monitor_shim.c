@@ -127,3 +127,6 @@ int cshims_probe_unprivileged_userfaultfd(unsigned long long features) {
     if (waitpid(pid, &status, 0) != pid) return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
+
+int cshims_pkey_alloc(unsigned int rights) { return pkey_alloc(0, rights); }
+int cshims_pkey_free(int key) { return pkey_free(key); }

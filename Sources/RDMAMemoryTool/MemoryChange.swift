@@ -10,6 +10,7 @@ enum MemoryChange: String, CaseIterable, Sendable {
     case brk = "brk_shrink_grow"
     case memfdTruncate = "memfd_ftruncate"
     case shmatRemap = "shmat_remap"
+    case guardPages = "madvise_guard_install"
 
     /// What was done, as a person would write it.
     var description: String {
@@ -22,6 +23,7 @@ enum MemoryChange: String, CaseIterable, Sendable {
         case .brk: "brk shrink + grow"
         case .memfdTruncate: "memfd ftruncate shrink + regrow"
         case .shmatRemap: "shmat(SHM_REMAP) over cached memory"
+        case .guardPages: "madvise(MADV_GUARD_INSTALL + MADV_GUARD_REMOVE)"
         }
     }
 

@@ -52,6 +52,7 @@ struct MemoryChangeCheck {
             case .brk: try brk(&row)
             case .memfdTruncate: try memfdTruncate(&row)
             case .shmatRemap: try shmatRemap(&row)
+            case .guardPages: try guardPages(&row)
             }
         } catch let skipped as ChangeSkipped {
             row.result = .skipped
@@ -122,6 +123,23 @@ struct MemoryChangeCheck {
         let mapping = try AnonymousMapping(length: Self.length)
         try measure(&row, before: mapping.bytes) {
             try mapping.advise(MADV_DONTNEED)
+            return Changed(target: mapping.bytes)
+        }
+    }
+
+    /// Guard pages (Linux 6.13+) zap the pages with no userfaultfd event: only the madvise hook
+    /// sees them. Removing the guards leaves new zero pages under the address.
+    private func guardPages(_ row: inout ChangeRow) throws {
+        let mapping = try AnonymousMapping(length: Self.length)
+        try measure(&row, before: mapping.bytes) {
+            let install: Int32 = 102, remove: Int32 = 103  // MADV_GUARD_INSTALL / _REMOVE
+            guard madvise(mapping.bytes.baseAddress, Self.length, install) == 0 else {
+                if errno == EINVAL { throw ChangeSkipped(reason: "not on this kernel (madvise(MADV_GUARD_INSTALL): EINVAL; Linux 6.13 and later)") }
+                throw MappingError.fromErrno("madvise(MADV_GUARD_INSTALL)", argument: Self.describe(mapping.address, Self.length))
+            }
+            guard madvise(mapping.bytes.baseAddress, Self.length, remove) == 0 else {
+                throw MappingError.fromErrno("madvise(MADV_GUARD_REMOVE)", argument: Self.describe(mapping.address, Self.length))
+            }
             return Changed(target: mapping.bytes)
         }
     }

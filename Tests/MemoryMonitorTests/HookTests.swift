@@ -71,6 +71,29 @@ extension MemoryMonitorTests {
             #expect(probe.seenByNewLookup.last == .writeProtect)
         }
 
+        @Test("pkey_mprotect with a key that may deny writes is a loss of write access, even keeping PROT_WRITE")
+        func pkeyDenyingWrites() throws {
+            let key = cshims_pkey_alloc(2 /* PKEY_DISABLE_WRITE */)
+            guard key >= 0 else {
+                print("protection keys: not on this machine (pkey_alloc: errno \(errno)); the hook's rule is untested here")
+                return
+            }
+            defer { _ = cshims_pkey_free(key) }
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapAnonymous(4 * pageSize)
+            defer { unmap(base, 4 * pageSize) }
+            let watched = try range(base, 4 * pageSize)
+            try harness.monitor.watch(watched)
+            defer { try? harness.monitor.unwatch(watched) }
+            let probe = try RangeProbe(harness.space, watched)
+            let pointer = UnsafeMutableRawPointer(bitPattern: base)
+            #expect(cshims_pkey_mprotect(pointer, UInt(pageSize), PROT_READ | PROT_WRITE, key) == 0)
+            #expect(probe.seenByNewLookup == [.writeProtect], "the key denies writes: write access is lost")
+            #expect(cshims_pkey_mprotect(pointer, UInt(pageSize), PROT_READ | PROT_WRITE, 0) == 0)
+            #expect(probe.seenByNewLookup == [.writeProtect], "the default key takes nothing away")
+        }
+
         @Test("a failing mprotect of watched memory reports the kernel's errno")
         func failingMprotect() throws {
             let harness = try Harness()

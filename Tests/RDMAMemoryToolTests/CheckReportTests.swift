@@ -91,7 +91,7 @@ import Testing
         var rows = Self.rows
         rows[5] = Self.row(.brk, result: .skipped, detail: "the program break moved under the check")
         #expect(Self.report(rows: rows).exitStatus == 0)
-        #expect(CheckTextFormatter.format(Self.report(rows: rows)).contains("7 of 8 memory changes are fresh"))
+        #expect(CheckTextFormatter.format(Self.report(rows: rows)).contains("8 of 9 memory changes are fresh"))
         rows[0] = Self.row(.munmapMapFixed, landed: 0, result: .error, detail: "ibv_reg_mr(...): Bad address (EFAULT)")
         let report = Self.report(rows: rows)
         #expect(report.failures == ["munmap + mmap(MAP_FIXED): ibv_reg_mr(...): Bad address (EFAULT)"])
@@ -125,7 +125,7 @@ import Testing
         let rows = try #require(json["rows"] as? [[String: Any]])
         #expect(rows.map { $0["change"] as? String } == [
             "munmap_mmap_fixed", "raw_munmap_mmap", "mremap", "madvise_dontneed", "free_malloc", "brk_shrink_grow",
-            "memfd_ftruncate", "shmat_remap",
+            "memfd_ftruncate", "shmat_remap", "madvise_guard_install",
         ])
         let memfd = try #require(rows.first { $0["change"] as? String == "memfd_ftruncate" })
         #expect(memfd["cached_after"] as? Bool == false && memfd["cached_before"] as? Bool == true)
@@ -157,7 +157,7 @@ import Testing
             #expect(lines.contains { $0.hasPrefix(change.description) && $0.contains("65536/65536") }, "\(change)")
         }
         #expect(text.contains("uncached [1]") && text.contains("  [1] uncached: shared memory (memfd): truncation\n"))
-        #expect(text.contains("result: PASS: the control is stale and all 8 memory changes are fresh"))
+        #expect(text.contains("result: PASS: the control is stale and all 9 memory changes are fresh"))
     }
 
     @Test func textSaysWhetherODPIsUnsafeWithItsFiguresOrNotOffered() {

@@ -70,3 +70,8 @@ int cshims_wait_child(int pid, int timeout_ms);
 /// UFFD_USER_MODE_ONLY, 4 its UFFDIO_API with `features` succeeded, 8 a write-protect
 /// UFFDIO_REGISTER of an anonymous page succeeded; 64 when dropping privileges failed), or -1.
 int cshims_probe_unprivileged_userfaultfd(unsigned long long features);
+
+/// pkey_alloc(0, rights): a protection key, or -1 with errno (ENOSPC, or EINVAL/ENOSYS where the
+/// CPU or kernel has no protection keys). pkey_free(key) gives it back.
+int cshims_pkey_alloc(unsigned int rights);
+int cshims_pkey_free(int key);
