@@ -180,6 +180,27 @@ func hookCosts(iterations: Int) -> [HookCost] {
     }
     costs.append(HookCost(name: "mprotect(PROT_READ) 64 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
     munmap(pointer, Int(16 * pageSize))
+    // madvise of unwatched memory: a hint (WILLNEED) and advice that replaces pages (DONTNEED,
+    // which the hook looks at: one lock-free look at the granule maps before and after).
+    let advised = mapTouched(16 * pageSize)
+    let advisedPointer = UnsafeMutableRawPointer(bitPattern: advised)
+    for (name, advice) in [("madvise(MADV_WILLNEED) 64 KiB", MADV_WILLNEED), ("madvise(MADV_DONTNEED) 64 KiB", MADV_DONTNEED)] {
+        hooked = 0
+        raw = 0
+        for index in 0..<iterations {
+            let hookedAdvise = { time { _ = madvise(advisedPointer, Int(16 * pageSize), advice) } }
+            let rawAdvise = { time { _ = cshims_raw_madvise(advisedPointer, 16 * pageSize, advice) } }
+            if index % 2 == 0 {
+                hooked += hookedAdvise()
+                raw += rawAdvise()
+            } else {
+                raw += rawAdvise()
+                hooked += hookedAdvise()
+            }
+        }
+        costs.append(HookCost(name: name, hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
+    }
+    munmap(advisedPointer, Int(16 * pageSize))
     // shmat of a 64 KiB segment where the kernel chooses, and shmat(SHM_REMAP) over unwatched
     // memory (the hook asks the segment's size first); each detached untimed by raw shmdt.
     let id = cshims_shm_create(64 << 10)
