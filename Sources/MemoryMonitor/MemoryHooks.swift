@@ -5,8 +5,9 @@ import CMemoryHooks
 import MMUNotifier
 import Synchronization
 
-/// The process's `munmap`, `mmap`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` (defined in C
-/// by `CMemoryHooks`), for the changes userfaultfd reports late or never.
+/// The process's `munmap`, `mmap`, `mremap`, `madvise`, `process_madvise`, `mprotect`,
+/// `pkey_mprotect`, `shmat` and `shmdt` (defined in C by `CMemoryHooks`), for the changes
+/// userfaultfd reports late or never.
 ///
 /// Why each is hooked:
 /// - `munmap`: the kernel holds a thread in `munmap` of registered memory until the monitor's
@@ -16,10 +17,18 @@ import Synchronization
 ///   take the range out of userfaultfd, unmap, end the invalidation. No event, no sleep. `mmap(MAP_FIXED)`
 ///   over watched memory unmaps it the same way, and is handled the same way (any other `mmap`
 ///   goes straight to the kernel after one flag test).
-/// - `mprotect` / `pkey_mprotect` taking write (or all) access away: userfaultfd has no event
-///   for it, yet a region registered for write would let a peer keep writing memory the
-///   application made read-only. Invalidated as `.writeProtect` (or `.protectionChange` when
-///   nothing stays readable) around the call, and once more after it for a watch that raced.
+/// - `mremap`: the old range (and a `MREMAP_FIXED` target) handled as `munmap`. Taking the
+///   watched parts out of userfaultfd also merges the mapping back into one VMA, which mremap
+///   needs (a watch splits its mapping; the kernel answers EFAULT for a range over several).
+/// - `madvise` / `process_madvise` (of this process) with advice that may replace pages
+///   (`cmemhooks_advice_replaces_pages`: DONTNEED, FREE, REMOVE, GUARD_INSTALL, ... and any
+///   value it does not know): invalidated as `.remove` around the call, and once more after it
+///   for a watch that raced. MADV_GUARD_INSTALL zaps pages with no userfaultfd event at all.
+/// - `mprotect` / `pkey_mprotect` taking write (or all) access away, or `pkey_mprotect` with a
+///   key other than 0 (its rights may deny writes): userfaultfd has no event for it, yet a region
+///   registered for write would let a peer keep writing memory the application made read-only.
+///   Invalidated as `.writeProtect` (or `.protectionChange` when nothing stays readable) around
+///   the call, and once more after it for a watch that raced.
 /// - `shmat(SHM_REMAP)` over memory: the kernel replaces the mapping with no UNMAP event.
 ///   Invalidated as an unmap around the call (and after it, for a racing watch); validated
 ///   granules there are forgotten.
@@ -27,19 +36,25 @@ import Synchronization
 ///   inside a validated granule leaves a hole there; the granule is forgotten first.
 ///
 /// What no hook sees: raw system calls (`syscall(SYS_munmap)`, `syscall(SYS_mmap)` with
-/// MAP_FIXED, `mremap`, `madvise` and `brk` are userfaultfd events;
-/// `syscall(SYS_shmat)` over memory, `syscall(SYS_mprotect)` and changes of protection keys
-/// through PKRU are not seen at all), and glibc's internal calls (its `free()` unmaps, which
-/// are events). A raw `shmat(SHM_REMAP)` over cached memory leaves that region stale until its
-/// next invalidation; the granule is still re-validated before later buffers there are trusted.
+/// MAP_FIXED, `syscall(SYS_mremap)`, `syscall(SYS_madvise)` with DONTNEED or REMOVE, and `brk`
+/// are userfaultfd events; `syscall(SYS_shmat)` over memory, `syscall(SYS_mprotect)`,
+/// `syscall(SYS_madvise)` with guard advice and changes of protection keys through PKRU are
+/// not seen at all), and glibc's internal calls (its `free()` unmaps and `realloc()` remaps,
+/// which are events). A raw `shmat(SHM_REMAP)` over cached memory leaves that region stale until
+/// its next invalidation, and when it lands in a validated granule, later buffers there are
+/// cached on trust too (a watch there issues no ioctl) until an unmap or remap event there
+/// forgets the granule.
 ///
 /// On a call that touches no registered memory the C side takes no lock and allocates nothing
 /// (one lock-free read of the granule maps), so an allocator that calls these while holding
-/// its own lock cannot re-enter itself. Calls made from inside a handler (a callback that
-/// unmaps) go straight to the kernel. `RDMAMEMORY_HOOKS=off` in the environment (read once,
-/// when the first monitor starts) switches all of them off: unmaps are then events only, and
-/// the modes say so. Not async-signal-safe when a monitor is running (locks are taken for
-/// watched memory): a signal handler must not unmap or reprotect watched memory.
+/// its own lock cannot re-enter itself; on one that does, nothing is allocated before the real
+/// call (`handle`). Calls made from inside a handler (a callback that unmaps) go straight to the
+/// kernel. `RDMAMEMORY_HOOKS=off` in the environment (read once with `secure_getenv`, when the
+/// first monitor starts) switches all of them off: unmaps are then events only, and the modes
+/// say so. A copy of these hooks that the process does not bind (another copy's `munmap` comes
+/// first) reports itself shadowed and is not used. Not async-signal-safe when a monitor is
+/// running (locks are taken for watched memory): a signal handler must not unmap or reprotect
+/// watched memory.
 enum MemoryHooks {
     /// The interceptor of each granule-map slot.
     private static let interceptors = Locked<[HookInterceptor?]>(Array(repeating: nil, count: Int(CMEMHOOKS_SLOTS)))

@@ -94,8 +94,8 @@ public final class UserfaultfdMonitor: Sendable {
 
     /// How the process's hooks serve this monitor.
     public enum Hooks: Sendable, Equatable, CustomStringConvertible {
-        /// `munmap`, `mmap(MAP_FIXED)`, `mprotect`, `pkey_mprotect`, `shmat` and `shmdt` through
-        /// the C library are handled in the calling thread.
+        /// `munmap`, `mmap(MAP_FIXED)`, `mremap`, `madvise`, `mprotect`, `pkey_mprotect`, `shmat`
+        /// and `shmdt` through the C library are handled in the calling thread.
         case active
         /// The same, except `munmap` and `mmap(MAP_FIXED)`: unmaps are userfaultfd events
         /// (`interceptsMunmap: false`).
@@ -115,8 +115,8 @@ public final class UserfaultfdMonitor: Sendable {
 
         public var description: String {
             switch self {
-            case .active: return "munmap, mmap(MAP_FIXED), mprotect, shmat and shmdt intercepted in the calling thread"
-            case .activeExceptMunmap: return "mprotect, shmat and shmdt intercepted; unmaps seen as userfaultfd events"
+            case .active: return "munmap, mmap(MAP_FIXED), mremap, madvise, mprotect, shmat and shmdt intercepted in the calling thread"
+            case .activeExceptMunmap: return "madvise, mprotect, shmat and shmdt intercepted; unmaps and remaps seen as userfaultfd events"
             case .disabledByEnvironment:
                 return "hooks off (RDMAMEMORY_HOOKS=off): unmaps are seen as userfaultfd events only; "
                     + "mprotect and shmat(SHM_REMAP) are not seen, so revoke such memory explicitly"
