@@ -28,6 +28,9 @@ extension CacheCore {
     /// Room under the limits is made (`makeRoom`) once the first watch said the range can be
     /// cached: a buffer registered uncached (shared memory, a failed monitor) evicts nothing.
     func miss(address: UInt, end: UInt, access: AccessFlags) throws(RegistrationError) -> Registration {
+        if end - address > Self.maxLength {  // passed the hit path's checks, which skip this one
+            _ = try rejectOrEnd(address: address, length: Int(bitPattern: end - address), call: "register")
+        }
         let start = address & ~pageMask
         let alignedEnd = (end + pageMask) & ~pageMask  // `validate` left room for the rounding
         let length = Int(alignedEnd - start)

@@ -88,7 +88,7 @@ final class CacheCore: Sendable {
 
     /// The longest range a cache takes: half of `Int.max`, far beyond any address space (x86-64
     /// user space is 2^47 bytes), so that a range rounded out to pages still fits an `Int`.
-    @usableFromInline static var maxLength: UInt { UInt(Int.max / 2) }
+    static var maxLength: UInt { UInt(Int.max / 2) }
 
     /// The checks before a lookup: the cache is open, the range is usable. Returns its end. The
     /// common case is a few tests inlined into the hit; anything else goes to `rejectOrEnd`.
@@ -96,9 +96,9 @@ final class CacheCore: Sendable {
     func validate(address: UInt, length: Int, call: String) throws(RegistrationError) -> UInt {
         // A load, not the state lock: the hit paths write no shared cache line.
         let (end, overflow) = address.addingReportingOverflow(UInt(bitPattern: length))
-        // One compare for 0 < length <= maxLength (a negative length wraps to a huge one).
-        if !isClosed.load(ordering: .acquiring), UInt(bitPattern: length) &- 1 < Self.maxLength, address != 0,
-           !overflow, end <= UInt.max - pageMask {
+        // A length above `maxLength` passes here (no cached region is that long, so it cannot
+        // hit): the miss refuses it through `rejectOrEnd`, keeping this path as short as it was.
+        if !isClosed.load(ordering: .acquiring), length > 0, address != 0, !overflow, end <= UInt.max - pageMask {
             return end
         }
         return try rejectOrEnd(address: address, length: length, call: call)
