@@ -49,6 +49,7 @@ final class CacheCore: Sendable {
         self.registrar = registrar
         self.options = options
         self.monitor = monitor
+        ProcessExitGate.installed
         space = monitor?.space ?? .process
         srcu = space.srcu
         readSide = srcu.readSide

@@ -129,7 +129,7 @@ extension CacheCore {
     func tearDown(_ entry: CacheEntry) {
         guard !entry.tornDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
         do {
-            try registrar.deregisterRegion(entry.region)
+            try deregisterOnDevice(entry.region)
         } catch {
             recordFailure(error, FailedDeregistration(region: entry.region, bytes: entry.length,
                                                       owner: .entry(EntryReference(entry, retained: true))))
@@ -154,12 +154,18 @@ extension CacheCore {
     /// Deregisters a registration of one handle (uncached), or of a miss that lost a race.
     func deregister(_ region: RegisteredRegion, bytes: Int, uncached: Bool = false) {
         do {
-            try registrar.deregisterRegion(region)
+            try deregisterOnDevice(region)
             if uncached { counters.uncachedRegistered(regions: -1, bytes: -bytes) }
         } catch {
             if !uncached { counters.registered(regions: 1, bytes: bytes) }  // still pinned: count it
             recordFailure(error, FailedDeregistration(region: region, bytes: bytes, owner: uncached ? .uncached : .raced))
         }
+    }
+
+    /// The registrar's deregistration, unless the process is exiting (`ProcessExitGate`): then the
+    /// device objects may be gone, and the kernel drops the pins with the process anyway.
+    private func deregisterOnDevice(_ region: RegisteredRegion) throws {
+        _ = try ProcessExitGate.whileOpen { try registrar.deregisterRegion(region) }
     }
 
     private func recordFailure(_ error: any Error, _ failure: FailedDeregistration) {
@@ -178,7 +184,7 @@ extension CacheCore {
     private func retry(_ failed: [FailedDeregistration]) {
         for item in failed {
             do {
-                try registrar.deregisterRegion(item.region)
+                try deregisterOnDevice(item.region)
             } catch {
                 counters.lastFailure.withLock { $0 = "\(error)" }
                 teardowns.withLock { $0.failed.append(item) }
