@@ -71,19 +71,21 @@ final class CacheCore: Sendable {
     /// From inside an invalidation callback it cannot wait (the window may be the callback's
     /// own): it throws `.wouldDeadlock` naming `call` instead.
     @usableFromInline @inline(__always)
-    func settleInvalidations(call: StaticString) throws(RegistrationError) {
+    func settleInvalidations(call: String) throws(RegistrationError) {
         let sequence = space.openWindowSequence
         if sequence & 1 == 1 { try settleOpenWindow(sequence, call: call) }
     }
 
     @usableFromInline
-    func settleOpenWindow(_ sequence: UInt64, call: StaticString) throws(RegistrationError) {
+    func settleOpenWindow(_ sequence: UInt64, call: String) throws(RegistrationError) {
         do {
             try space.waitWhileWindowOpen(sequence)
         } catch .forkedChild {
-            throw .forkedChild(call: "\(call)")
+            // No interpolation here: in a fork() child a lock of the runtime's that a parent
+            // thread held at the fork stays held (a literal `call` is an immortal string).
+            throw .forkedChild(call: call)
         } catch {
-            throw .wouldDeadlock(call: "\(call)", reason: "\(error)")
+            throw .wouldDeadlock(call: call, reason: "\(error)")
         }
     }
 

@@ -64,7 +64,12 @@ struct ForkTests {
         #expect(answer == Answer.forkedChild.rawValue, "exit \(answer) (-2: the child hung)")
     }
 
-    @Test("a child forked while other threads churn through the cache")
+    /// ThreadSanitizer does not support fork() in a multithreaded process well: its own
+    /// runtime may leave the child stuck (seen once in 20 children). The plain run covers it.
+    static var underThreadSanitizer: Bool { dlsym(nil, "__tsan_init") != nil }
+
+    @Test("a child forked while other threads churn through the cache",
+          .disabled(if: ForkTests.underThreadSanitizer, "fork() of a multithreaded process under ThreadSanitizer"))
     func churnAtFork() throws {
         let cache = RegistrationCache(registrar: NullRegistrar())
         defer { cache.shutdown() }
