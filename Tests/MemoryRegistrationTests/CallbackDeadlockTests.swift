@@ -121,7 +121,9 @@ struct CallbackDeadlockTests {
         // the test; the worker case above is the bounded one.)
         try watched.replaceWithFreshMapping()
         let lines = outcome.lines
-        #expect(lines.first == "hit: registered", "\(lines)")
+        // A hit needs no wait, unless a monitor's window happens to be open for another test's
+        // unmap running beside this one (the process's one monitor): then it may not wait either.
+        #expect(lines.first == "hit: registered" || lines.first?.contains("window is open") == true, "\(lines)")
         #expect(lines.dropFirst().first?.contains("would wait for itself") == true, "\(lines)")
         held.release()
         // The abandoned miss left nothing behind: the fresh buffer misses and caches normally.
