@@ -7,5 +7,3 @@ unsigned long long cshims_heap_in_use(void) {
 }
 
 int cshims_set_mmap_threshold(int bytes) { return mallopt(M_MMAP_THRESHOLD, bytes); }
-
-unsigned long long cshims_heap_mapped_blocks(void) { return (unsigned long long)mallinfo2().hblks; }

@@ -8,7 +8,3 @@ unsigned long long cshims_heap_in_use(void);
 /// mallopt(M_MMAP_THRESHOLD, bytes): 1 makes every malloc a fresh mapping (tests of the hooks).
 /// 1 on success, 0 where the allocator is not glibc's (a preloaded one ignores it).
 int cshims_set_mmap_threshold(int bytes);
-
-/// Blocks glibc's malloc has mapped on their own (mallinfo2's hblks): under an mmap threshold
-/// of 1, every live allocation. Lets a test see whether a hook holds one across its call.
-unsigned long long cshims_heap_mapped_blocks(void);
