@@ -32,9 +32,12 @@ extension MemoryMonitorTests {
             let probe = try RangeProbe(harness.space, watched)
             let pointer = UnsafeMutableRawPointer(bitPattern: base)
             let before = harness.monitor.statistics.interceptedChanges
-            for hint in [MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL, MADV_DONTDUMP, MADV_DODUMP, madviseGuardRemove] {
+            for hint in [MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL, MADV_DONTDUMP, MADV_DODUMP] {
                 #expect(madvise(pointer, Int(length), hint) == 0, "advice \(hint)")
             }
+            // Linux before 6.13 does not know it (EINVAL); either way the hook lets it through.
+            let guardRemoved = madvise(pointer, Int(length), madviseGuardRemove)
+            #expect(guardRemoved == 0 || errno == EINVAL)
             #expect(probe.seenByNewLookup.isEmpty, "hints replace no page")
             #expect(harness.monitor.statistics.interceptedChanges == before)
             for advice in [MADV_DONTNEED, MADV_FREE] {
