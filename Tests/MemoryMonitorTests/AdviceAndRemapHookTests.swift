@@ -19,17 +19,33 @@ extension MemoryMonitorTests {
     struct AdviceAndRemapHookTests {
         let granule: UInt = 2 << 20
 
+        /// A monitor of its own, one watched anonymous buffer and a probe on it.
+        struct WatchedBuffer {
+            let harness: Harness
+            let base: UInt
+            let length: UInt
+            let probe: RangeProbe
+
+            init(pages: UInt) throws {
+                harness = try Harness()
+                length = pages * pageSize
+                base = try mapAnonymous(length)
+                try harness.monitor.watch(try range(base, length))
+                probe = try RangeProbe(harness.space, try range(base, length))
+            }
+
+            func close() {
+                try? harness.monitor.unwatch(try range(base, length))
+                unmap(base, length)
+                harness.close()
+            }
+        }
+
         @Test("page-replacing advice invalidates before madvise returns; hints do not; unknown advice counts as replacing")
         func adviceInvalidates() throws {
-            let harness = try Harness()
-            defer { harness.close() }
-            let length = 16 * pageSize
-            let base = try mapAnonymous(length)
-            defer { unmap(base, length) }
-            let watched = try range(base, length)
-            try harness.monitor.watch(watched)
-            defer { try? harness.monitor.unwatch(watched) }
-            let probe = try RangeProbe(harness.space, watched)
+            let buffer = try WatchedBuffer(pages: 16)
+            defer { buffer.close() }
+            let (harness, base, length, probe) = (buffer.harness, buffer.base, buffer.length, buffer.probe)
             let pointer = UnsafeMutableRawPointer(bitPattern: base)
             let before = harness.monitor.statistics.interceptedChanges
             for hint in [MADV_WILLNEED, MADV_SEQUENTIAL, MADV_RANDOM, MADV_NORMAL, MADV_DONTDUMP, MADV_DODUMP] {
@@ -55,15 +71,9 @@ extension MemoryMonitorTests {
 
         @Test("guard pages: MADV_GUARD_INSTALL over watched memory invalidates in the calling thread (a raw one is unseen)")
         func guardInstall() throws {
-            let harness = try Harness()
-            defer { harness.close() }
-            let length = 16 * pageSize
-            let base = try mapAnonymous(length)
-            defer { unmap(base, length) }
-            let watched = try range(base, length)
-            try harness.monitor.watch(watched)
-            defer { try? harness.monitor.unwatch(watched) }
-            let probe = try RangeProbe(harness.space, watched)
+            let buffer = try WatchedBuffer(pages: 16)
+            defer { buffer.close() }
+            let (base, probe) = (buffer.base, buffer.probe)
             let pointer = try #require(UnsafeMutableRawPointer(bitPattern: base))
             pointer.storeBytes(of: 0x5A, as: UInt8.self)
             let installed = madvise(pointer, Int(4 * pageSize), madviseGuardInstall)
@@ -84,15 +94,9 @@ extension MemoryMonitorTests {
 
         @Test("process_madvise of this process: page-replacing advice invalidates, MADV_COLD does not")
         func processMadvise() throws {
-            let harness = try Harness()
-            defer { harness.close() }
-            let length = 16 * pageSize
-            let base = try mapAnonymous(length)
-            defer { unmap(base, length) }
-            let watched = try range(base, length)
-            try harness.monitor.watch(watched)
-            defer { try? harness.monitor.unwatch(watched) }
-            let probe = try RangeProbe(harness.space, watched)
+            let buffer = try WatchedBuffer(pages: 16)
+            defer { buffer.close() }
+            let (harness, base, length, probe) = (buffer.harness, buffer.base, buffer.length, buffer.probe)
             let pointer = UnsafeMutableRawPointer(bitPattern: base)
             let cold = cshims_process_madvise_self(pointer, UInt(4 * pageSize), 20 /* MADV_COLD */)
             try #require(cold != -1 || errno != ENOSYS, "process_madvise needs Linux 5.10")
