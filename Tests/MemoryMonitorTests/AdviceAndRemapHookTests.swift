@@ -96,7 +96,7 @@ extension MemoryMonitorTests {
         func processMadvise() throws {
             let buffer = try WatchedBuffer(pages: 16)
             defer { buffer.close() }
-            let (harness, base, length, probe) = (buffer.harness, buffer.base, buffer.length, buffer.probe)
+            let (harness, base, probe) = (buffer.harness, buffer.base, buffer.probe)
             let pointer = UnsafeMutableRawPointer(bitPattern: base)
             let cold = cshims_process_madvise_self(pointer, UInt(4 * pageSize), 20 /* MADV_COLD */)
             try #require(cold != -1 || errno != ENOSYS, "process_madvise needs Linux 5.10")
