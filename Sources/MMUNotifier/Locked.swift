@@ -18,7 +18,14 @@ public final class Locked<Value> {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
-        pthread_mutex_init(mutex, nil)
+        // Adaptive: a waiter spins briefly before it sleeps. The engine's and the cache's locks
+        // are held for well under a microsecond, and the threads that meet on them (a miss and
+        // the reclaim thread's teardown) otherwise pay a futex sleep and wake-up each time.
+        var attributes = pthread_mutexattr_t()
+        pthread_mutexattr_init(&attributes)
+        pthread_mutexattr_settype(&attributes, Int32(PTHREAD_MUTEX_ADAPTIVE_NP))
+        pthread_mutex_init(mutex, &attributes)
+        pthread_mutexattr_destroy(&attributes)
     }
 
     deinit {

@@ -8,8 +8,9 @@ import Verbs
 /// users and its CLOCK slot. The index refers to it by address; nothing maps it by identity.
 ///
 /// Lifetime: the address space's interval tree keeps it alive while its subscription is
-/// inserted, which is until its teardown (`CacheTeardown`); the CLOCK ring holds it while it is
-/// cached. Lookups find it through the index inside an SRCU read section; an entry taken out of
+/// inserted, which is until it leaves the cache (revoked or evicted: `CacheCore.unpublish`);
+/// from then a reference the cache took there keeps it until its teardown (`CacheTeardown`),
+/// which hands it to a missing thread to free. The CLOCK ring holds it while it is cached. Lookups find it through the index inside an SRCU read section; an entry taken out of
 /// the index is torn down only after a grace period, so a reader never sees a freed one.
 ///
 /// `holders` counts the index's reference (1 while the entry can be found) plus one per counted

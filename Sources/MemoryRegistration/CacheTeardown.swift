@@ -121,7 +121,7 @@ extension CacheCore {
             teardownEvents.wakeAll()  // a miss may be waiting for room
             return
         }
-        retire(entry, evicted: true)  // the tree keeps it until the teardown
+        retire(entry, evicted: true)  // the reference `unpublish` took keeps it until the teardown
     }
 
     /// Deregisters the region, stops watching its range, removes its subscription. Once. A
@@ -138,15 +138,13 @@ extension CacheCore {
         finishTeardown(entry)
     }
 
-    /// What follows a successful deregistration: the counts, the watch, the subscription, and the
-    /// entry's memory, handed to a missing thread to free.
+    /// What follows a successful deregistration: the counts, the watch, and the entry's memory,
+    /// handed to a missing thread to free (the subscription left the tree when the entry left
+    /// the cache: `unpublish`).
     private func finishTeardown(_ entry: CacheEntry) {
         counters.registered(regions: -1, bytes: -entry.length)
         if entry.watched { try? monitor?.unwatch(entry.range) }
-        let retained = EntryReference(entry, retained: true)  // outlives the tree's reference
-        // Inside a callback a waiting remove throws: then the removal waits for the end of the
-        // invalidation in flight instead (the tree keeps the entry alive until then).
-        if (try? entry.remove()) == nil { try? entry.removeWithoutWaiting() }
+        let retained = EntryReference(entry, retained: false)  // the reference `unpublish` took
         teardowns.withLock { $0.freeable.append(retained) }
         counters.freeable.add(1, ordering: .relaxed)
     }
