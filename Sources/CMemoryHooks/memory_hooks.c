@@ -180,8 +180,10 @@ int munmap(void *address, size_t length) {
 
 // mmap(MAP_FIXED) over watched memory unmaps it first: handled like munmap (invalidated and taken
 // out of userfaultfd in this thread, so the kernel queues no UNMAP event and the caller does not
-// sleep until the monitor reads one). Every other mmap goes straight to the kernel after one
-// flag test: it makes new memory, which nobody has watched yet.
+// sleep until the monitor reads one). Every other mmap goes to the kernel after one flag test;
+// when it made memory inside registered granules, the handler hears of it afterwards
+// (CMEMHOOKS_MMAP_NEW) and remembers the mapping's class from this call, so that the cache miss
+// that registers a buffer there need not ask the kernel what is mapped.
 static void *map(void *address, size_t length, int prot, int flags, int fd, off_t offset) {
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_MMAP_FIXED, .address = address, .length = length, .prot = prot,
@@ -192,7 +194,16 @@ static void *map(void *address, size_t length, int prot, int flags, int fd, off_
         return (void *)through_handler(handler, &call);
     }
     cmemhooks_perform(&call);
-    if (call.result == -1) errno = call.error;
+    if (call.result == -1) {
+        errno = call.error;
+        return MAP_FAILED;
+    }
+    if (!(flags & MAP_FIXED) && handler && handler_depth == 0 &&
+        page_range((void *)call.result, length, &call.start, &call.end) &&
+        (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
+        call.kind = CMEMHOOKS_MMAP_NEW;
+        through_handler(handler, &call);  // performed already: the handler only takes note
+    }
     return (void *)call.result;
 }
 

@@ -14,8 +14,8 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// Wake-ups that found the worker's queue full and merged their ranges into one (coarser)
     /// invalidation instead of waiting for the worker.
     public var overflows: Int
-    /// Watches served without an ioctl: every granule was found wholly registered, with no
-    /// unmap or remap there since (`UserfaultfdMonitor.validatedGranuleCount`).
+    /// Watches served without an ioctl: in validated granules, with no unmap or remap there
+    /// since (`KnownMemory`).
     public var watchesWithoutIoctl: Int
     /// `munmap` and `mmap(MAP_FIXED)` calls over watched memory handled in the calling thread
     /// (`MemoryHooks`): each is an invalidation without an event.
@@ -26,6 +26,12 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// `mprotect`, `shmat` and `shmdt` calls over registered memory seen by the hooks (changes
     /// userfaultfd never reports).
     public var interceptedChanges: Int
+    /// Watches of a buffer in a mapping the hooked `mmap` made: one register, no probe, no
+    /// query (`KnownMemory`).
+    public var watchesOfKnownMappings: Int
+    /// Private anonymous mappings the hooked `mmap` made in registered granules (remembered
+    /// for their first watch).
+    public var mappingsSeenMade: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }
 }
@@ -44,6 +50,8 @@ final class MonitorCounters: Sendable {
     let interceptedUnmaps = Atomic<Int>(0)
     let interceptedUnregisters = Atomic<Int>(0)
     let interceptedChanges = Atomic<Int>(0)
+    let watchesOfKnownMappings = Atomic<Int>(0)
+    let mappingsSeenMade = Atomic<Int>(0)
 
     var snapshot: MonitorStatistics {
         MonitorStatistics(wakeups: wakeups.load(ordering: .relaxed),
@@ -56,6 +64,8 @@ final class MonitorCounters: Sendable {
                           watchesWithoutIoctl: watchesWithoutIoctl.load(ordering: .relaxed),
                           interceptedUnmaps: interceptedUnmaps.load(ordering: .relaxed),
                           interceptedUnregisters: interceptedUnregisters.load(ordering: .relaxed),
-                          interceptedChanges: interceptedChanges.load(ordering: .relaxed))
+                          interceptedChanges: interceptedChanges.load(ordering: .relaxed),
+                          watchesOfKnownMappings: watchesOfKnownMappings.load(ordering: .relaxed),
+                          mappingsSeenMade: mappingsSeenMade.load(ordering: .relaxed))
     }
 }

@@ -33,6 +33,8 @@ enum cmemhooks_kind {
     CMEMHOOKS_MMAP_FIXED = 5,
     CMEMHOOKS_MREMAP = 6,
     CMEMHOOKS_MADVISE = 7,          // madvise() or process_madvise() of this process, replacing pages
+    CMEMHOOKS_MMAP_NEW = 8,         // an mmap() (not MAP_FIXED) that made memory in registered granules
+                                    // (told after the call: performed is 1, result the address)
 };
 
 /// What a protection change takes away (the hooks call the handler only when it takes some).

@@ -48,13 +48,10 @@ final class MonitorThreads: Sendable {
     let descriptor: UserfaultfdDescriptor
     let file: UserfaultfdFile
     let space: AddressSpace
-    let granules: Locked<GranuleTable>
-    /// Granules where a watch skips its ioctls; the worker forgets those an unmap or remap
-    /// touched before it closes the window.
-    let validated: ValidatedGranules
-    /// The monitor's slot in the hooks' map of registered granules.
-    let slot: HookSlot
-    let counters = MonitorCounters()
+    /// The granule state: the worker forgets what an unmap or remap touched before it closes
+    /// the window, and drops every record when the monitor fails.
+    let granules: GranuleWatch
+    var counters: MonitorCounters { granules.counters }
     let queue: EventQueue
     /// eventfd written by `requestStop()`.
     let stopFD: Int32
@@ -83,8 +80,7 @@ final class MonitorThreads: Sendable {
     private let spinNanoseconds: UInt64
 
     init(descriptor: UserfaultfdDescriptor, file: UserfaultfdFile, space: AddressSpace,
-         granules: Locked<GranuleTable>, validated: ValidatedGranules, slot: HookSlot, eventsPerRead: Int,
-         slots: Int, spinMicroseconds: Int) throws(MonitorError) {
+         granules: GranuleWatch, eventsPerRead: Int, slots: Int, spinMicroseconds: Int) throws(MonitorError) {
         let stop = cshims_eventfd()
         guard stop >= 0 else {
             throw .systemCall(call: "eventfd", argument: "EFD_CLOEXEC | EFD_NONBLOCK", errno: .init(rawValue: errno))
@@ -93,8 +89,6 @@ final class MonitorThreads: Sendable {
         self.file = file
         self.space = space
         self.granules = granules
-        self.validated = validated
-        self.slot = slot
         spinNanoseconds = UInt64(spinMicroseconds) * 1000  // validated by the monitor's init
         stopFD = stop
         queue = EventQueue(slots: slots, eventsPerSlot: eventsPerRead)  // validated by the monitor's init
@@ -178,12 +172,7 @@ final class MonitorThreads: Sendable {
 
     /// The worker's half of a failure: watches refused with its reason, every record dropped.
     private func recordFailure() {
-        let error = failure.withLock { $0 } ?? .shutDown
-        granules.withLock { table in
-            if table.failure == nil { table.failure = error }
-            table.removeAllRecords(slot: slot, granuleSize: validated.granuleSize)
-            validated.removeAll()
-        }
+        granules.fail(failure.withLock { $0 } ?? .shutDown)
     }
 
     // MARK: Reader
@@ -326,7 +315,7 @@ final class MonitorThreads: Sendable {
             case .poked:
                 continue
             case .overflow:
-                queue.drainOverflow { start, end in validated.forget(start: start, end: end) }
+                queue.drainOverflow { start, end in granules.forget(start: start, end: end) }
                 continue
             case .slot(let slot):
                 while workerGate.load(ordering: .acquiring) { sched_yield() }
@@ -339,7 +328,7 @@ final class MonitorThreads: Sendable {
                         window.invalidate(range, event: cause)
                         // The old range may be unregistered now (a remove keeps its registration).
                         if event.kind == .unmap || event.kind == .remap {
-                            validated.forget(start: event.start, end: event.end)
+                            granules.forget(start: event.start, end: event.end)
                         }
                     }
                 }

@@ -32,6 +32,10 @@ import Synchronization
 /// - `shmat(SHM_REMAP)` over memory: the kernel replaces the mapping with no UNMAP event.
 ///   Invalidated as an unmap around the call (and after it, for a racing watch); validated
 ///   granules there are forgotten.
+/// - `mmap` making new memory (not `MAP_FIXED`) inside registered granules: after the call, a
+///   private anonymous mapping is remembered (`GranuleWatch.noteNewMapping`), so the miss that
+///   registers a buffer there only registers it, with no probe and no query: its class is known
+///   from this call.
 /// - `shmdt`: System V memory is never watched, but detaching a segment that a raw `shmat` put
 ///   inside a validated granule leaves a hole there; the granule is forgotten first.
 ///
@@ -128,12 +132,17 @@ enum MemoryHooks {
         // A range invalidation, not a window: the range is known before the call, so only
         // subscriptions overlapping it wait (`readBegin`), and lookups elsewhere do not.
         switch Int(kind) {
+        case Int(CMEMHOOKS_MMAP_NEW.rawValue):
+            let flags = call.pointee.flags
+            interceptor.granules.noteNewMapping(pages, privateAnonymous: flags & MAP_ANONYMOUS != 0
+                                                    && flags & MAP_TYPE == MAP_PRIVATE && flags & MAP_HUGETLB == 0)
+            return handle(call, pages, range, slots: rest)
         case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue), Int(CMEMHOOKS_MREMAP.rawValue):
             // mremap also replaces what its MREMAP_FIXED target held: a second range.
             let target = kind == Int32(CMEMHOOKS_MREMAP.rawValue) && call.pointee.new_end > call.pointee.new_start
                 ? PageRange(start: call.pointee.new_start, end: call.pointee.new_end) : nil
-            let touchesTarget = target.map { interceptor.touchesWatched($0) } ?? false
-            guard interceptor.interceptsMunmap, interceptor.touchesWatched(pages) || touchesTarget else {
+            let touchesTarget = target.map { interceptor.granules.touchesWatched($0) } ?? false
+            guard interceptor.interceptsMunmap, interceptor.granules.touchesWatched(pages) || touchesTarget else {
                 return handle(call, pages, range, slots: rest)
             }
             let event: InvalidationEvent = kind == Int32(CMEMHOOKS_MREMAP.rawValue) ? .remap : .unmap
@@ -143,15 +152,15 @@ enum MemoryHooks {
                     try? interceptor.space.invalidateRangeStart(range, event: .unmap)
                 }
             } : nil
-            let inPieces = interceptor.unregisterWatched(pages)
-            let targetInPieces = touchesTarget ? target.map { interceptor.unregisterWatched($0) } ?? false : false
+            let inPieces = interceptor.granules.unregisterWatched(pages)
+            let targetInPieces = touchesTarget ? target.map { interceptor.granules.unregisterWatched($0) } ?? false : false
             handle(call, pages, range, slots: rest)
             if call.pointee.result == -1 {
-                interceptor.reregisterWatched(pages)
-                if touchesTarget, let target { interceptor.reregisterWatched(target) }
+                interceptor.granules.reregisterWatched(pages)
+                if touchesTarget, let target { interceptor.granules.reregisterWatched(target) }
             } else {
-                if inPieces { interceptor.forgetUnmapped(pages) }
-                if targetInPieces, let target { interceptor.forgetUnmapped(target) }
+                if inPieces { interceptor.granules.forgetUnmapped(pages) }
+                if targetInPieces, let target { interceptor.granules.forgetUnmapped(target) }
             }
             targetInvalidation?.end()
             invalidation?.end()
@@ -159,7 +168,7 @@ enum MemoryHooks {
             let event: InvalidationEvent = kind == Int32(CMEMHOOKS_MADVISE.rawValue) ? .remove
                 : call.pointee.protection_loss == Int32(CMEMHOOKS_LOSES_WRITE.rawValue) ? .writeProtect
                 : .protectionChange
-            interceptor.countProtectionChange()
+            interceptor.granules.counters.interceptedChanges.wrappingAdd(1, ordering: .relaxed)
             if performed {
                 interceptor.space.invalidate(range, event: event)
                 return handle(call, pages, range, slots: rest)
@@ -168,7 +177,7 @@ enum MemoryHooks {
             handle(call, pages, range, slots: rest)
             invalidation?.end()
         default:  // shmat over memory, shmdt: mappings change with no event
-            interceptor.forgetValidated(pages)
+            interceptor.granules.forgetUnseenChange(pages)
             if performed {
                 interceptor.space.invalidate(range, event: .unmap)
                 return handle(call, pages, range, slots: rest)

@@ -138,9 +138,8 @@ public final class UserfaultfdMonitor: Sendable {
     let descriptor: UserfaultfdDescriptor
     let file: UserfaultfdFile
     let threads: MonitorThreads
-    let granules = Locked(GranuleTable())
-    let validated: ValidatedGranules
-    let slot: HookSlot
+    /// The granule state's one owner: what is registered, what needs no ioctl, the hooks' slot.
+    let granules: GranuleWatch
     /// This monitor's part in the process's hooks; nil when it takes no part.
     let interceptor: HookInterceptor?
     let readerPthread = Atomic<UInt>(0)
@@ -173,14 +172,13 @@ public final class UserfaultfdMonitor: Sendable {
         descriptor = try UserfaultfdDescriptor.open(strategy: configuration.strategy)
         file = UserfaultfdFile(fd: descriptor.fd)
         let slot = MemoryHooks.acquireSlot()
-        self.slot = slot
         hooks = slot.isActive ? (configuration.interceptsMunmap ? .active : .activeExceptMunmap)
             : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : MemoryHooks.shadowed ? .shadowed : .unavailable
-        validated = ValidatedGranules(granuleSize: configuration.granuleSize)
+        granules = GranuleWatch(descriptor: descriptor, space: space, granuleSize: configuration.granuleSize,
+                                pageSize: page, slot: slot)
         do {
             threads = try MonitorThreads(descriptor: descriptor, file: file, space: space, granules: granules,
-                                         validated: validated, slot: slot, eventsPerRead: configuration.eventsPerRead,
-                                         slots: configuration.queueSlots,
+                                         eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots,
                                          spinMicroseconds: configuration.spinMicroseconds)
         } catch {
             // `self` is not fully initialized: no deinit will run. The file closes itself.
@@ -188,9 +186,7 @@ public final class UserfaultfdMonitor: Sendable {
             throw error
         }
         interceptor = slot.isActive
-            ? HookInterceptor(space: space, interceptsMunmap: configuration.interceptsMunmap, slot: slot,
-                              descriptor: descriptor, granules: granules, validated: validated,
-                              counters: threads.counters, granuleSize: configuration.granuleSize)
+            ? HookInterceptor(space: space, interceptsMunmap: configuration.interceptsMunmap, granules: granules)
             : nil
         // From here on `self` is whole: a throw runs deinit, whose shutdown() stops what started.
         var worker = pthread_t()
@@ -217,20 +213,22 @@ public final class UserfaultfdMonitor: Sendable {
 
     deinit { shutdown() }
 
-    public var statistics: MonitorStatistics { threads.counters.snapshot }
+    public var statistics: MonitorStatistics { granules.counters.snapshot }
 
     /// Granules currently registered (whole or piecewise).
-    public var watchedGranuleCount: Int { granules.withLock { $0.records.count } }
+    public var watchedGranuleCount: Int { granules.watchedGranuleCount }
 
-    /// Granules found wholly registered, where a watch issues no ioctl (see `ValidatedGranules`).
-    public var validatedGranuleCount: Int { validated.count }
+    /// Granules found wholly registered, where a watch issues no ioctl (see `KnownMemory`).
+    public var validatedGranuleCount: Int { granules.known.validatedCount }
+
+    /// Mappings the hooked `mmap` was seen making and no change has touched since, among the
+    /// newest few: a watch there only registers (see `KnownMemory`).
+    public var knownMappingCount: Int { granules.known.mappingCount }
 
     /// Buffers counted in the granules overlapping `range` (for tests and diagnostics).
     public func watchCount(in range: AddressRange) -> Int {
         guard let pages = try? pageRange(range, call: "watchCount") else { return 0 }
-        return granules.withLock { table in
-            granuleStarts(pages).reduce(0) { $0 + (table.records[$1]?.buffers ?? 0) }
-        }
+        return granules.watchCount(in: pages)
     }
 
     public var isRunning: Bool {
@@ -239,7 +237,7 @@ public final class UserfaultfdMonitor: Sendable {
     }
 
     /// Why monitoring stopped on its own (a thread failed), or nil.
-    public var failure: MonitorError? { threads.terminationReason ?? granules.withLock { $0.failure } }
+    public var failure: MonitorError? { threads.terminationReason ?? granules.failure }
 
     /// Makes the reader or the worker fail at its next step, as a real failure would (tests).
     func injectFailure(_ failure: MonitorThreads.InjectedFailure) { threads.inject(failure) }
@@ -274,87 +272,15 @@ public final class UserfaultfdMonitor: Sendable {
     public func watch(_ range: AddressRange, allowingSharedMemory: Bool = false) throws(MonitorError) {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "watch") }
         let pages = try pageRange(range, call: "watch")
-        try granules.withLock { table throws(MonitorError) in
-            if let failure = table.failure ?? threads.terminationReason { throw failure }
-            if table.shutDown { throw .shutDown }
-            let starts = granuleStarts(pages)
-            // No window open (sequence even): the worker has forgotten every granule that an
-            // unmap which already returned touched, whether or not the caller did readBegin.
-            if space.openWindowSequence & 1 == 0, validated.containsAll(starts),
-               starts.allSatisfy({ table.records[$0].map { $0.pieces == nil } ?? false }) {
-                for start in starts { table.records.update(start) { $0.buffers += 1 } }
-                threads.counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
-                return
-            }
-            var counted: [UInt] = []
-            do throws(MonitorError) {
-                // Registering again is what checks ownership (EBUSY if another userfaultfd took
-                // a mapping here since) and registers mappings made since the last watch; the
-                // kernel skips VMAs registered already, so nothing splits. A buffer over many
-                // granules that were all registered whole takes one ioctl for all of them.
-                let first = pages.start & ~(granuleSize - 1)
-                let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
-                let allWhole = starts.allSatisfy { start in table.records[start].map { $0.pieces == nil } ?? false }
-                if allWhole && span > granuleSize && descriptor.register(start: first, length: span) == nil {
-                    for start in starts {
-                        table.records.update(start) { $0.buffers += 1 }
-                        counted.append(start)
-                    }
-                } else {
-                    for start in starts {
-                        let existing = table.records[start]
-                        // Counted in the hooks' map before the kernel registers anything.
-                        if existing == nil, !slot.adjust(granule: start, size: granuleSize, registered: 1) {
-                            throw .systemCall(call: "cmemhooks_slot_adjust", argument: describe(start, granuleSize), errno: .noMemory)
-                        }
-                        var record: GranuleRecord
-                        do throws(MonitorError) {
-                            record = try registerGranule(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
-                                                         existing: existing, range: range)
-                        } catch {
-                            if existing == nil { _ = slot.adjust(granule: start, size: granuleSize, registered: -1) }
-                            throw error
-                        }
-                        record.buffers += 1
-                        table.records[start] = record
-                        counted.append(start)
-                    }
-                }
-                // Registration succeeds over holes: ask whether the buffer's pages are
-                // registered now (a hole, or a mapping made after the register, is not).
-                var covered = try probe(pages)
-                if !covered { covered = try probeEachPage(pages) }
-                if covered {
-                    switch UnwatchableClassifier.inspect(start: pages.start, end: pages.end, pageSize: pageSize) {
-                    case .hole:
-                        break
-                    case .shared(let reason) where !allowingSharedMemory:
-                        throw .unwatchable(range: range, reason: reason)
-                    case .shared, .privateAnonymous:
-                        for start in starts { validateIfWhole(start, in: &table) }
-                        return
-                    }
-                }
-                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                    start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
-            } catch {
-                for start in counted { release(start, in: &table) }
-                throw error
-            }
-        }
+        if let failure = threads.terminationReason { throw failure }
+        try granules.watch(pages, range: range, allowingSharedMemory: allowingSharedMemory)
     }
 
     /// Drops one count of `range` (a range a successful `watch` counted); the last buffer of a
     /// granule unregisters it. Callable from invalidation callbacks (they run on the worker).
     public func unwatch(_ range: AddressRange) throws(MonitorError) {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "unwatch") }
-        let pages = try pageRange(range, call: "unwatch")
-        try granules.withLock { table throws(MonitorError) in
-            if table.shutDown || table.failure != nil { return }
-            let starts = granuleStarts(pages)
-            for start in starts where table.records[start] == nil { throw .notWatched(range: range) }
-            for start in starts { release(start, in: &table) }
-        }
+        try granules.unwatch(try pageRange(range, call: "unwatch"), range: range)
     }
 
     // MARK: Shutdown
@@ -367,11 +293,7 @@ public final class UserfaultfdMonitor: Sendable {
     /// worker cannot be joined: it closes the descriptor itself when its loop ends.
     public func shutdown() {
         if stopped.exchange(true, ordering: .acquiringAndReleasing) { return }
-        granules.withLock { table in
-            table.shutDown = true
-            validated.removeAll()
-            table.removeAllRecords(slot: slot, granuleSize: granuleSize) { start, record in unregister(start, record) }
-        }
+        granules.shutDown()
         if let interceptor { MemoryHooks.remove(interceptor) }
         threads.requestStop()
         let reader = readerPthread.exchange(0, ordering: .acquiringAndReleasing)
@@ -390,134 +312,7 @@ public final class UserfaultfdMonitor: Sendable {
         file.close()
     }
 
-    // MARK: Internals (granule lock held)
-
-    private func registerGranule(_ start: UInt, piece: PageRange, existing: GranuleRecord?,
-                                 range: AddressRange) throws(MonitorError) -> GranuleRecord {
-        var record = existing ?? GranuleRecord(buffers: 0, pieces: nil)
-        if record.pieces == nil {
-            let failure = descriptor.register(start: start, length: granuleSize)
-            if failure == nil { return record }
-            if failure != .invalidArgument && failure != .resourceBusy {
-                throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(start, granuleSize),
-                                  errno: failure ?? .invalidArgument)
-            }
-            // A neighbour in the granule cannot be registered: register the buffer's pages only.
-            if existing != nil {
-                // The granule was registered whole before: keep it counted as whole, and add the piece.
-                if let failure = descriptor.register(start: piece.start, length: piece.length) {
-                    throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                        start: piece.start, end: piece.end, errno: failure))
-                }
-                return record
-            }
-            record.pieces = RegisteredPieces()
-        }
-        let padded = paddedPiece(piece, granule: start)
-        var registered = padded
-        if padded == piece || descriptor.register(start: padded.start, length: padded.length) != nil {
-            registered = piece
-            if let failure = descriptor.register(start: piece.start, length: piece.length) {
-                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                    start: piece.start, end: piece.end, errno: failure))
-            }
-        }
-        record.pieces?.insert(registered)
-        return record
-    }
-
-    /// `piece` with one page more on each side, inside its granule. Registered, the padding
-    /// keeps the piece's neighbours registered after an intercepted munmap unregisters the
-    /// piece: otherwise the kernel merges the unregistered piece back into an unregistered
-    /// neighbour (anonymous memory beside it) and the munmap must split it again, a third more
-    /// time (measured: 1.47x an unwatched 4 KiB munmap, against 1.09x in a whole granule).
-    /// When a neighbour page cannot be registered (a file mapping) the exact piece is used.
-    private func paddedPiece(_ piece: PageRange, granule: UInt) -> PageRange {
-        // No wrapping below the first granule: a piece at address 0's page has no page before it.
-        PageRange(start: piece.start >= granule + pageSize ? piece.start - pageSize : granule,
-                  end: min(granule + granuleSize, piece.end + pageSize))
-    }
-
-    /// True when every page of `pages` is registered now. EAGAIN (an event is pending and not
-    /// yet read) waits for the monitor thread, which never waits for this lock.
-    private func probe(_ pages: PageRange) throws(MonitorError) -> Bool {
-        for attempt in 0... {
-            guard let failure = descriptor.isRegistered(start: pages.start, length: pages.length) else { return true }
-            if failure == .noSuchFileOrDirectory { return false }
-            if failure == .resourceTemporarilyUnavailable && attempt < 1_000_000 {
-                sched_yield()
-                continue
-            }
-            throw .systemCall(call: "ioctl(UFFDIO_WRITEPROTECT)", argument: describe(pages.start, pages.length) + ", mode: 0",
-                              errno: failure)
-        }
-        return false
-    }
-
-    /// Linux 6.1 answers the probe only for a range inside one VMA: a buffer across VMAs
-    /// is checked page by page.
-    private func probeEachPage(_ pages: PageRange) throws(MonitorError) -> Bool {
-        if pages.length == pageSize { return false }
-        var page = pages.start
-        while page < pages.end {
-            if !(try probe(PageRange(start: page, end: page + pageSize))) { return false }
-            page += pageSize
-        }
-        return true
-    }
-
-    private func release(_ start: UInt, in table: inout GranuleTable) {
-        guard var record = table.records[start] else { return }
-        record.buffers -= 1
-        if record.buffers > 0 {
-            table.records[start] = record
-            return
-        }
-        table.records[start] = nil
-        validated.remove(start)  // before the unregister makes it untrue
-        unregister(start, record)
-        _ = slot.adjust(granule: start, size: granuleSize, registered: -1)  // after: see `HookSlot`
-    }
-
-    /// Marks a granule registered whole as validated when registered mappings now cover all of
-    /// it: every mapping registered (the probe) and all of it private anonymous memory, with no
-    /// hole. A granule that fails (the edge of a mapping, a neighbour of another kind) is asked
-    /// again only every `revalidateEvery` watches.
-    ///
-    /// An unmap racing with the checks is caught either way: its window opens before its event
-    /// is read and the worker forgets the granule only after that, so either the sequence moved
-    /// between `before` and the re-check (we take the mark back) or the worker's forget comes
-    /// after our insert (and removes it).
-    private func validateIfWhole(_ start: UInt, in table: inout GranuleTable) {
-        guard var record = table.records[start], record.pieces == nil else { return }
-        if record.validationCountdown > 0 {
-            record.validationCountdown -= 1
-            table.records[start] = record
-            return
-        }
-        let before = space.openWindowSequence
-        guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
-        let whole = PageRange(start: start, end: start &+ granuleSize)
-        // Only private anonymous memory may skip later checks: a watch in a validated granule
-        // does not look at what is mapped there.
-        guard (try? probe(whole)) == true,
-              UnwatchableClassifier.inspect(start: whole.start, end: whole.end, pageSize: pageSize) == .privateAnonymous else {
-            record.validationCountdown = GranuleRecord.revalidateEvery
-            table.records[start] = record
-            return
-        }
-        validated.insert(start)
-        if space.openWindowSequence != before { validated.remove(start) }
-    }
-
-    /// Errors are ignored: the range may be unmapped already, which unregistered it.
-    private func unregister(_ start: UInt, _ record: GranuleRecord) {
-        if let pieces = record.pieces {
-            for piece in pieces { _ = descriptor.unregister(start: piece.start, length: piece.length) }
-        } else {
-            _ = descriptor.unregister(start: start, length: granuleSize)
-        }
-    }
+    // MARK: Internals
 
     private func pageRange(_ range: AddressRange, call: String) throws(MonitorError) -> PageRange {
         guard !range.isEmpty, let length = range.length else {
@@ -535,10 +330,4 @@ public final class UserfaultfdMonitor: Sendable {
 
     /// The end of any Linux process's address space (x86-64 and arm64 with 5-level paging, 2^57).
     static let userSpaceEnd: UInt = 1 << 57
-
-    private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> { pages.granuleStarts(granuleSize: granuleSize) }
-
-    private func describe(_ start: UInt, _ length: UInt) -> String {
-        "start: 0x\(String(start, radix: 16)), length: \(length)"
-    }
 }
