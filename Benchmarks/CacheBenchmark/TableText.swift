@@ -13,8 +13,11 @@ enum TableText {
         }
     }
 
+    /// Two decimals, or three significant digits below 0.1 (a cached hit is a few thousandths of
+    /// a registration: 0.00x would hide it).
     static func ratio(_ ratio: Double?) -> String {
-        ratio.map { String(format: "%.2fx", $0) } ?? "-"
+        guard let ratio else { return "-" }
+        return ratio < 0.1 ? String(format: "%.3gx", ratio) : String(format: "%.2fx", ratio)
     }
 
     /// `text` padded to `width` (at least one space after it).
