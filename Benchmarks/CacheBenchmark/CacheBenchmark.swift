@@ -1,9 +1,9 @@
 import ArgumentParser
 import Foundation
 
-/// The registration cache measured beside UCX's rcache (null registrations on both sides) and,
-/// with `--device`, on a real device. Prints a table, writes JSON. Never part of the tests:
-/// scripts/run-benchmarks runs it.
+/// The registration cache measured beside UCX's rcache (null registrations on both sides; one
+/// or more UCX releases in the same run) and, with `--device`, on a real device against plain
+/// verbs. Prints a table, writes JSON. Never part of the tests: scripts/run-benchmarks runs it.
 @main
 struct CacheBenchmark: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -12,8 +12,10 @@ struct CacheBenchmark: ParsableCommand {
     @Option(help: "Runs of every figure; the table shows medians.")
     var runs = 3
 
-    @Option(help: "The UCX peer program (Benchmarks/UCXPeer), to run the same figures with UCX.")
-    var ucxPeer: String?
+    @Option(help: ArgumentHelp(
+        "A build of the UCX peer program (Benchmarks/UCXPeer) as LABEL=PATH, to run the same figures with that UCX; repeat it for several releases (columns in the order given).",
+        valueName: "label=path"))
+    var ucxPeer: [UCXPeer] = []
 
     @Option(help: "Measure real registrations on this device (e.g. rxe0) instead.")
     var device: String?
@@ -30,17 +32,21 @@ struct CacheBenchmark: ParsableCommand {
     func run() throws {
         let scale = quick ? 10 : 1
         var ours: [[FigureResult]] = []
-        var ucx: [[FigureResult]] = []
+        var peers = ucxPeer.map { (label: $0.label, runs: [[FigureResult]]()) }
         for run in 1...max(1, runs) {
             print("run \(run) of \(runs)...")
             if let device {
                 ours.append(try DeviceFigures(device: device, scale: scale).all())
             } else {
                 ours.append(try CacheFigures(scale: scale).all(only: only))
-                if let ucxPeer, only == nil { ucx.append(try UCXPeerRun(executable: ucxPeer, quick: quick).figures()) }
+                if only == nil {
+                    for (index, peer) in ucxPeer.enumerated() { peers[index].runs.append(try peer.figures(quick: quick)) }
+                }
             }
         }
-        let (table, data) = Report(ours: ours, ucx: ucx).render()
+        let (table, data) = device == nil
+            ? UCXComparisonReport(ours: ours, peers: only == nil ? peers : []).render()
+            : DeviceReport(runs: ours).render()
         print(table)
         if let json {
             try data.write(to: URL(fileURLWithPath: json))

@@ -1,17 +1,22 @@
 /*
- * The peer our registration cache is measured against: UCX's ucs_rcache (Debian's libucx-dev,
- * 1.13.1), with a registration callback that does no device work, so the figures are the
- * cache's own. It prints one JSON object per figure on stdout:
+ * The peer our registration cache is measured against: UCX's ucs_rcache, with a registration
+ * callback that does no device work, so the figures are the cache's own. It prints one JSON
+ * object per figure on stdout:
  *   {"peer":"ucx","figure":"hit","size":4096,"ns_per_op":...}
- * Build (needs Debian's libucx-dev):
- *   gcc -O2 ucx_rcache_peer.c $(pkg-config --cflags --libs ucx) -lpthread -o ucx_rcache_peer
- * Run `ucx_rcache_peer` for the measured figures, `ucx_rcache_peer quick` for a short smoke run.
+ * One source for two UCX releases (scripts/run-benchmarks builds both and runs them side by side):
+ *   Debian's libucx-dev (1.13.1):
+ *     gcc -O2 ucx_rcache_peer.c $(pkg-config --cflags --libs ucx) -lpthread -o ucx_rcache_peer_1.13.1
+ *   the newest, UCX 1.22.0 from PyPI's libucx-cu12 wheel (libucs/libucm need no CUDA), DIR its libucx/:
+ *     gcc -O2 ucx_rcache_peer.c -IDIR/include -LDIR/lib -Wl,-rpath,DIR/lib -lucs -lucm -lpthread \
+ *         -o ucx_rcache_peer_1.22.0
+ * Run `ucx_rcache_peer_X` for the measured figures, `ucx_rcache_peer_X quick` for a short smoke run.
  * Plain C against UCX's public API (ucs/memory/rcache.h) only.
  */
 #define _GNU_SOURCE
 #include <ucm/api/ucm.h>
 #include <ucs/memory/rcache.h>
 #include <ucs/type/status.h>
+#include <uct/api/version.h> /* UCT_VERNO_*: the release the headers belong to (ucs has no macro of its own) */
 
 #include <errno.h>
 #include <limits.h>
@@ -24,6 +29,15 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+/* Where the rcache API changed between the two releases built here. Seen in 1.22.0 and not in
+ * 1.13.1; which release in between made each change was not checked, so releases 1.14-1.21 may
+ * fail to compile here, which shows what to adjust.
+ *  - ucs_rcache_get takes the region's alignment (it left ucs_rcache_params_t: alignment and
+ *    max_alignment are gone from it);
+ *  - ucs_rcache_ops_t gained `merge` (hence designated initializers for the ops). */
+#define PEER_UCX_VERSION (UCT_VERNO_MAJOR * 1000 + UCT_VERNO_MINOR)
+#define PEER_RCACHE_ALIGNMENT_PER_GET (PEER_UCX_VERSION >= 1022)
 
 /* A cached region as UCX sees it, plus the keys a real registration would fill in. */
 typedef struct {
@@ -48,14 +62,30 @@ static void null_dump(void *context, ucs_rcache_t *rcache, ucs_rcache_region_t *
     snprintf(buf, max, "null");
 }
 
-static const ucs_rcache_ops_t null_ops = {null_mem_reg, null_mem_dereg, null_dump};
+static const ucs_rcache_ops_t null_ops = {
+    .mem_reg = null_mem_reg,
+    .mem_dereg = null_mem_dereg,
+    .dump_region = null_dump,
+    /* `merge` (newer releases): NULL, nothing to carry over from a merged region. */
+};
+
+/* The same alignment for every release: UCX's minimum for the region, at most a page. */
+static ucs_status_t rcache_get(ucs_rcache_t *rcache, void *address, size_t length, ucs_rcache_region_t **region) {
+#if PEER_RCACHE_ALIGNMENT_PER_GET
+    return ucs_rcache_get(rcache, address, length, UCS_RCACHE_MIN_ALIGNMENT, PROT_READ | PROT_WRITE, NULL, region);
+#else
+    return ucs_rcache_get(rcache, address, length, PROT_READ | PROT_WRITE, NULL, region);
+#endif
+}
 
 static ucs_rcache_t *make_cache(unsigned long max_regions) {
     ucs_rcache_params_t params;
     memset(&params, 0, sizeof(params));
     params.region_struct_size = sizeof(null_region_t);
+#if !PEER_RCACHE_ALIGNMENT_PER_GET
     params.alignment = UCS_RCACHE_MIN_ALIGNMENT;
     params.max_alignment = (size_t)sysconf(_SC_PAGESIZE);
+#endif
     params.ucm_events = UCM_EVENT_VM_UNMAPPED;
     params.ucm_event_priority = 1000;
     params.ops = &null_ops;
@@ -90,7 +120,7 @@ static void *map_bytes(size_t length) {
 
 static void get_put(ucs_rcache_t *rcache, void *address, size_t length) {
     ucs_rcache_region_t *region;
-    ucs_status_t status = ucs_rcache_get(rcache, address, length, PROT_READ | PROT_WRITE, NULL, &region);
+    ucs_status_t status = rcache_get(rcache, address, length, &region);
     if (status != UCS_OK) {
         fprintf(stderr, "ucs_rcache_get(%p, %zu): %s\n", address, length, ucs_status_string(status));
         exit(1);
@@ -255,8 +285,8 @@ static void *run_churner(void *argument) {
             void *p = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
             if (p == MAP_FAILED) continue;
             ucs_rcache_region_t *first, *second;
-            if (ucs_rcache_get(c->rcache, p, length, PROT_READ | PROT_WRITE, NULL, &first) == UCS_OK) {
-                if (ucs_rcache_get(c->rcache, p, length, PROT_READ | PROT_WRITE, NULL, &second) == UCS_OK) {
+            if (rcache_get(c->rcache, p, length, &first) == UCS_OK) {
+                if (rcache_get(c->rcache, p, length, &second) == UCS_OK) {
                     get_put(c->rcache, p, length);
                     ucs_rcache_region_put(c->rcache, second);
                 }
