@@ -39,6 +39,7 @@ extension CacheCore {
             return try registerUncached(address: address, length: requested, access: access,
                                         reason: "larger than maxPinnedBytes (\(limits.maxPinnedBytes) bytes)")
         }
+        reapRetired(atMost: 4)  // teardowns whose grace period is over, inline (see `runBatch`)
         releaseFreeable(atMost: 16)
         let entry: CacheEntry
         do {

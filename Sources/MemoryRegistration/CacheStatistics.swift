@@ -33,6 +33,9 @@ final class CacheCounters: @unchecked Sendable {
     let retiringBytes = Atomic<Int>(0)
     /// Torn-down entries waiting to be freed by a missing thread.
     let freeable = Atomic<Int>(0)
+    /// Entries whose grace period is over, waiting for a miss to tear them down (a hint read
+    /// without the teardown lock).
+    let readyToReap = Atomic<Int>(0)
     /// Deregistrations the device refused and that are waiting for a retry.
     let failedDeregistrations = Atomic<Int>(0)
     let lastFailure = Locked<String?>(nil)

@@ -10,6 +10,9 @@ struct TeardownLists: Sendable {
     /// The batch whose grace period is running (sealed when it was scheduled).
     var sealed: [RetiredEntry] = []
     var batchInFlight = false
+    /// Batches whose grace period is over: torn down by the next misses (`reapRetired`), or by
+    /// the reclaim thread one grace period later if no miss came.
+    var ready: [RetiredEntry] = []
     /// Torn down, kept alive by one retain each, to be released by a missing thread (so the
     /// thread that allocates entries also frees them, instead of fighting it for the arena).
     var freeable: [EntryReference] = []
@@ -72,7 +75,7 @@ extension CacheCore {
         if schedule { srcu.call { [self] in runBatch() } }
         // Half the slack is waiting: start the grace period now rather than after the batching
         // delay, so that misses find the room before they run out of it.
-        if evicted, retiring >= max(1, limits.regionSlack / 2) { srcu.expedite() }
+        if evicted, retiring >= max(1, limits.regionSlack * 3 / 4) { srcu.expedite() }
     }
 
     /// Seals the pending entries into a batch if none is in flight; true when one must be
@@ -85,32 +88,72 @@ extension CacheCore {
     }
 
     /// After the batch's grace period (on the SRCU reclaim thread): no reader can still see its
-    /// entries. Evicted ones are torn down; revoked ones lose the index's reference.
+    /// entries, which become `ready`, for the misses to tear down (`reapRetired`).
+    ///
+    /// Why the misses: a teardown takes the locks a miss takes (the monitor's watch table, the
+    /// teardown lists) and frees what the miss allocated. Done here, the reclaim thread and the
+    /// missing thread handed those locks back and forth for every entry, and the miss that
+    /// evicted paid for it in sleeps and wake-ups (perf: a third of an evicting miss in futex
+    /// and scheduler code). A miss tears down a few ready entries inline, as UCX deregisters
+    /// inline, with no lock anyone else is waiting for. What no miss took by the next batch's
+    /// end (the cache went quiet) the reclaim thread tears down itself, one grace period later;
+    /// a follow-up batch is scheduled for that when nothing else is.
     private func runBatch() {
-        var batch: [RetiredEntry] = []
+        var leftovers: [RetiredEntry] = []
         var earlierFailures: [FailedDeregistration] = []  // retried below; this batch's wait for the next
-        teardowns.withLock { lists in
-            swap(&batch, &lists.sealed)
-            swap(&earlierFailures, &lists.failed)
-        }
-        for retired in batch {
-            let entry = retired.entry.entry
-            if retired.evicted { tearDown(entry) } else { put(entry) }
-            counters.retiringRegions.subtract(1, ordering: .relaxed)
-            counters.retiringBytes.subtract(entry.length, ordering: .relaxed)
-        }
-        retry(earlierFailures)
         let (schedule, excess) = teardowns.withLock { lists -> (Bool, [EntryReference]) in
+            swap(&leftovers, &lists.ready)
+            swap(&lists.ready, &lists.sealed)
+            swap(&earlierFailures, &lists.failed)
+            counters.readyToReap.store(lists.ready.count, ordering: .relaxed)
             lists.batchInFlight = false
             // Nobody missed for a while: do not let torn-down entries pile up.
             var excess: [EntryReference] = []
             if lists.freeable.count > 4096 { swap(&excess, &lists.freeable) }
             counters.freeable.subtract(excess.count, ordering: .relaxed)
-            return (sealBatch(&lists), excess)
+            var schedule = sealBatch(&lists)
+            if !schedule && !lists.ready.isEmpty {
+                lists.batchInFlight = true  // an empty batch: its end reaps what is ready now
+                schedule = true
+            }
+            return (schedule, excess)
         }
+        for retired in leftovers { finishRetirement(retired, freeingHere: false) }
+        retry(earlierFailures)
         for entry in excess { entry.release() }
         teardownEvents.wakeAll()
         if schedule { srcu.call { [self] in runBatch() } }
+    }
+
+    /// Tears down (evicted) or drops the index's reference to (revoked) up to `limit` entries
+    /// whose grace period is over, on this thread (a miss, or a caller waiting for room or for
+    /// every teardown). Not inside a read section, nor in a forked child.
+    func reapRetired(atMost limit: Int) {
+        guard counters.readyToReap.load(ordering: .relaxed) > 0, !srcu.isInsideReadSection,
+              !AddressSpace.isForkedChild else { return }
+        var taken: [RetiredEntry] = []
+        teardowns.withLock { lists in
+            guard !lists.ready.isEmpty else { return }
+            if lists.ready.count <= limit {
+                swap(&taken, &lists.ready)
+            } else {
+                taken = Array(lists.ready.suffix(limit))
+                lists.ready.removeLast(limit)
+            }
+            counters.readyToReap.store(lists.ready.count, ordering: .relaxed)
+        }
+        for retired in taken { finishRetirement(retired, freeingHere: true) }
+        if !taken.isEmpty { teardownEvents.wakeAll() }
+    }
+
+    /// The end of a retirement: an evicted entry is torn down, a revoked one loses the index's
+    /// reference (its last holder tears it down).
+    private func finishRetirement(_ retired: RetiredEntry, freeingHere: Bool) {
+        let entry = retired.entry.entry
+        let length = entry.length
+        if retired.evicted { tearDown(entry, freeingHere: freeingHere) } else { put(entry) }
+        counters.retiringRegions.subtract(1, ordering: .relaxed)
+        counters.retiringBytes.subtract(length, ordering: .relaxed)
     }
 
     /// Tears down `entry` now, or after a grace period when called inside a read section (its
@@ -124,9 +167,10 @@ extension CacheCore {
         retire(entry, evicted: true)  // the reference `unpublish` took keeps it until the teardown
     }
 
-    /// Deregisters the region, stops watching its range, removes its subscription. Once. A
-    /// refused deregistration keeps the entry (and its bytes counted) for a later retry.
-    func tearDown(_ entry: CacheEntry) {
+    /// Deregisters the region and stops watching its range. Once. A refused deregistration
+    /// keeps the entry (and its bytes counted) for a later retry. `freeingHere`: this thread
+    /// may free the entry (a missing thread); otherwise it goes to `freeable`.
+    func tearDown(_ entry: CacheEntry, freeingHere: Bool = false) {
         guard !entry.tornDown.exchange(true, ordering: .acquiringAndReleasing) else { return }
         do {
             try deregisterOnDevice(entry.region)
@@ -135,16 +179,21 @@ extension CacheCore {
                                                       owner: .entry(EntryReference(entry, retained: true))))
             return
         }
-        finishTeardown(entry)
+        finishTeardown(entry, freeingHere: freeingHere)
     }
 
-    /// What follows a successful deregistration: the counts, the watch, and the entry's memory,
-    /// handed to a missing thread to free (the subscription left the tree when the entry left
-    /// the cache: `unpublish`).
-    private func finishTeardown(_ entry: CacheEntry) {
+    /// What follows a successful deregistration: the counts, the watch, and the entry's memory
+    /// (the subscription left the tree when the entry left the cache: `unpublish`), freed here
+    /// or handed to a missing thread to free, so that the thread that allocates entries also
+    /// frees them instead of fighting another for the arena.
+    private func finishTeardown(_ entry: CacheEntry, freeingHere: Bool = false) {
         counters.registered(regions: -1, bytes: -entry.length)
         if entry.watched { try? monitor?.unwatch(entry.range) }
         let retained = EntryReference(entry, retained: false)  // the reference `unpublish` took
+        if freeingHere {
+            retained.release()
+            return
+        }
         teardowns.withLock { $0.freeable.append(retained) }
         counters.freeable.add(1, ordering: .relaxed)
     }
@@ -223,17 +272,25 @@ extension CacheCore {
     func waitForTeardowns() throws(NotifierError) {
         while true {
             try srcu.barrier()
-            let idle = teardowns.withLock { $0.pending.isEmpty && !$0.batchInFlight }
+            reapRetired(atMost: .max)
+            let idle = teardowns.withLock { $0.pending.isEmpty && !$0.batchInFlight && $0.ready.isEmpty }
             if idle && counters.retiringRegions.load(ordering: .acquiring) == 0 { break }
         }
         releaseFreeable(atMost: .max)
     }
 
-    /// A miss out of room: hurries the grace period of the batch in flight and waits a little
-    /// for teardowns to finish (the caller checks the room again, bounded by its deadline).
+    /// A miss out of room: tears down what is ready, else hurries the grace period of the batch
+    /// in flight and waits a little for it (the caller checks the room again, bounded by its
+    /// deadline).
     func waitForRetiring() {
-        srcu.expedite()
         let before = counters.retiringRegions.load(ordering: .acquiring)
-        _ = teardownEvents.wait(until: { counters.retiringRegions.load(ordering: .acquiring) < before }, atMost: 10_000_000)
+        reapRetired(atMost: .max)
+        if counters.retiringRegions.load(ordering: .acquiring) < before { return }
+        srcu.expedite()
+        _ = teardownEvents.wait(until: {
+            counters.readyToReap.load(ordering: .acquiring) > 0 || counters.retiringRegions.load(ordering: .acquiring) < before
+        }, atMost: 10_000_000)
+        reapRetired(atMost: .max)
     }
 }
+
