@@ -52,6 +52,8 @@ extension CacheCore {
             }
             switch room {
             case .reserved:
+                // One grace period per half slack of evictions, on this thread (see `tearDownEvicted`).
+                tearDownEvicted(threshold: max(1, limits.regionSlack / 2))
                 return
             case .closed(let reason):
                 throw .shutDown(reason: reason)
@@ -119,7 +121,7 @@ extension CacheCore {
         // The slot now holds another entry (swap-remove): the hand stays.
         unpublish(entry, &state)
         counters.evictions.add(1, ordering: .relaxed)
-        retire(entry, evicted: true)
+        retireEvicted(entry)
         return true
     }
 }

@@ -36,6 +36,8 @@ final class CacheCounters: @unchecked Sendable {
     /// Entries whose grace period is over, waiting for a miss to tear them down (a hint read
     /// without the teardown lock).
     let readyToReap = Atomic<Int>(0)
+    /// Evicted entries waiting for a miss to tear them down after its own grace period (a hint).
+    let evictedWaiting = Atomic<Int>(0)
     /// Deregistrations the device refused and that are waiting for a retry.
     let failedDeregistrations = Atomic<Int>(0)
     let lastFailure = Locked<String?>(nil)

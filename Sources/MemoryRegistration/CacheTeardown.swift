@@ -13,6 +13,9 @@ struct TeardownLists: Sendable {
     /// Batches whose grace period is over: torn down by the next misses (`reapRetired`), or by
     /// the reclaim thread one grace period later if no miss came.
     var ready: [RetiredEntry] = []
+    /// Evicted by misses, torn down by the miss that finds enough of them after one grace
+    /// period of its own (`tearDownEvicted`).
+    var evicted: [EntryReference] = []
     /// Torn down, kept alive by one retain each, to be released by a missing thread (so the
     /// thread that allocates entries also frees them, instead of fighting it for the arena).
     var freeable: [EntryReference] = []
@@ -123,6 +126,54 @@ extension CacheCore {
         for entry in excess { entry.release() }
         teardownEvents.wakeAll()
         if schedule { srcu.call { [self] in runBatch() } }
+    }
+
+    /// Queues an entry the CLOCK hand just evicted (state lock held) for `tearDownEvicted`.
+    func retireEvicted(_ entry: CacheEntry) {
+        counters.retiringRegions.add(1, ordering: .relaxed)
+        counters.retiringBytes.add(entry.length, ordering: .relaxed)
+        let waiting = teardowns.withLock { lists in
+            lists.evicted.append(EntryReference(entry, retained: false))  // the reference `unpublish` took
+            return lists.evicted.count
+        }
+        counters.evictedWaiting.store(waiting, ordering: .relaxed)
+    }
+
+    /// Tears down the evicted entries on this thread once at least `threshold` wait, after one
+    /// grace period of its own; true when it tore any down. The caller is a miss out of the
+    /// state lock.
+    ///
+    /// Why here and not through the reclaim thread: eviction is the miss's own work, and UCX does
+    /// it inline. Through the reclaim thread each batch cost a wake-up, a grace period started
+    /// from another thread and a hand-off of locks, one batch per few dozen evictions (perf: the
+    /// evicting miss 12x UCX's, in futex, scheduler and membarrier code). One `synchronize` per
+    /// `threshold` evictions (half the slack) costs one membarrier, amortized over the batch.
+    /// Inside a read section (a miss from a callback) a grace period would wait for the caller:
+    /// the entries go to the reclaim thread's batches instead.
+    @discardableResult
+    func tearDownEvicted(threshold: Int) -> Bool {
+        guard counters.evictedWaiting.load(ordering: .relaxed) >= max(1, threshold) else { return false }
+        var taken: [EntryReference] = []
+        teardowns.withLock { lists in swap(&taken, &lists.evicted) }
+        counters.evictedWaiting.store(0, ordering: .relaxed)
+        guard !taken.isEmpty else { return false }
+        guard !srcu.isInsideReadSection, !AddressSpace.isForkedChild, (try? srcu.synchronize()) != nil else {
+            let schedule = teardowns.withLock { lists -> Bool in
+                lists.pending.append(contentsOf: taken.map { RetiredEntry(entry: $0, evicted: true) })
+                return sealBatch(&lists)
+            }
+            if schedule { srcu.call { [self] in runBatch() } }
+            return false
+        }
+        for reference in taken {
+            let entry = reference.entry
+            let length = entry.length
+            tearDown(entry, freeingHere: true)
+            counters.retiringRegions.subtract(1, ordering: .relaxed)
+            counters.retiringBytes.subtract(length, ordering: .relaxed)
+        }
+        teardownEvents.wakeAll()
+        return true
     }
 
     /// Tears down (evicted) or drops the index's reference to (revoked) up to `limit` entries
@@ -270,10 +321,11 @@ extension CacheCore {
     /// Waits until every entry retired so far is torn down (or released to its holders), and
     /// frees them. Not from inside a read section or on the reclaim thread.
     func waitForTeardowns() throws(NotifierError) {
+        tearDownEvicted(threshold: 1)
         while true {
             try srcu.barrier()
             reapRetired(atMost: .max)
-            let idle = teardowns.withLock { $0.pending.isEmpty && !$0.batchInFlight && $0.ready.isEmpty }
+            let idle = teardowns.withLock { $0.pending.isEmpty && !$0.batchInFlight && $0.ready.isEmpty && $0.evicted.isEmpty }
             if idle && counters.retiringRegions.load(ordering: .acquiring) == 0 { break }
         }
         releaseFreeable(atMost: .max)
@@ -284,6 +336,7 @@ extension CacheCore {
     /// deadline).
     func waitForRetiring() {
         let before = counters.retiringRegions.load(ordering: .acquiring)
+        tearDownEvicted(threshold: 1)
         reapRetired(atMost: .max)
         if counters.retiringRegions.load(ordering: .acquiring) < before { return }
         srcu.expedite()

@@ -67,6 +67,41 @@ import Testing
         #expect(cache.statistics.evictions <= 3000 + 1000 / 8 + 1)
     }
 
+    @Test("evicting misses inside a scoped registration (a read section): the limit holds, nothing hangs, all torn down")
+    func evictingInsideReadSection() throws {
+        var options = RegistrationCache.Options()
+        options.maxRegions = 64
+        let registrar = NullRegistrar()
+        let cache = RegistrationCache(registrar: registrar, options: options)
+        let page = AnonymousMapping.pageSize
+        let mapping = try AnonymousMapping(length: 2 * 400 * page)
+        let anchor = UnsafeRawBufferPointer(start: UnsafeRawPointer(bitPattern: mapping.address), count: page)
+        // A hit: the scoped form then runs its body inside a read section. Inside it a miss
+        // cannot wait for a grace period (it would wait for itself): its evictions go to the
+        // reclaim thread, whose grace period ends after the section. Fewer misses than the
+        // slack, so that none of them has to wait for room.
+        try cache.register(anchor, access: .rdma).release()
+        try cache.withRegistration(anchor, access: .rdma) { _ in
+            #expect(cache.statistics.scopedHits == 1)
+            for index in 1..<62 {
+                try cache.register(address: mapping.address + UInt(2 * index * page), length: page, access: .rdma).release()
+                #expect(cache.statistics.registeredRegions <= 64)
+            }
+            #expect(cache.statistics.evictions > 0, "the misses evicted inside the section")
+        }
+        // Outside it, evictions are torn down by the missing thread after its own grace period.
+        for index in 62..<400 {
+            try cache.register(address: mapping.address + UInt(2 * index * page), length: page, access: .rdma).release()
+            #expect(cache.statistics.registeredRegions <= 64)
+        }
+        try cache.waitForPendingTeardowns()
+        let statistics = cache.statistics
+        #expect(statistics.evictions >= 400 - 64)
+        #expect(statistics.registeredRegions == statistics.cachedRegions, "every evicted region deregistered")
+        cache.shutdown()
+        #expect(registrar.liveRegistrations == 0)
+    }
+
     @Test("every cached region held: a miss fails with limitReached, and nothing held is lost")
     func limitReachedWhenAllIsHeld() throws {
         var options = RegistrationCache.Options()
