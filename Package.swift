@@ -94,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "CacheBenchmark",
             dependencies: [
-                "MemoryRegistration", "MemoryMapping", "BenchmarkSupport", "Verbs", "CShims",
+                "MemoryRegistration", "MemoryMonitor", "MemoryMapping", "BenchmarkSupport", "Verbs", "CShims",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Benchmarks/CacheBenchmark"

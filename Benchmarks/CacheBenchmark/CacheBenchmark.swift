@@ -20,6 +20,9 @@ struct CacheBenchmark: ParsableCommand {
     @Option(help: "Measure real registrations on this device (e.g. rxe0) instead.")
     var device: String?
 
+    @Option(help: "With --device: measure only this pair (cycle, miss, miss_evicting, hit), e.g. to profile it.")
+    var deviceFigure: String?
+
     @Option(help: "Where to write the figures as JSON.")
     var json: String?
 
@@ -36,7 +39,7 @@ struct CacheBenchmark: ParsableCommand {
         for run in 1...max(1, runs) {
             print("run \(run) of \(runs)...")
             if let device {
-                ours.append(try DeviceFigures(device: device, scale: scale).all())
+                ours.append(try DeviceFigures(device: device, scale: scale).all(only: deviceFigure))
             } else {
                 ours.append(try CacheFigures(scale: scale).all(only: only))
                 if only == nil {

@@ -1,5 +1,6 @@
 import BenchmarkSupport
 import MemoryMapping
+import MemoryMonitor
 import MemoryRegistration
 import Verbs
 
@@ -41,14 +42,22 @@ struct DeviceFigures {
         ("hit", "uncached_reg_dereg", "cached_register_release"),
     ]
 
-    func all() throws -> [FigureResult] {
+    func all(only: String? = nil) throws -> [FigureResult] {
         let context = try DeviceContext(name: device)
         let domain = try ProtectionDomain(context: context)
         var results: [FigureResult] = []
-        results += try cycle(domain)
-        results += try miss(domain)
-        results += try missEvicting(domain)
-        results += try hits(domain)
+        let wanted = { (row: String) in only == nil || only == row }
+        if wanted("cycle") { results += try cycle(domain) }
+        if wanted("miss") { results += try miss(domain) }
+        if wanted("miss_evicting") { results += try missEvicting(domain) }
+        if wanted("hit") { results += try hits(domain) }
+        if let monitor = MemoryMonitor.shared.userfaultfd {
+            // Where the watches' time went: how many asked the kernel nothing.
+            let statistics = monitor.statistics
+            print("monitor: \(statistics.watchesWithoutIoctl) watches without an ioctl, "
+                + "\(statistics.watchesOfKnownMappings) of mappings the hooked mmap made, "
+                + "\(statistics.interceptedUnmaps) unmaps intercepted, \(statistics.events) events")
+        }
         return results
     }
 

@@ -212,6 +212,85 @@ int cmemhooks_vma_at_or_after(uintptr_t address, uintptr_t limit, cmemhooks_vma 
     return failure;
 }
 
+// Private anonymous memory, as the monitor needs it: not shared, and no file behind it but
+// /dev/zero or hugetlb's anonymous file (no descriptor reaches their pages).
+static int is_private_anonymous(const cmemhooks_vma *vma) {
+    if (vma->flags & CMEMHOOKS_VMA_SHARED) return 0;
+    return vma->inode == 0 || strcmp(vma->name, "/dev/zero") == 0 ||
+           strncmp(vma->name, "/anon_hugepage", strlen("/anon_hugepage")) == 0;
+}
+
+// One mapping of the walk over [*cursor, end): a hole before it, a mapping that is not private
+// anonymous memory (in *out), or the cursor moved past it. 1: keep going, else the answer.
+static int classify_step(const cmemhooks_vma *vma, uintptr_t *cursor, uintptr_t end, cmemhooks_vma *out) {
+    if (vma->start > *cursor) return CMEMHOOKS_RANGE_HOLE;
+    if (!is_private_anonymous(vma)) {
+        *out = *vma;
+        return CMEMHOOKS_RANGE_OTHER;
+    }
+    *cursor = vma->end;
+    return *cursor >= end ? CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS : 1;
+}
+
+int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
+    uintptr_t cursor = start;
+    if (cmemhooks_vma_query_is_fast()) {  // one ioctl per mapping
+        cmemhooks_vma vma;
+        while (cursor < end) {
+            int failure = cmemhooks_vma_at_or_after(cursor, end, &vma);
+            if (failure == ENOENT) return CMEMHOOKS_RANGE_HOLE;
+            if (failure != 0) return -failure;
+            int step = classify_step(&vma, &cursor, end, out);
+            if (step != 1) return step;
+        }
+        return CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
+    }
+    // One read of /proc/self/maps for the whole range (a scan per mapping read it again for each,
+    // and on Linux 6.1 the read is most of what a watch costs), stopping past the range.
+    int fd = open_maps();
+    if (fd < 0) return -errno;
+    cmemhooks_vma vma;
+    int answer = CMEMHOOKS_RANGE_HOLE;
+    char buffer[8192];
+    size_t have = 0;
+    int skipping = 0, done = 0;
+    while (!done) {
+        ssize_t n = read(fd, buffer + have, sizeof buffer - have);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) { answer = -errno; break; }
+        have += (size_t)n;
+        const char *p = buffer, *limit = buffer + have;
+        while (!done) {
+            const char *newline = memchr(p, '\n', (size_t)(limit - p));
+            if (!newline) {
+                if (n == 0) newline = limit;
+                else break;
+            }
+            if (!skipping && newline > p && parse_line(p, newline, &vma) == 0 && vma.end > cursor) {
+                int step = classify_step(&vma, &cursor, end, out);
+                if (step != 1) { answer = step; done = 1; }
+            }
+            skipping = 0;
+            p = newline < limit ? newline + 1 : limit;
+            if (p >= limit) break;
+        }
+        if (done || n == 0) break;
+        have = (size_t)(limit - p);
+        if (have == sizeof buffer) {  // one line fills the buffer: keep its start, skip the rest
+            if (parse_line(buffer, buffer + have, &vma) == 0 && vma.end > cursor) {
+                int step = classify_step(&vma, &cursor, end, out);
+                if (step != 1) { answer = step; done = 1; }
+            }
+            have = 0;
+            skipping = 1;
+        } else {
+            memmove(buffer, p, have);
+        }
+    }
+    close(fd);
+    return answer;
+}
+
 int cmemhooks_vma_query_is_fast(void) {
     if (atomic_load_explicit(&query_state, memory_order_relaxed) == 0) {
         cmemhooks_vma probe;

@@ -148,6 +148,17 @@ typedef struct cmemhooks_vma {
 /// 0 (found), ENOENT (none), or the errno of reading /proc/self/maps. Allocation-free.
 int cmemhooks_vma_at_or_after(uintptr_t address, uintptr_t limit, cmemhooks_vma *out);
 
+enum cmemhooks_range_kind {
+    CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS = 0,  // every page mapped, all private anonymous memory
+    CMEMHOOKS_RANGE_HOLE = 2,               // some page is not mapped
+    CMEMHOOKS_RANGE_OTHER = 3,              // a mapping that is shared or of a file: in *out
+};
+
+/// What is mapped over [start, end): an enum cmemhooks_range_kind, or -errno when
+/// /proc/self/maps could not be read. One read of /proc/self/maps for the whole range where the
+/// kernel lacks PROCMAP_QUERY (one ioctl per mapping where it has it). Allocation-free.
+int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out);
+
 /// 1 when the kernel answers PROCMAP_QUERY (Linux 6.11+): one ioctl per mapping instead of a
 /// read of /proc/self/maps.
 int cmemhooks_vma_query_is_fast(void);

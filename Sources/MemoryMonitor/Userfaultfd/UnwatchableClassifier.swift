@@ -31,22 +31,20 @@ enum UnwatchableClassifier {
         let fast = cmemhooks_vma_query_is_fast() != 0
         if !fast && !isFullyMapped(start: start, end: end, pageSize: pageSize) { return .hole }
         var vma = cmemhooks_vma()
-        var address = start
-        while address < end {
-            let failure = cmemhooks_vma_at_or_after(address, end, &vma)
-            if failure == ENOENT { return .hole }
-            if failure != 0 { return .shared(.refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: failure))) }
-            if vma.start > address { return .hole }
+        let answer = cmemhooks_vma_classify(start, end, &vma)
+        switch answer {
+        case Int32(CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS.rawValue):
+            return .privateAnonymous
+        case Int32(CMEMHOOKS_RANGE_HOLE.rawValue):
+            return .hole
+        case Int32(CMEMHOOKS_RANGE_OTHER.rawValue):
             let name = name(of: &vma)
             let shared = vma.flags & UInt32(CMEMHOOKS_VMA_SHARED.rawValue) != 0
-            let anonymous = vma.inode == 0 || name == "/dev/zero" || name.hasPrefix("/anon_hugepage")
-            if shared || !anonymous {
-                let span = "0x\(String(vma.start, radix: 16))-0x\(String(vma.end, radix: 16))"
-                return .shared(.sharedMemory(mapping: "\(shared ? "MAP_SHARED" : "MAP_PRIVATE") \(name.isEmpty ? "inode \(vma.inode)" : name) at \(span)"))
-            }
-            address = vma.end
+            let span = "0x\(String(vma.start, radix: 16))-0x\(String(vma.end, radix: 16))"
+            return .shared(.sharedMemory(mapping: "\(shared ? "MAP_SHARED" : "MAP_PRIVATE") \(name.isEmpty ? "inode \(vma.inode)" : name) at \(span)"))
+        default:
+            return .shared(.refused(call: "read(/proc/self/maps)", errno: Errno(rawValue: -answer)))
         }
-        return .privateAnonymous
     }
 
     /// False when any page of [start, end) is unmapped (mincore answers ENOMEM). 512 pages a

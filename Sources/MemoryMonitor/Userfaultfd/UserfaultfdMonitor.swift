@@ -272,7 +272,8 @@ public final class UserfaultfdMonitor: Sendable {
     public func watch(_ range: AddressRange, allowingSharedMemory: Bool = false) throws(MonitorError) {
         if threads.isReaderThread { throw .calledFromMonitorThread(call: "watch") }
         let pages = try pageRange(range, call: "watch")
-        if let failure = threads.terminationReason { throw failure }
+        // A load first: every miss asks, and a monitor almost never fails.
+        if threads.failed.load(ordering: .acquiring), let failure = threads.terminationReason { throw failure }
         try granules.watch(pages, range: range, allowingSharedMemory: allowingSharedMemory)
     }
 
