@@ -78,9 +78,16 @@ int cmemhooks_disabled(void) {
     return atomic_load(&hooks_disabled);
 }
 
+int cmemhooks_hooks_bound(void) {
+    return atomic_load_explicit(&installed_handler, memory_order_acquire) != NULL;
+}
+
 void cmemhooks_perform(cmemhooks_call *call) {
     if (call->performed) return;
     call->performed = 1;
+    // Mappings change (or may have: a failed call changes nothing, and costs one bump).
+    int maps = call->kind == CMEMHOOKS_MUNMAP || call->kind == CMEMHOOKS_MMAP_FIXED || call->kind == CMEMHOOKS_SHMAT ||
+               call->kind == CMEMHOOKS_SHMDT || call->kind == CMEMHOOKS_MREMAP;
     long result;
     switch (call->kind) {
     case CMEMHOOKS_MUNMAP:
@@ -122,6 +129,7 @@ void cmemhooks_perform(cmemhooks_call *call) {
     }
     call->result = (intptr_t)result;
     call->error = result == -1 ? errno : 0;
+    if (maps) cmemhooks_mappings_changed();
 }
 
 static uintptr_t page_mask(void) {

@@ -232,6 +232,54 @@ static int classify_step(const cmemhooks_vma *vma, uintptr_t *cursor, uintptr_t 
     return *cursor >= end ? CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS : 1;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The last scan of /proc/self/maps, for kernels without PROCMAP_QUERY (Linux 6.1): which
+// mappings there were and whether each is private anonymous. Reused while no mapping has changed
+// since, as far as the hooks see (their munmap, mmap, mremap, shmat and shmdt bump
+// `mapping_generation`, and so does the monitor for every unmap or remap event): in the TCG VM a
+// scan costs about 300 us, and a cache's first misses in a granule asked for two each.
+//
+// What it cannot see: a raw system call or glibc's own mmap/munmap (malloc's) change mappings
+// without a bump. glibc maps only private anonymous memory; a raw mmap of shared memory over a
+// range the snapshot calls private anonymous is the same blind spot as GranuleWatch's mappings
+// the hooked mmap made. A file mapping put there is still refused by UFFDIO_REGISTER, and a hole
+// is still found (the caller asks mincore first). Used only while this copy's hooks are the
+// process's (cmemhooks_hooks_bound): otherwise nothing bumps the generation.
+
+static _Atomic unsigned long mapping_generation;
+
+void cmemhooks_mappings_changed(void) {
+    atomic_fetch_add_explicit(&mapping_generation, 1, memory_order_acq_rel);
+}
+
+#define SNAPSHOT_CAPACITY 4096
+typedef struct {
+    uintptr_t start, end;
+    int private_anonymous;
+} snapshot_entry;
+static snapshot_entry snapshot[SNAPSHOT_CAPACITY];
+static size_t snapshot_count;
+static unsigned long snapshot_generation;
+static int snapshot_valid;
+static pthread_mutex_t snapshot_lock = PTHREAD_MUTEX_INITIALIZER;
+
+// The answer for [start, end) from the snapshot: private anonymous, a hole, or -1 (some mapping
+// there is not private anonymous: the caller scans again to name it).
+static int classify_from_snapshot(uintptr_t start, uintptr_t end) {
+    size_t low = 0, high = snapshot_count;
+    while (low < high) {  // the first entry that ends above start
+        size_t middle = (low + high) / 2;
+        if (snapshot[middle].end > start) high = middle; else low = middle + 1;
+    }
+    uintptr_t cursor = start;
+    for (size_t i = low; i < snapshot_count && cursor < end; i++) {
+        if (snapshot[i].start > cursor) return CMEMHOOKS_RANGE_HOLE;
+        if (!snapshot[i].private_anonymous) return -1;
+        cursor = snapshot[i].end;
+    }
+    return cursor >= end ? CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS : CMEMHOOKS_RANGE_HOLE;
+}
+
 int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
     uintptr_t cursor = start;
     if (cmemhooks_vma_query_is_fast()) {  // one ioctl per mapping
@@ -245,41 +293,76 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         }
         return CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
     }
-    // One read of /proc/self/maps for the whole range (a scan per mapping read it again for each,
-    // and on Linux 6.1 the read is most of what a watch costs), stopping past the range.
+    int bound = cmemhooks_hooks_bound();
+    pthread_mutex_lock(&snapshot_lock);
+    unsigned long generation = atomic_load_explicit(&mapping_generation, memory_order_acquire);
+    if (bound && snapshot_valid && snapshot_generation == generation) {
+        int answer = classify_from_snapshot(start, end);
+        if (answer >= 0) {
+            pthread_mutex_unlock(&snapshot_lock);
+            return answer;
+        }
+    }
+    // One read of /proc/self/maps for the whole range (a scan per mapping read it again for each),
+    // every line kept in the snapshot.
+    snapshot_count = 0;
+    int overflowed = 0;
     int fd = open_maps();
-    if (fd < 0) return -errno;
+    if (fd < 0) {
+        int failure = errno;
+        snapshot_valid = 0;
+        pthread_mutex_unlock(&snapshot_lock);
+        return -failure;
+    }
     cmemhooks_vma vma;
-    int answer = CMEMHOOKS_RANGE_HOLE;
+    int answer = CMEMHOOKS_RANGE_HOLE, answered = 0;
     char buffer[8192];
     size_t have = 0;
-    int skipping = 0, done = 0;
-    while (!done) {
+    int skipping = 0;
+    for (;;) {
         ssize_t n = read(fd, buffer + have, sizeof buffer - have);
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) { answer = -errno; break; }
+        if (n < 0) {
+            if (!answered) answer = -errno;
+            overflowed = 1;
+            break;
+        }
         have += (size_t)n;
         const char *p = buffer, *limit = buffer + have;
-        while (!done) {
+        for (;;) {
             const char *newline = memchr(p, '\n', (size_t)(limit - p));
             if (!newline) {
                 if (n == 0) newline = limit;
                 else break;
             }
-            if (!skipping && newline > p && parse_line(p, newline, &vma) == 0 && vma.end > cursor) {
-                int step = classify_step(&vma, &cursor, end, out);
-                if (step != 1) { answer = step; done = 1; }
+            if (!skipping && newline > p && parse_line(p, newline, &vma) == 0) {
+                if (snapshot_count < SNAPSHOT_CAPACITY) {
+                    snapshot[snapshot_count++] = (snapshot_entry){vma.start, vma.end, is_private_anonymous(&vma)};
+                } else {
+                    overflowed = 1;
+                }
+                if (!answered && vma.end > cursor) {
+                    int step = classify_step(&vma, &cursor, end, out);
+                    if (step != 1) { answer = step; answered = 1; }
+                }
             }
             skipping = 0;
             p = newline < limit ? newline + 1 : limit;
             if (p >= limit) break;
         }
-        if (done || n == 0) break;
+        if (n == 0) break;
         have = (size_t)(limit - p);
         if (have == sizeof buffer) {  // one line fills the buffer: keep its start, skip the rest
-            if (parse_line(buffer, buffer + have, &vma) == 0 && vma.end > cursor) {
-                int step = classify_step(&vma, &cursor, end, out);
-                if (step != 1) { answer = step; done = 1; }
+            if (parse_line(buffer, buffer + have, &vma) == 0) {
+                if (snapshot_count < SNAPSHOT_CAPACITY) {
+                    snapshot[snapshot_count++] = (snapshot_entry){vma.start, vma.end, is_private_anonymous(&vma)};
+                } else {
+                    overflowed = 1;
+                }
+                if (!answered && vma.end > cursor) {
+                    int step = classify_step(&vma, &cursor, end, out);
+                    if (step != 1) { answer = step; answered = 1; }
+                }
             }
             have = 0;
             skipping = 1;
@@ -288,6 +371,11 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         }
     }
     close(fd);
+    if (!answered && cursor >= end) answer = CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
+    // Kept only if nothing the hooks see changed while it was read.
+    snapshot_valid = !overflowed && atomic_load_explicit(&mapping_generation, memory_order_acquire) == generation;
+    snapshot_generation = generation;
+    pthread_mutex_unlock(&snapshot_lock);
     return answer;
 }
 

@@ -105,9 +105,12 @@ extension CacheCore {
         var leftovers: [RetiredEntry] = []
         var earlierFailures: [FailedDeregistration] = []  // retried below; this batch's wait for the next
         let (schedule, excess) = teardowns.withLock { lists -> (Bool, [EntryReference]) in
+            // A follow-up batch (nothing sealed) only takes the leftovers: refused
+            // deregistrations wait for a batch of new teardowns, as they always did.
+            let followUp = lists.sealed.isEmpty
             swap(&leftovers, &lists.ready)
             swap(&lists.ready, &lists.sealed)
-            swap(&earlierFailures, &lists.failed)
+            if !followUp { swap(&earlierFailures, &lists.failed) }
             counters.readyToReap.store(lists.ready.count, ordering: .relaxed)
             lists.batchInFlight = false
             // Nobody missed for a while: do not let torn-down entries pile up.

@@ -159,6 +159,14 @@ enum cmemhooks_range_kind {
 /// kernel lacks PROCMAP_QUERY (one ioctl per mapping where it has it). Allocation-free.
 int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out);
 
+/// Tells the classification's snapshot of /proc/self/maps that mappings changed (the monitor
+/// calls it for every unmap or remap event; the hooks for every call that maps or unmaps).
+void cmemhooks_mappings_changed(void);
+
+/// 1 when this copy's hooks are installed and bind the process's calls (a monitor runs, the
+/// hooks are not off, no other copy comes first).
+int cmemhooks_hooks_bound(void);
+
 /// 1 when the kernel answers PROCMAP_QUERY (Linux 6.11+): one ioctl per mapping instead of a
 /// read of /proc/self/maps.
 int cmemhooks_vma_query_is_fast(void);

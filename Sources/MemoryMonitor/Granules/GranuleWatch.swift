@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CMemoryHooks
 import MMUNotifier
 import Synchronization
 import SystemPackage
@@ -38,14 +39,18 @@ final class GranuleWatch: Sendable {
     let slot: HookSlot
     let counters = MonitorCounters()
     let known: KnownMemory
+    /// Granules kept registered after their last buffer went, at most (see `release`).
+    let idleLimit: Int
     private let table = Locked(WatchTable())
 
-    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, granuleSize: UInt, pageSize: UInt, slot: HookSlot) {
+    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, granuleSize: UInt, pageSize: UInt, slot: HookSlot,
+         idleLimit: Int) {
         self.descriptor = descriptor
         self.space = space
         self.granuleSize = granuleSize
         self.pageSize = pageSize
         self.slot = slot
+        self.idleLimit = idleLimit
         known = KnownMemory(granuleSize: granuleSize)
     }
 
@@ -72,7 +77,7 @@ final class GranuleWatch: Sendable {
             // No window open (sequence even): the worker has forgotten everything that an unmap
             // which already returned touched, whether or not the caller did readBegin.
             if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
-                for start in starts { table.records.update(start) { $0.buffers += 1 } }
+                for start in starts { table.countBuffer(at: start) }
                 counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
                 return
             }
@@ -81,13 +86,7 @@ final class GranuleWatch: Sendable {
                 // A mapping whose class the hooked mmap saw: registering it is the whole watch.
                 // Once registered, any change to it is an event or a hooked call (which would
                 // have forgotten it, under this lock), so no probe is needed; and no query.
-                for start in starts {
-                    let piece = pages.clipped(toGranule: start, granuleSize: granuleSize)
-                    table.records.update(start) { record in
-                        record.buffers += 1
-                        record.pieces?.insert(piece)
-                    }
-                }
+                for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
                 counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
                 return
             }
@@ -101,7 +100,7 @@ final class GranuleWatch: Sendable {
                 let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
                 if span > granuleSize && table.allWhole(starts) && descriptor.register(start: first, length: span) == nil {
                     for start in starts {
-                        table.records.update(start) { $0.buffers += 1 }
+                        table.countBuffer(at: start)
                         counted.append(start)
                     }
                 } else {
@@ -119,6 +118,7 @@ final class GranuleWatch: Sendable {
                             if existing == nil { _ = slot.adjust(granule: start, size: granuleSize, registered: -1) }
                             throw error
                         }
+                        if record.buffers == 0 && existing != nil { table.idleCount -= 1 }  // revived
                         record.buffers += 1
                         table.records[start] = record
                         counted.append(start)
@@ -142,7 +142,7 @@ final class GranuleWatch: Sendable {
                 throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
                     start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
             } catch {
-                for start in counted { release(start, in: &table) }
+                for start in counted { release(start, in: &table, keepingIdle: false) }
                 throw error
             }
         }
@@ -243,8 +243,12 @@ final class GranuleWatch: Sendable {
     // MARK: The worker's side, shutdown
 
     /// Forgets what is known about `[start, end)` (an unmap or remap event there, before its
-    /// window closes). Takes only `known`'s lock.
-    func forget(start: UInt, end: UInt) { known.forget(start: start, end: end) }
+    /// window closes), and tells the mapping classifier's snapshot that mappings changed. Takes
+    /// only `known`'s lock.
+    func forget(start: UInt, end: UInt) {
+        cmemhooks_mappings_changed()
+        known.forget(start: start, end: end)
+    }
 
     /// The monitor failed: watches are refused with `error`, every record is dropped (the
     /// descriptor is going, and its registrations with it).
@@ -354,18 +358,67 @@ final class GranuleWatch: Sendable {
         return true
     }
 
-    private func release(_ start: UInt, in table: inout WatchTable) {
+    /// Drops one buffer of the granule at `start`. The last one leaves the granule idle, kept
+    /// registered as it is (validated, its mappings registered), while at most `idleLimit` are:
+    /// then the oldest idle granule is unregistered.
+    ///
+    /// Why keep them: buffers come and go at the same addresses (a freed message buffer
+    /// allocated again, a pool mapped anew, a cache shut down and made again). Unregistered at
+    /// once, the next buffer there paid the granule's register, probe and validation again, and
+    /// between two buffers the granule flipped: on the device in the VM, half the cycles of
+    /// map, register, release, unmap took that path. The price: an idle granule's mappings stay
+    /// registered, so an unmap there that no hook sees (glibc's `free()` of a large block) is an
+    /// event its thread waits for; `idleLimit` bounds how much address space that concerns.
+    /// `keepingIdle` false: a watch that failed gives back what it registered at once.
+    private func release(_ start: UInt, in table: inout WatchTable, keepingIdle: Bool = true) {
         guard var record = table.records[start] else { return }
         record.buffers -= 1
-        if record.buffers > 0 {
-            table.records[start] = record
+        table.records[start] = record
+        if record.buffers > 0 { return }
+        table.idleCount += 1
+        if keepingIdle && idleLimit > 0 && !table.shutDown {
+            table.idle.append(start)
+            unregisterIdle(beyond: idleLimit, in: &table)
             return
         }
+        unregisterRecord(start, in: &table)
+    }
+
+    /// Unregisters the oldest idle granules until at most `limit` are left.
+    private func unregisterIdle(beyond limit: Int, in table: inout WatchTable) {
+        while table.idleCount > limit && table.idleHead < table.idle.count {
+            let start = table.idle[table.idleHead]
+            table.idleHead += 1
+            if let record = table.records[start], record.buffers == 0 { unregisterRecord(start, in: &table) }
+        }
+        if table.idleHead > 64 && table.idleHead * 2 > table.idle.count {
+            table.idle.removeFirst(table.idleHead)
+            table.idleHead = 0
+        }
+    }
+
+    /// Forgets and unregisters an idle granule's record.
+    private func unregisterRecord(_ start: UInt, in table: inout WatchTable) {
+        guard let record = table.records[start] else { return }
         table.records[start] = nil
+        table.idleCount -= 1
         known.remove(granule: start)  // before the unregister makes it untrue
         unregister(start, record)
         _ = slot.adjust(granule: start, size: granuleSize, registered: -1)  // after: see `HookSlot`
     }
+
+    /// Unregisters every idle granule now (`UserfaultfdMonitor.releaseIdleGranules`).
+    func releaseIdleGranules() {
+        table.withLock { table in
+            if table.shutDown || table.failure != nil { return }
+            unregisterIdle(beyond: 0, in: &table)
+            table.idle.removeAll()
+            table.idleHead = 0
+        }
+    }
+
+    /// Granules kept registered with no buffer.
+    var idleGranuleCount: Int { table.withLock { $0.idleCount } }
 
     /// Marks a granule registered whole as validated when registered mappings now cover all of
     /// it: every mapping registered (the probe) and all of it private anonymous memory, with no

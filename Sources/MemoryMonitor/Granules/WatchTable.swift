@@ -38,6 +38,12 @@ struct GranuleRefusal: Sendable {
 struct WatchTable: Sendable {
     var records = GranuleKeyedTable<GranuleRecord>()
     var refusals = GranuleKeyedTable<GranuleRefusal>()
+    /// Granules whose last buffer went, kept registered (`GranuleWatch.idleLimit`), oldest first
+    /// from `idleHead`; an entry whose record was revived or unregistered since is skipped.
+    var idle: [UInt] = []
+    var idleHead = 0
+    /// Records with no buffer.
+    var idleCount = 0
     var shutDown = false
     /// Set when the monitor failed (its descriptor is gone): watches are refused with it.
     var failure: MonitorError?
@@ -53,6 +59,18 @@ struct WatchTable: Sendable {
         }
         refusals[granule] = refusal
         return refusal
+    }
+
+    /// Counts one more buffer in the granule at `start` (which has a record), and `piece` of it in
+    /// its pieces when it is registered in pieces; an idle granule is revived.
+    mutating func countBuffer(at start: UInt, piece: PageRange? = nil) {
+        var revived = false
+        records.update(start) { record in
+            revived = record.buffers == 0
+            record.buffers += 1
+            if let piece { record.pieces?.insert(piece) }
+        }
+        if revived { idleCount -= 1 }
     }
 
     /// Whether every granule in `starts` has a record.
@@ -74,5 +92,8 @@ struct WatchTable: Sendable {
             _ = slot.adjust(granule: start, size: granuleSize, registered: -1)
         }
         records.removeAll()
+        idle.removeAll()
+        idleHead = 0
+        idleCount = 0
     }
 }

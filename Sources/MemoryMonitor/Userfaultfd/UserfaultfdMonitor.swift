@@ -58,20 +58,29 @@ public final class UserfaultfdMonitor: Sendable {
         /// see `MemoryHooks`). Raw system calls, glibc's own unmaps (`free`), `mremap`,
         /// `madvise` and `brk` are events either way. False: every unmap is an event.
         public var interceptsMunmap: Bool = true
+        /// Granules kept registered after their last buffer went, at most (the oldest goes
+        /// first): a buffer freed and another allocated or mapped in the same place is then
+        /// watched without registering and checking the granule again (the process-wide monitor
+        /// keeps 64). The price: an idle granule's mappings stay registered, so an unmap there
+        /// that no hook sees (glibc's `free()` of a large block, `brk`) is an event the unmapping
+        /// thread waits for. 0: the last unwatch unregisters at once.
+        public var idleGranules: Int = 0
         public init(granuleSize: UInt = 2 << 20, strategy: UserfaultfdStrategy = .automatic,
                     eventsPerRead: Int = 64, queueSlots: Int = 256, spinMicroseconds: Int = 0,
-                    interceptsMunmap: Bool = true) {
+                    interceptsMunmap: Bool = true, idleGranules: Int = 0) {
             self.granuleSize = granuleSize
             self.strategy = strategy
             self.eventsPerRead = eventsPerRead
             self.queueSlots = queueSlots
             self.spinMicroseconds = spinMicroseconds
             self.interceptsMunmap = interceptsMunmap
+            self.idleGranules = idleGranules
         }
 
         static let maxEventsPerRead = 4096
         static let maxQueueSlots = 65536
         static let maxSpinMicroseconds = 10_000_000
+        static let maxIdleGranules = 65536
 
         /// Checks every value before any arithmetic uses it.
         func validate(pageSize: UInt) throws(MonitorError) {
@@ -84,6 +93,9 @@ public final class UserfaultfdMonitor: Sendable {
             }
             guard (1...Self.maxQueueSlots).contains(queueSlots) else {
                 throw .invalidConfiguration(argument: "queueSlots: \(queueSlots)", reason: "must be 1...\(Self.maxQueueSlots)")
+            }
+            guard (0...Self.maxIdleGranules).contains(idleGranules) else {
+                throw .invalidConfiguration(argument: "idleGranules: \(idleGranules)", reason: "must be 0...\(Self.maxIdleGranules)")
             }
             guard (0...Self.maxSpinMicroseconds).contains(spinMicroseconds) else {
                 throw .invalidConfiguration(argument: "spinMicroseconds: \(spinMicroseconds)",
@@ -175,7 +187,7 @@ public final class UserfaultfdMonitor: Sendable {
         hooks = slot.isActive ? (configuration.interceptsMunmap ? .active : .activeExceptMunmap)
             : MemoryHooks.disabledByEnvironment ? .disabledByEnvironment : MemoryHooks.shadowed ? .shadowed : .unavailable
         granules = GranuleWatch(descriptor: descriptor, space: space, granuleSize: configuration.granuleSize,
-                                pageSize: page, slot: slot)
+                                pageSize: page, slot: slot, idleLimit: configuration.idleGranules)
         do {
             threads = try MonitorThreads(descriptor: descriptor, file: file, space: space, granules: granules,
                                          eventsPerRead: configuration.eventsPerRead, slots: configuration.queueSlots,
@@ -224,6 +236,13 @@ public final class UserfaultfdMonitor: Sendable {
     /// Mappings the hooked `mmap` was seen making and no change has touched since, among the
     /// newest few: a watch there only registers (see `KnownMemory`).
     public var knownMappingCount: Int { granules.known.mappingCount }
+
+    /// Granules kept registered with no buffer (`Configuration.idleGranules`).
+    public var idleGranuleCount: Int { granules.idleGranuleCount }
+
+    /// Unregisters every granule kept registered with no buffer now (before another
+    /// userfaultfd, or a `fork` child that should not inherit the registrations, needs them).
+    public func releaseIdleGranules() { granules.releaseIdleGranules() }
 
     /// Buffers counted in the granules overlapping `range` (for tests and diagnostics).
     public func watchCount(in range: AddressRange) -> Int {
