@@ -43,6 +43,10 @@ static struct ibv_pd *pd;
 static long operations = 200; /* a round; 20 with `quick` */
 static long scale = 1;
 
+/* The callbacks' calls, to check that every get the figures mean as a miss was one (a munmap
+ * hook that never fired would turn the cycle's misses into hits on stale registrations). */
+static long registrations, deregistrations;
+
 /* A cached region: UCX's bookkeeping and the device's memory region. */
 typedef struct {
     ucs_rcache_region_t super;
@@ -59,6 +63,7 @@ static ucs_status_t device_mem_reg(void *context, ucs_rcache_t *rcache, void *ar
         fprintf(stderr, "ibv_reg_mr(%p, %zu) in mem_reg: %s\n", start, length, strerror(errno));
         return UCS_ERR_IO_ERROR;
     }
+    registrations++;
     return UCS_OK;
 }
 
@@ -66,6 +71,7 @@ static void device_mem_dereg(void *context, ucs_rcache_t *rcache, ucs_rcache_reg
     device_region_t *r = (device_region_t *)region;
     if (r->mr != NULL && ibv_dereg_mr(r->mr) != 0) perror("ibv_dereg_mr in mem_dereg");
     r->mr = NULL;
+    deregistrations++;
 }
 
 static void device_dump(void *context, ucs_rcache_t *rcache, ucs_rcache_region_t *region,
@@ -161,6 +167,13 @@ static void get_put(ucs_rcache_t *rcache, void *address, size_t length) {
     ucs_rcache_region_put(rcache, region);
 }
 
+static void expect(int condition, const char *message, long got) {
+    if (!condition) {
+        fprintf(stderr, "%s (got %ld)\n", message, got);
+        exit(1);
+    }
+}
+
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -197,13 +210,16 @@ static double cycle_plain_round(void) {
  * region in the next get (its invalidation queue), inside the timed loop; the round's last one
  * is deregistered by the next round's first get (its other rounds' cost, 1 of `operations`). */
 static double cycle_cached_round(ucs_rcache_t *rcache) {
+    long before = registrations;
     double start = now_ns();
     for (long i = 0; i < operations; i++) {
         char *p = touched_mapping(buffer_size);
         get_put(rcache, p, buffer_size);
         munmap(p, buffer_size);
     }
-    return (now_ns() - start) / (double)operations;
+    double ns = (now_ns() - start) / (double)operations;
+    expect(registrations - before == operations, "cycle: not every get was a miss", registrations - before);
+    return ns;
 }
 
 static void figure_cycle(void) {
@@ -250,9 +266,15 @@ static double miss_plain_round(void) {
 static double miss_cached_round(unsigned long limit) {
     char **buffers = touched_buffers();
     ucs_rcache_t *rcache = make_cache(limit);
+    long registered = registrations, deregistered = deregistrations;
     double start = now_ns();
     for (long i = 0; i < operations; i++) get_put(rcache, buffers[i], buffer_size);
     double ns = (now_ns() - start) / (double)operations;
+    expect(registrations - registered == operations, "miss: not every get was a miss", registrations - registered);
+    if (limit == ULONG_MAX)
+        expect(deregistrations == deregistered, "miss: evictions without a limit", deregistrations - deregistered);
+    else
+        expect(deregistrations > deregistered, "miss_evicting: no eviction", 0);
     ucs_rcache_destroy(rcache);
     unmap_buffers(buffers);
     return ns;
