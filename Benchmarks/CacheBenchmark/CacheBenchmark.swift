@@ -20,6 +20,11 @@ struct CacheBenchmark: ParsableCommand {
     @Option(help: "Measure real registrations on this device (e.g. rxe0) instead.")
     var device: String?
 
+    @Option(help: ArgumentHelp(
+        "With --device: a build of the UCX device peer program (Benchmarks/UCXPeer/ucx_rcache_device_peer.c) as LABEL=PATH, run on the same device after ours in every run; repeat it for several releases.",
+        valueName: "label=path"))
+    var ucxDevicePeer: [UCXPeer] = []
+
     @Option(help: "With --device: measure only this pair (cycle, miss, miss_evicting, hit), e.g. to profile it.")
     var deviceFigure: String?
 
@@ -36,10 +41,14 @@ struct CacheBenchmark: ParsableCommand {
         let scale = quick ? 10 : 1
         var ours: [[FigureResult]] = []
         var peers = ucxPeer.map { (label: $0.label, runs: [[FigureResult]]()) }
+        var devicePeers = ucxDevicePeer.map { (label: $0.label, runs: [[FigureResult]]()) }
         for run in 1...max(1, runs) {
             print("run \(run) of \(runs)...")
             if let device {
                 ours.append(try DeviceFigures(device: device, scale: scale).all(only: deviceFigure))
+                for (index, peer) in ucxDevicePeer.enumerated() {
+                    devicePeers[index].runs.append(try peer.deviceFigures(device: device, quick: quick))
+                }
             } else {
                 ours.append(try CacheFigures(scale: scale).all(only: only))
                 if only == nil {
@@ -49,7 +58,7 @@ struct CacheBenchmark: ParsableCommand {
         }
         let (table, data) = device == nil
             ? UCXComparisonReport(ours: ours, peers: only == nil ? peers : []).render()
-            : DeviceReport(runs: ours).render()
+            : DeviceReport(runs: ours, peers: devicePeers).render()
         print(table)
         if let json {
             try data.write(to: URL(fileURLWithPath: json))

@@ -24,9 +24,20 @@ struct UCXPeer: ExpressibleByArgument, Sendable {
 
     /// Runs the peer (`quick`: its short smoke run) and reads its figures, one JSON line each.
     func figures(quick: Bool) throws -> [FigureResult] {
+        try figures(arguments: quick ? ["quick"] : [])
+    }
+
+    /// Runs a build of the device peer (`ucx_rcache_device_peer.c`, from `--ucx-device-peer`) on
+    /// `device`: UCX's rcache with real registrations, and plain verbs measured in the same
+    /// process, under the names of `DeviceFigures.pairs`.
+    func deviceFigures(device: String, quick: Bool) throws -> [FigureResult] {
+        try figures(arguments: [device] + (quick ? ["quick"] : []))
+    }
+
+    private func figures(arguments: [String]) throws -> [FigureResult] {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = quick ? ["quick"] : []
+        process.arguments = arguments
         let output = Pipe()
         process.standardOutput = output
         try process.run()
