@@ -115,11 +115,22 @@ open class IntervalSubscription: @unchecked Sendable {
             if AddressSpace.isInsideCallback {
                 throw .wouldDeadlock("readBegin() inside an invalidation callback, while an invalidation is in flight")
             }
+            // Most invalidations in flight are another thread's hooked munmap, a few
+            // microseconds: wait for it spinning first, as an adaptive mutex does, and sleep only
+            // if it lasts (a sleep and a wake-up cost more than the munmap; two threads mapping,
+            // registering and unmapping spent most of their time in them).
+            var spins = 0
+            while spins < Self.spinsBeforeSleeping && space.intervalSequence.load(ordering: .acquiring) == busy {
+                spins += 1
+            }
             space.intervalEvents.wait {
                 space.intervalSequence.load(ordering: .acquiring) != busy
             }
         }
     }
+
+    /// Loads of the space's sequence `readBegin` makes before it sleeps (a few microseconds).
+    static let spinsBeforeSleeping = 4000
 
     /// `readBegin` for a caller that must not wait: the same sequence when `readBegin` would
     /// return at once, nil when it would wait (an invalidation that covers this subscription,

@@ -15,7 +15,7 @@ import SystemPackage
 /// The protocol of a watch, after the miss's `readBegin` (see `UserfaultfdMonitor.watch`):
 /// ```
 /// validated granule, window closed          -> count, no ioctl
-/// a mapping the hooked mmap made, recorded  -> register it, count (one ioctl)
+/// a mapping the hooked mmap made, recorded  -> count, register it out of the lock (one ioctl)
 /// otherwise, per granule:  register whole (unless it was refused before)
 ///                          or register the buffer's pages (padded by a page where allowed)
 /// probe: every page of the buffer registered now?  (a hole, or a mapping made after the
@@ -70,6 +70,7 @@ final class GranuleWatch: Sendable {
     /// Registers and counts `pages` (the buffer `range`, rounded to pages); see the type's
     /// comment. Throws `.unwatchable` (nothing stays counted) for memory that cannot be watched.
     func watch(_ pages: PageRange, range: AddressRange, allowingSharedMemory: Bool) throws(MonitorError) {
+        if try watchKnownMapping(pages) { return }
         try table.withLock { table throws(MonitorError) in
             if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
@@ -79,15 +80,6 @@ final class GranuleWatch: Sendable {
             if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
                 for start in starts { table.countBuffer(at: start) }
                 counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
-                return
-            }
-            if table.allRecorded(starts), known.madeByHookedMmap(pages),
-               descriptor.register(start: pages.start, length: pages.length) == nil {
-                // A mapping whose class the hooked mmap saw: registering it is the whole watch.
-                // Once registered, any change to it is an event or a hooked call (which would
-                // have forgotten it, under this lock), so no probe is needed; and no query.
-                for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
-                counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
                 return
             }
             var counted: [UInt] = []
@@ -148,6 +140,39 @@ final class GranuleWatch: Sendable {
         }
     }
 
+    /// The watch of a buffer in a mapping the hooked mmap made (`KnownMemory`), in granules
+    /// with records: count it, register it, done; false when that does not apply (or the
+    /// register failed: the counts are taken back and the usual watch follows).
+    ///
+    /// The register runs out of the lock, so that two threads watching buffers in one granule
+    /// do not wait for each other's ioctl (the churn loop on 2 threads spent most of its time in
+    /// futex calls). Safe because the buffer is counted first: no unwatch can unregister the
+    /// granule meanwhile; and once registered, any change to the mapping is an event or a hooked
+    /// call, whose invalidation makes the miss that watched retry (its `readBegin` came first).
+    /// A hooked unmap that ran between the count and the register left a hole the register
+    /// covers harmlessly, and the miss retries for the same reason. No probe, no query: the
+    /// class is known from the hooked mmap.
+    private func watchKnownMapping(_ pages: PageRange) throws(MonitorError) -> Bool {
+        let counted = try table.withLock { table throws(MonitorError) -> Bool in
+            if let failure = table.failure { throw failure }
+            if table.shutDown { throw .shutDown }
+            let starts = granuleStarts(pages)
+            guard table.allRecorded(starts), known.madeByHookedMmap(pages) else { return false }
+            for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
+            return true
+        }
+        guard counted else { return false }
+        if descriptor.register(start: pages.start, length: pages.length) == nil {
+            counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
+            return true
+        }
+        table.withLock { table in
+            known.forget(start: pages.start, end: pages.end)  // not what it seemed: ask the kernel
+            for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
+        }
+        return false
+    }
+
     /// Drops one count of `pages` (a range a successful `watch` counted); the last buffer of a
     /// granule unregisters it.
     func unwatch(_ pages: PageRange, range: AddressRange) throws(MonitorError) {
@@ -175,18 +200,40 @@ final class GranuleWatch: Sendable {
     /// whatever stayed registered is reported by an event when it is unmapped. Returns whether
     /// a granule registered in pieces was touched (then `forgetUnmapped` must follow a
     /// successful unmap).
+    ///
+    /// The ioctls run after the lock (up to 16 runs; more, rarer, under it), so that two threads
+    /// unmapping in one granule do not wait for each other's. Safe because the caller's range
+    /// invalidation is open: a watch of an overlapping buffer either began its miss before it
+    /// (the invalidation makes that miss retry) or waits in `readBegin` until the unmap is done;
+    /// a whole-granule register by a watch elsewhere in the granule that re-registers these
+    /// pages meanwhile is undone by the unregister, which is what the unmap needs.
     func unregisterWatched(_ pages: PageRange) -> Bool {
-        var touchedPieces = false
-        let touched = table.withLock { table -> Bool in
-            if table.shutDown || table.failure != nil { return false }
-            known.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
-            return forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
-                _ = descriptor.unregister(start: piece.start, length: piece.length)
-                counters.interceptedUnregisters.wrappingAdd(1, ordering: .relaxed)
+        withUnsafeTemporaryAllocation(of: PageRange.self, capacity: 16) { runs in  // on the stack
+            var touchedPieces = false
+            var collected = 0
+            var underLock = 0
+            let touched = table.withLock { table -> Bool in
+                if table.shutDown || table.failure != nil { return false }
+                known.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
+                return forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
+                    if collected < runs.count {
+                        runs.initializeElement(at: collected, to: piece)
+                        collected += 1
+                    } else {
+                        _ = descriptor.unregister(start: piece.start, length: piece.length)
+                        underLock += 1
+                    }
+                }
             }
+            for index in 0..<collected {
+                _ = descriptor.unregister(start: runs[index].start, length: runs[index].length)
+            }
+            if touched {
+                counters.interceptedUnmaps.wrappingAdd(1, ordering: .relaxed)
+                counters.interceptedUnregisters.wrappingAdd(collected + underLock, ordering: .relaxed)
+            }
+            return touchedPieces
         }
-        if touched { counters.interceptedUnmaps.wrappingAdd(1, ordering: .relaxed) }
-        return touchedPieces
     }
 
     /// Registers again what `unregisterWatched(pages)` took: the unmap failed, so the pages are
