@@ -23,7 +23,7 @@ final class RegionIndex: Sendable {
     /// `log2` of the granule size.
     let granuleShift: Int
     let srcu: SRCUDomain
-    /// The current table (`Unmanaged<GranuleTable>` bits); replaced only by writers.
+    /// The current table (`Unmanaged<BucketTable>` bits); replaced only by writers.
     private let table: Atomic<UInt>
     /// Buckets out of the table on their way to be freed: `pending` wait for the next grace
     /// period, `sealed` ride on the one running (one at a time: a call per replaced bucket cost
@@ -43,13 +43,13 @@ final class RegionIndex: Sendable {
     init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
         self.srcu = srcu
         self.granuleShift = granuleShift
-        let first = GranuleTable(capacity: max(16, initialCapacity.nextPowerOfTwo))
+        let first = BucketTable(capacity: max(16, initialCapacity.nextPowerOfTwo))
         table = Atomic(UInt(bitPattern: Unmanaged.passRetained(first).toOpaque()))
     }
 
     deinit {
         // No reader can be inside: the index is going away with its last reference.
-        let current = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
+        let current = Unmanaged<BucketTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         current._withUnsafeGuaranteedRef { $0.freeBuckets() }
         current.release()
         retirement.withLock { r in (r.pending + r.sealed + r.ready).forEach(Bucket.free) }
@@ -60,7 +60,7 @@ final class RegionIndex: Sendable {
     /// reference on it first).
     @inline(__always)
     func lookup(start: UInt, end: UInt, access: UInt32) -> UInt {
-        let current = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
+        let current = Unmanaged<BucketTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         return current._withUnsafeGuaranteedRef { table -> UInt in
             let granule = start >> UInt(granuleShift)
             guard let bucket = table.find(granule) else { return 0 }
@@ -144,12 +144,12 @@ final class RegionIndex: Sendable {
     /// buckets move as they are, empty ones are retired, and the old table goes after a grace
     /// period.
     private func makeRoom(for newBuckets: Int, retiring retired: inout [Bucket]) {
-        let old = Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
+        let old = Unmanaged<BucketTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))
         let crowded = old._withUnsafeGuaranteedRef { ($0.used + newBuckets) * 2 > $0.capacity }
         guard crowded else { return }
         let grown = old._withUnsafeGuaranteedRef { current in
             let live = current.liveBucketCount
-            let larger = GranuleTable(capacity: max(current.capacity, ((live + newBuckets) * 4).nextPowerOfTwo))
+            let larger = BucketTable(capacity: max(current.capacity, ((live + newBuckets) * 4).nextPowerOfTwo))
             current.forEachBucket { bucket in
                 if bucket.isEmpty { retired.append(bucket) } else { _ = larger.publish(bucket) }
             }
@@ -193,8 +193,8 @@ final class RegionIndex: Sendable {
         if schedule { srcu.call { [self] in gracePeriodEnded() } }
     }
 
-    private func withCurrentTable<R>(_ body: (GranuleTable) -> R) -> R {
-        Unmanaged<GranuleTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))._withUnsafeGuaranteedRef(body)
+    private func withCurrentTable<R>(_ body: (BucketTable) -> R) -> R {
+        Unmanaged<BucketTable>.fromOpaque(rawPointer(table.load(ordering: .acquiring)))._withUnsafeGuaranteedRef(body)
     }
 
     private func granules(_ start: UInt, _ end: UInt) -> ClosedRange<UInt> {
