@@ -264,7 +264,7 @@ static int snapshot_valid;
 static pthread_mutex_t snapshot_lock = PTHREAD_MUTEX_INITIALIZER;
 
 // The answer for [start, end) from the snapshot: private anonymous, a hole, or -1 (some mapping
-// there is not private anonymous: the caller scans again to name it).
+// there is not private anonymous).
 static int classify_from_snapshot(uintptr_t start, uintptr_t end) {
     size_t low = 0, high = snapshot_count;
     while (low < high) {  // the first entry that ends above start
@@ -296,12 +296,13 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
     int bound = cmemhooks_hooks_bound();
     pthread_mutex_lock(&snapshot_lock);
     unsigned long generation = atomic_load_explicit(&mapping_generation, memory_order_acquire);
-    if (bound && snapshot_valid && snapshot_generation == generation) {
-        int answer = classify_from_snapshot(start, end);
-        if (answer >= 0) {
-            pthread_mutex_unlock(&snapshot_lock);
-            return answer;
-        }
+    if (bound && snapshot_valid && snapshot_generation == generation &&
+        classify_from_snapshot(start, end) == CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS) {
+        // Only this answer is taken from the snapshot: a hole in it may be a mapping glibc made
+        // since (malloc maps with its own mmap, which no hook sees), and a mapping of another
+        // kind must be named from a fresh scan.
+        pthread_mutex_unlock(&snapshot_lock);
+        return CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
     }
     // One read of /proc/self/maps for the whole range (a scan per mapping read it again for each),
     // every line kept in the snapshot.

@@ -14,6 +14,11 @@ long cshims_raw_munmap(void *address, unsigned long length) {
     return syscall(SYS_munmap, address, length);
 }
 
+void *cshims_raw_mmap_anonymous(void *address, unsigned long length) {
+    return (void *)syscall(SYS_mmap, address, length, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */, -1, 0);
+}
+
 long cshims_mseal(void *address, unsigned long length) {
 #ifndef SYS_mseal
 #define SYS_mseal 462

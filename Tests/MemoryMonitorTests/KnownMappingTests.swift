@@ -86,6 +86,28 @@ extension MemoryMonitorTests {
             try harness.monitor.unwatch(anchor)
         }
 
+        /// On a kernel without PROCMAP_QUERY (6.1) the classifier answers from its last scan of
+        /// /proc/self/maps while no hooked call changed mappings; glibc's malloc maps with its own
+        /// mmap, which no hook sees, so a mapping made that way after the scan must not read as a
+        /// hole (it did, for one build: every malloc'ed 256 KiB buffer was registered uncached).
+        @Test("a mapping made by a raw mmap (as malloc makes its large blocks) after the classifier's last scan is watched")
+        func mappingUnseenByTheHooksIsWatched() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapIsolated(4 * pageSize)
+            defer { unmap(base, 4 * pageSize) }
+            try harness.monitor.watch(try range(base, pageSize))  // a scan of what is mapped
+            let address = base + 16 * pageSize
+            let raw = cshims_raw_mmap_anonymous(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize)
+            try #require(raw == UnsafeMutableRawPointer(bitPattern: address))
+            defer { _ = cshims_raw_munmap(raw, 4 * pageSize) }
+            let buffer = try range(address, 4 * pageSize)
+            try harness.monitor.watch(buffer)
+            #expect(harness.monitor.watchCount(in: buffer) == 2)
+            try harness.monitor.unwatch(buffer)
+            try harness.monitor.unwatch(try range(base, pageSize))
+        }
+
         @Test("mappings made outside registered granules are not remembered (no lock, no work)")
         func unwatchedGranulesAreIgnored() throws {
             let harness = try Harness()

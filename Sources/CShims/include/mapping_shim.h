@@ -10,6 +10,10 @@ void *cshims_mremap_maymove(void *address, unsigned long old_length, unsigned lo
 /// A raw munmap system call, bypassing libc (and any hook a peer library may install in it).
 long cshims_raw_munmap(void *address, unsigned long length);
 
+/// A raw mmap system call of private anonymous memory at `address` (MAP_FIXED_NOREPLACE),
+/// bypassing the hooks, as glibc's malloc maps its large blocks. MAP_FAILED with errno.
+void *cshims_raw_mmap_anonymous(void *address, unsigned long length);
+
 /// mseal(address, length, 0) (Linux 6.10+; ENOSYS before): the range can never be unmapped,
 /// remapped or have its protection changed again. Tests use it to make a munmap fail for real.
 long cshims_mseal(void *address, unsigned long length);
