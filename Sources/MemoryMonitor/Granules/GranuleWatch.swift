@@ -70,18 +70,11 @@ final class GranuleWatch: Sendable {
     /// Registers and counts `pages` (the buffer `range`, rounded to pages); see the type's
     /// comment. Throws `.unwatchable` (nothing stays counted) for memory that cannot be watched.
     func watch(_ pages: PageRange, range: AddressRange, allowingSharedMemory: Bool) throws(MonitorError) {
-        if try watchKnownMapping(pages) { return }
+        if try watchKnownMemory(pages) { return }
         try table.withLock { table throws(MonitorError) in
             if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
-            // No window open (sequence even): the worker has forgotten everything that an unmap
-            // which already returned touched, whether or not the caller did readBegin.
-            if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
-                for start in starts { table.countBuffer(at: start) }
-                counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
-                return
-            }
             var counted: [UInt] = []
             do throws(MonitorError) {
                 // Registering again is what checks ownership (EBUSY if another userfaultfd took
@@ -140,9 +133,10 @@ final class GranuleWatch: Sendable {
         }
     }
 
-    /// The watch of a buffer in a mapping the hooked mmap made (`KnownMemory`), in granules
-    /// with records: count it, register it, done; false when that does not apply (or the
-    /// register failed: the counts are taken back and the usual watch follows).
+    /// The watch of a buffer in known memory (`KnownMemory`): in validated granules it is only
+    /// counted; in a mapping the hooked mmap made (in granules with records) it is counted and
+    /// registered, and that is all. False when neither applies (or the register failed: the
+    /// counts are taken back and the usual watch follows).
     ///
     /// The register runs out of the lock, so that two threads watching buffers in one granule
     /// do not wait for each other's ioctl (the churn loop on 2 threads spent most of its time in
@@ -152,25 +146,39 @@ final class GranuleWatch: Sendable {
     /// A hooked unmap that ran between the count and the register left a hole the register
     /// covers harmlessly, and the miss retries for the same reason. No probe, no query: the
     /// class is known from the hooked mmap.
-    private func watchKnownMapping(_ pages: PageRange) throws(MonitorError) -> Bool {
-        let counted = try table.withLock { table throws(MonitorError) -> Bool in
+    private func watchKnownMemory(_ pages: PageRange) throws(MonitorError) -> Bool {
+        enum Found { case validated, madeByHookedMmap, neither }
+        let found = try table.withLock { table throws(MonitorError) -> Found in
             if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
-            guard table.allRecorded(starts), known.madeByHookedMmap(pages) else { return false }
+            // No window open (sequence even): the worker has forgotten everything that an unmap
+            // which already returned touched, whether or not the caller did readBegin.
+            if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
+                for start in starts { table.countBuffer(at: start) }
+                return .validated
+            }
+            guard table.allRecorded(starts), known.madeByHookedMmap(pages) else { return .neither }
             for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
+            return .madeByHookedMmap
+        }
+        switch found {
+        case .neither:
+            return false
+        case .validated:
+            counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
             return true
+        case .madeByHookedMmap:
+            if descriptor.register(start: pages.start, length: pages.length) == nil {
+                counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
+                return true
+            }
+            table.withLock { table in
+                known.forget(start: pages.start, end: pages.end)  // not what it seemed: ask the kernel
+                for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
+            }
+            return false
         }
-        guard counted else { return false }
-        if descriptor.register(start: pages.start, length: pages.length) == nil {
-            counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
-            return true
-        }
-        table.withLock { table in
-            known.forget(start: pages.start, end: pages.end)  // not what it seemed: ask the kernel
-            for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
-        }
-        return false
     }
 
     /// Drops one count of `pages` (a range a successful `watch` counted); the last buffer of a
