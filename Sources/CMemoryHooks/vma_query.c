@@ -280,6 +280,29 @@ static int classify_from_snapshot(uintptr_t start, uintptr_t end) {
     return cursor >= end ? CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS : CMEMHOOKS_RANGE_HOLE;
 }
 
+// One classifying scan of /proc/self/maps: where the range's walk is, its answer once known.
+typedef struct {
+    uintptr_t cursor, end;
+    int answer, answered, overflowed;
+    cmemhooks_vma *out;
+} classify_scan;
+
+// One mapping of the scan: kept in the snapshot, and the range's answer taken from it.
+static void take_line(classify_scan *scan, const cmemhooks_vma *vma) {
+    if (snapshot_count < SNAPSHOT_CAPACITY) {
+        snapshot[snapshot_count++] = (snapshot_entry){vma->start, vma->end, is_private_anonymous(vma)};
+    } else {
+        scan->overflowed = 1;
+    }
+    if (!scan->answered && vma->end > scan->cursor) {
+        int step = classify_step(vma, &scan->cursor, scan->end, scan->out);
+        if (step != 1) {
+            scan->answer = step;
+            scan->answered = 1;
+        }
+    }
+}
+
 int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
     uintptr_t cursor = start;
     if (cmemhooks_vma_query_is_fast()) {  // one ioctl per mapping
@@ -307,7 +330,7 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
     // One read of /proc/self/maps for the whole range (a scan per mapping read it again for each),
     // every line kept in the snapshot.
     snapshot_count = 0;
-    int overflowed = 0;
+    classify_scan scan = {.cursor = start, .end = end, .answer = CMEMHOOKS_RANGE_HOLE, .out = out};
     int fd = open_maps();
     if (fd < 0) {
         int failure = errno;
@@ -316,7 +339,6 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         return -failure;
     }
     cmemhooks_vma vma;
-    int answer = CMEMHOOKS_RANGE_HOLE, answered = 0;
     char buffer[8192];
     size_t have = 0;
     int skipping = 0;
@@ -324,8 +346,8 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         ssize_t n = read(fd, buffer + have, sizeof buffer - have);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) {
-            if (!answered) answer = -errno;
-            overflowed = 1;
+            if (!scan.answered) scan.answer = -errno;
+            scan.overflowed = 1;
             break;
         }
         have += (size_t)n;
@@ -336,17 +358,7 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
                 if (n == 0) newline = limit;
                 else break;
             }
-            if (!skipping && newline > p && parse_line(p, newline, &vma) == 0) {
-                if (snapshot_count < SNAPSHOT_CAPACITY) {
-                    snapshot[snapshot_count++] = (snapshot_entry){vma.start, vma.end, is_private_anonymous(&vma)};
-                } else {
-                    overflowed = 1;
-                }
-                if (!answered && vma.end > cursor) {
-                    int step = classify_step(&vma, &cursor, end, out);
-                    if (step != 1) { answer = step; answered = 1; }
-                }
-            }
+            if (!skipping && newline > p && parse_line(p, newline, &vma) == 0) take_line(&scan, &vma);
             skipping = 0;
             p = newline < limit ? newline + 1 : limit;
             if (p >= limit) break;
@@ -354,17 +366,7 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         if (n == 0) break;
         have = (size_t)(limit - p);
         if (have == sizeof buffer) {  // one line fills the buffer: keep its start, skip the rest
-            if (parse_line(buffer, buffer + have, &vma) == 0) {
-                if (snapshot_count < SNAPSHOT_CAPACITY) {
-                    snapshot[snapshot_count++] = (snapshot_entry){vma.start, vma.end, is_private_anonymous(&vma)};
-                } else {
-                    overflowed = 1;
-                }
-                if (!answered && vma.end > cursor) {
-                    int step = classify_step(&vma, &cursor, end, out);
-                    if (step != 1) { answer = step; answered = 1; }
-                }
-            }
+            if (parse_line(buffer, buffer + have, &vma) == 0) take_line(&scan, &vma);
             have = 0;
             skipping = 1;
         } else {
@@ -372,12 +374,12 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         }
     }
     close(fd);
-    if (!answered && cursor >= end) answer = CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
+    if (!scan.answered && scan.cursor >= end) scan.answer = CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
     // Kept only if nothing the hooks see changed while it was read.
-    snapshot_valid = !overflowed && atomic_load_explicit(&mapping_generation, memory_order_acquire) == generation;
+    snapshot_valid = !scan.overflowed && atomic_load_explicit(&mapping_generation, memory_order_acquire) == generation;
     snapshot_generation = generation;
     pthread_mutex_unlock(&snapshot_lock);
-    return answer;
+    return scan.answer;
 }
 
 int cmemhooks_vma_query_is_fast(void) {
