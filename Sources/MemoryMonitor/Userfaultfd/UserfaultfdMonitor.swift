@@ -271,7 +271,8 @@ public final class UserfaultfdMonitor: Sendable {
     /// same address, and answers EBUSY if another userfaultfd owns one), counts it, and asks
     /// the kernel whether the pages mapped now are registered. Two ioctls and a count; no
     /// VMA splits once a granule is registered. In a granule found wholly registered, with no
-    /// unmap or remap there since, only the count (see `ValidatedGranules`).
+    /// unmap or remap there since, only the count; in a mapping the hooked mmap made, the count
+    /// and one register (see `KnownMemory` and `GranuleWatch`).
     ///
     /// Order on a cache miss: `readBegin`, then `watch`, then `ibv_reg_mr`, then `readRetry`.
     /// The probe makes the watch exact at the moment it returns; any change after it is an
