@@ -50,35 +50,33 @@ extension MemoryMonitorTests {
             try harness.monitor.unwatch(anchor)
         }
 
-        @Test("shared memory mapped where a known mapping was (hooked munmap, then mmap): asked about, refused")
-        func hookedUnmapForgets() throws {
-            let harness = try Harness()
-            defer { harness.close() }
-            try #require(harness.monitor.hooks == .active)
-            let (base, anchor) = try anchored(harness)
-            defer { unmap(base, 4 * pageSize) }
-            let address = try mapAnonymous(4 * pageSize, at: base + 8 * pageSize, replace: false)
-            #expect(harness.monitor.knownMappingCount == 1)
-            unmap(address, 4 * pageSize)
-            #expect(harness.monitor.knownMappingCount == 0)
-            _ = try mapAnonymous(4 * pageSize, at: address, shared: true, replace: false)
-            defer { unmap(address, 4 * pageSize) }
-            let buffer = try range(address, 4 * pageSize)
-            #expect(throws: MonitorError.self) { try harness.monitor.watch(buffer) }
-            try harness.monitor.unwatch(anchor)
+        /// How the known mapping goes before shared memory is mapped in its place.
+        enum Removal: String, CaseIterable, CustomTestStringConvertible {
+            /// Through the hooks: the munmap forgets the mapping.
+            case hookedMunmap
+            /// A raw system call on memory not registered yet: seen by nothing, the knowledge
+            /// goes stale, and the hooked mmap that maps over the hole must forget it.
+            case rawMunmap
+            var testDescription: String { rawValue }
         }
 
-        @Test("a known mapping unmapped by a raw system call, then shared memory mapped there by the hooked mmap: refused")
-        func newMappingForgetsStaleKnowledge() throws {
+        @Test("shared memory mapped where a known mapping was: asked about, refused", arguments: Removal.allCases)
+        func replacedMappingIsAskedAbout(_ removal: Removal) throws {
             let harness = try Harness()
             defer { harness.close() }
             try #require(harness.monitor.hooks == .active)
             let (base, anchor) = try anchored(harness)
             defer { unmap(base, 4 * pageSize) }
             let address = try mapAnonymous(4 * pageSize, at: base + 8 * pageSize, replace: false)
-            // Not registered yet: the raw unmap is seen by nothing, and the knowledge goes stale.
-            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize) == 0)
             #expect(harness.monitor.knownMappingCount == 1)
+            switch removal {
+            case .hookedMunmap:
+                unmap(address, 4 * pageSize)
+                #expect(harness.monitor.knownMappingCount == 0)
+            case .rawMunmap:
+                #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize) == 0)
+                #expect(harness.monitor.knownMappingCount == 1)
+            }
             _ = try mapAnonymous(4 * pageSize, at: address, shared: true, replace: false)
             defer { unmap(address, 4 * pageSize) }
             #expect(harness.monitor.knownMappingCount == 0, "the hooked mmap forgot what it replaced knowledge of")
