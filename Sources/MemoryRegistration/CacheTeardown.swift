@@ -135,11 +135,12 @@ extension CacheCore {
     func retireEvicted(_ entry: CacheEntry) {
         counters.retiringRegions.add(1, ordering: .relaxed)
         counters.retiringBytes.add(entry.length, ordering: .relaxed)
-        let waiting = teardowns.withLock { lists in
+        teardowns.withLock { lists in
             lists.evicted.append(EntryReference(entry, retained: false))  // the reference `unpublish` took
-            return lists.evicted.count
+            // Under the lock, as where the list is taken: the hint is the list's count whenever
+            // the lock is free (a stale 0 would leave evicted entries nobody takes).
+            counters.evictedWaiting.store(lists.evicted.count, ordering: .relaxed)
         }
-        counters.evictedWaiting.store(waiting, ordering: .relaxed)
     }
 
     /// Tears down the evicted entries on this thread once at least `threshold` wait, after one
@@ -157,8 +158,10 @@ extension CacheCore {
     func tearDownEvicted(threshold: Int) -> Bool {
         guard counters.evictedWaiting.load(ordering: .relaxed) >= max(1, threshold) else { return false }
         var taken: [EntryReference] = []
-        teardowns.withLock { lists in swap(&taken, &lists.evicted) }
-        counters.evictedWaiting.store(0, ordering: .relaxed)
+        teardowns.withLock { lists in
+            swap(&taken, &lists.evicted)
+            counters.evictedWaiting.store(0, ordering: .relaxed)
+        }
         guard !taken.isEmpty else { return false }
         guard !srcu.isInsideReadSection, !AddressSpace.isForkedChild, (try? srcu.synchronize()) != nil else {
             let schedule = teardowns.withLock { lists -> Bool in

@@ -43,12 +43,6 @@ struct RegisteredPieces: Sendable, Sequence {
         if next < last { ranges.removeSubrange(next..<last) }
     }
 
-    /// Whether `range` lies inside one registered run.
-    func contains(_ range: PageRange) -> Bool {
-        let index = ranges.partitionPoint { $0.end >= range.end }
-        return index < ranges.count && ranges[index].contains(range)
-    }
-
     /// Calls `body` with each registered run inside `range`.
     func forEachOverlap(with range: PageRange, _ body: (PageRange) -> Void) {
         var index = ranges.partitionPoint { $0.end > range.start }
