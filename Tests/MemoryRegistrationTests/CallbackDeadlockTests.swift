@@ -33,11 +33,16 @@ struct CallbackDeadlockTests {
 
     /// Subscribes `body` to invalidations of `mapping` on the process's space (the cache's).
     static func subscribe(_ mapping: AnonymousMapping, _ body: @escaping @Sendable () -> Void) throws -> IntervalSubscription {
-        try AddressSpace.process.insertInterval(range(mapping)) { sub, _, sequence in
+        let subscription = try AddressSpace.process.insertInterval(range(mapping)) { sub, _, sequence in
             sub.setSequence(sequence)
             body()
             return true
         }
+        // Inserted during an invalidation (a monitor's window open for another event), the
+        // subscription joins the tree only when that ends; readBegin waits for it, so the unmap
+        // the test makes next is sure to reach it (without, CI saw the callback never run).
+        _ = try subscription.readBegin()
+        return subscription
     }
 
     @Test("a worker callback (raw munmap, inside the monitor's window): register, withRegistration, waitForPendingTeardowns throw .wouldDeadlock; isRevoked answers; the process goes on")
