@@ -17,9 +17,13 @@ let cTargets: [Target] = [
         pkgConfig: "libibverbs",
         providers: [.apt(["libibverbs-dev", "librdmacm-dev"])]
     ),
-    // syscall() and ioctl wrappers, the engine's SRCU counters and window sequence, the cache's
-    // sharded hit counters, and helpers tests use (issue 22 sorts these by owner).
+    // syscall() and ioctl wrappers (userfaultfd's ABI) for the monitor, MemoryMapping and
+    // `rdmamemory check`.
     .target(name: "CShims"),
+    // The engine's SRCU read side, window sequence and callback depth: NotifierEngine's alone.
+    .target(name: "CMMUNotifier"),
+    // The cache's per-thread statistics counters: MemoryRegistration's alone.
+    .target(name: "CShardedCounters"),
     // The process's munmap, mmap, mremap, madvise, mprotect, shmat, shmdt: a memory monitor sees
     // them in the calling thread (C: they must be defined as C symbols).
     .target(name: "CMemoryHooks"),
@@ -29,21 +33,21 @@ let cTargets: [Target] = [
 /// and what users import.
 let layers: [Target] = [
     .target(name: "Verbs", dependencies: ["CVerbs", swiftSystem]),
-    .target(name: "MMUNotifier", dependencies: ["CShims"]),
+    .target(name: "NotifierEngine", dependencies: ["CMMUNotifier"]),
     // Anonymous mappings that tests, examples and benchmarks unmap and remap on purpose.
     .target(name: "MemoryMapping", dependencies: ["CShims", swiftSystem]),
-    .target(name: "MemoryMonitor", dependencies: ["MMUNotifier", "CShims", "CMemoryHooks", swiftSystem]),
+    .target(name: "Monitors", dependencies: ["NotifierEngine", "CShims", "CMemoryHooks", swiftSystem]),
     .target(
         name: "MemoryRegistration",
-        dependencies: ["MMUNotifier", "MemoryMonitor", "Verbs", "CShims", .product(name: "Metrics", package: "swift-metrics")]
+        dependencies: ["NotifierEngine", "Monitors", "Verbs", "CShardedCounters", .product(name: "Metrics", package: "swift-metrics")]
     ),
-    .target(name: "RDMAMemory", dependencies: ["Verbs", "MMUNotifier", "MemoryMonitor", "MemoryRegistration"]),
+    .target(name: "RDMAMemory", dependencies: ["Verbs", "NotifierEngine", "Monitors", "MemoryRegistration"]),
 ]
 
 /// libfabric's fid_mem_monitor, its import and the preload constructor (Debian: libfabric-dev).
 let libfabric: [Target] = [
     .target(name: "CLibfabricMonitor", dependencies: ["CMemoryHooks"], linkerSettings: [.linkedLibrary("fabric")]),
-    .target(name: "RDMAMemoryLibfabric", dependencies: ["CLibfabricMonitor", "MMUNotifier", "MemoryMonitor"]),
+    .target(name: "RDMAMemoryLibfabric", dependencies: ["CLibfabricMonitor", "NotifierEngine", "Monitors"]),
 ]
 
 /// The examples and `rdmamemory`.
@@ -58,7 +62,7 @@ let programs: [Target] = [
     ),
     .executableTarget(
         name: "RDMAMemoryTool",
-        dependencies: ["Verbs", "MemoryMonitor", "MemoryRegistration", "MemoryMapping", "CShims", argumentParser]
+        dependencies: ["Verbs", "Monitors", "MemoryRegistration", "MemoryMapping", "CShims", argumentParser]
     ),
 ]
 
@@ -66,15 +70,15 @@ let programs: [Target] = [
 let benchmarks: [Target] = [
     // What every benchmark executable shares: threads, clocks, medians.
     .target(name: "BenchmarkSupport", path: "Benchmarks/BenchmarkSupport"),
-    .executableTarget(name: "EngineBenchmark", dependencies: ["MMUNotifier", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"),
+    .executableTarget(name: "EngineBenchmark", dependencies: ["NotifierEngine", "BenchmarkSupport"], path: "Benchmarks/EngineBenchmark"),
     .executableTarget(
         name: "MonitorBenchmark",
-        dependencies: ["MemoryMonitor", "MemoryMapping", "BenchmarkSupport", "CShims"],
+        dependencies: ["Monitors", "MemoryMapping", "BenchmarkSupport", "CShims", "CTestShims"],
         path: "Benchmarks/MonitorBenchmark"
     ),
     .executableTarget(
         name: "CacheBenchmark",
-        dependencies: ["MemoryRegistration", "MemoryMonitor", "MemoryMapping", "BenchmarkSupport", "Verbs", "CShims", argumentParser],
+        dependencies: ["MemoryRegistration", "Monitors", "MemoryMapping", "BenchmarkSupport", "Verbs", "CTestShims", argumentParser],
         path: "Benchmarks/CacheBenchmark"
     ),
 ]
@@ -83,18 +87,20 @@ let benchmarks: [Target] = [
 let tests: [Target] = [
     // What more than one test target needs (a seeded generator), in no product.
     .target(name: "SharedTestSupport", path: "Tests/SharedTestSupport"),
+    // C only tests and benchmarks call (raw system calls no hook sees, fork), in no product.
+    .target(name: "CTestShims", path: "Tests/CTestShims"),
     .testTarget(name: "VerbsTests", dependencies: ["Verbs", "MemoryMapping"]),
-    .testTarget(name: "MMUNotifierTests", dependencies: ["MMUNotifier", "SharedTestSupport"]),
-    .testTarget(name: "MemoryMonitorTests", dependencies: ["MemoryMonitor", "MemoryMapping", "SharedTestSupport"]),
+    .testTarget(name: "NotifierEngineTests", dependencies: ["NotifierEngine", "SharedTestSupport"]),
+    .testTarget(name: "MonitorsTests", dependencies: ["Monitors", "MemoryMapping", "CShims", "CTestShims", "SharedTestSupport"]),
     .testTarget(
         name: "MemoryRegistrationTests",
         dependencies: [
-            "MemoryRegistration", "MemoryMapping", "CShims", "SharedTestSupport",
+            "MemoryRegistration", "MemoryMapping", "CShims", "CTestShims", "SharedTestSupport",
             .product(name: "MetricsTestKit", package: "swift-metrics"),
         ]
     ),
-    .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "MMUNotifier", "MemoryMonitor"]),
-    .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims", "SharedTestSupport"]),
+    .testTarget(name: "LibfabricMonitorTests", dependencies: ["RDMAMemoryLibfabric", "NotifierEngine", "Monitors"]),
+    .testTarget(name: "IntegrationTests", dependencies: ["Verbs", "MemoryMapping", "MemoryRegistration", "CShims", "CTestShims", "SharedTestSupport"]),
     .testTarget(name: "RDMAMemoryToolTests", dependencies: ["RDMAMemoryTool", "Verbs"]),
     .testTarget(name: "TransferTests", dependencies: ["Transfer"]),
 ]
@@ -107,7 +113,7 @@ let package = Package(
     products: [
         .library(name: "RDMAMemory", targets: ["RDMAMemory"]),
         .library(name: "Verbs", targets: ["Verbs"]),
-        .library(name: "MMUNotifier", targets: ["MMUNotifier"]),
+        .library(name: "NotifierEngine", targets: ["NotifierEngine"]),
         // What a C program loads (or LD_PRELOADs) to make RDMAMemory libfabric's memory monitor.
         .library(name: "RDMAMemoryLibfabric", type: .dynamic, targets: ["RDMAMemoryLibfabric"]),
         .executable(name: "stale-registration", targets: ["StaleRegistration"]),

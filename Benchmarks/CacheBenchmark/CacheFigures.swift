@@ -3,7 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import BenchmarkSupport
-import CShims
+import CTestShims
 import MemoryMapping
 import MemoryRegistration
 import Synchronization
@@ -247,7 +247,7 @@ struct CacheFigures {
     }
 
     /// Bytes the heap has handed out (as the peer measures: mallinfo2, not RSS).
-    private func heapInUse() -> Double { Double(cshims_heap_in_use()) }
+    private func heapInUse() -> Double { Double(ctest_heap_in_use()) }
 }
 
 /// A cheap generator so random figures do not measure the generator (the peer uses the same).

@@ -1,6 +1,6 @@
 import BenchmarkSupport
 import MemoryMapping
-import MemoryMonitor
+import Monitors
 import MemoryRegistration
 import Verbs
 

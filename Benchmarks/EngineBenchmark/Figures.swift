@@ -1,5 +1,5 @@
 import BenchmarkSupport
-import MMUNotifier
+import NotifierEngine
 import Synchronization
 #if canImport(Glibc)
 import Glibc

@@ -1,10 +1,11 @@
 import BenchmarkSupport
 import CShims
+import CTestShims
 #if canImport(Glibc)
 import Glibc
 #endif
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import Synchronization
 
 let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
@@ -174,9 +175,9 @@ func hookCosts(iterations: Int) -> [HookCost] {
     raw = 0
     for _ in 0..<iterations {
         hooked += time { mprotect(pointer, Int(16 * pageSize), PROT_READ) }
-        _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
-        raw += time { _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ) }
-        _ = cshims_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
+        _ = ctest_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
+        raw += time { _ = ctest_raw_mprotect(pointer, 16 * pageSize, PROT_READ) }
+        _ = ctest_raw_mprotect(pointer, 16 * pageSize, PROT_READ | PROT_WRITE)
     }
     costs.append(HookCost(name: "mprotect(PROT_READ) 64 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
     munmap(pointer, Int(16 * pageSize))
@@ -189,7 +190,7 @@ func hookCosts(iterations: Int) -> [HookCost] {
         raw = 0
         for index in 0..<iterations {
             let hookedAdvise = { time { _ = madvise(advisedPointer, Int(16 * pageSize), advice) } }
-            let rawAdvise = { time { _ = cshims_raw_madvise(advisedPointer, 16 * pageSize, advice) } }
+            let rawAdvise = { time { _ = ctest_raw_madvise(advisedPointer, 16 * pageSize, advice) } }
             if index % 2 == 0 {
                 hooked += hookedAdvise()
                 raw += rawAdvise()
@@ -213,9 +214,9 @@ func hookCosts(iterations: Int) -> [HookCost] {
         for _ in 0..<iterations {
             var attached: UnsafeMutableRawPointer?
             hooked += time { attached = cshims_shmat(id, target, flags) }
-            _ = cshims_raw_shmdt(attached)
-            raw += time { attached = cshims_raw_shmat(id, target, flags) }
-            _ = cshims_raw_shmdt(attached)
+            _ = ctest_raw_shmdt(attached)
+            raw += time { attached = ctest_raw_shmat(id, target, flags) }
+            _ = ctest_raw_shmdt(attached)
         }
         costs.append(HookCost(name: remap ? "shmat(SHM_REMAP) 64 KiB" : "shmat 64 KiB", hooked: Double(hooked) / Double(iterations),
                               raw: Double(raw) / Double(iterations)))
@@ -224,10 +225,10 @@ func hookCosts(iterations: Int) -> [HookCost] {
     hooked = 0
     raw = 0
     for _ in 0..<iterations {
-        let a = cshims_raw_shmat(id, nil, 0)
+        let a = ctest_raw_shmat(id, nil, 0)
         hooked += time { _ = cshims_shmdt(a) }
-        let b = cshims_raw_shmat(id, nil, 0)
-        raw += time { _ = cshims_raw_shmdt(b) }
+        let b = ctest_raw_shmat(id, nil, 0)
+        raw += time { _ = ctest_raw_shmdt(b) }
     }
     costs.append(HookCost(name: "shmdt 64 KiB", hooked: Double(hooked) / Double(iterations), raw: Double(raw) / Double(iterations)))
     return costs

@@ -1,5 +1,5 @@
-import CShims
-import MMUNotifier
+import CShardedCounters
+import NotifierEngine
 import Synchronization
 
 /// The cache's counters. Hits are counted per thread (`CShims` sharded counters: a thread bumps

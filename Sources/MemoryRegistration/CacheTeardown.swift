@@ -1,5 +1,5 @@
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import Synchronization
 import Verbs
 

@@ -1,4 +1,4 @@
-import MMUNotifier
+import NotifierEngine
 import Synchronization
 
 /// The cache's index of entries, read without locks inside an SRCU read section.

@@ -1,4 +1,4 @@
-import MMUNotifier
+import NotifierEngine
 import Synchronization
 import Verbs
 

@@ -1,5 +1,5 @@
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import Verbs
 
 /// Why the cache refused a request. Each case names what was wrong; device failures carry the

@@ -2,8 +2,8 @@
 import Glibc
 #endif
 import CLibfabricMonitor
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import Synchronization
 
 // The operations the C half (libfabric_monitor.c) forwards: libfabric's monitor calls, the

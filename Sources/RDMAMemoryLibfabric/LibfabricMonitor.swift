@@ -2,8 +2,8 @@
 import Glibc
 #endif
 import CLibfabricMonitor
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import Synchronization
 
 /// RDMAMemory as libfabric's memory monitor (`struct fid_mem_monitor`, `rdma/fi_ext.h`): what

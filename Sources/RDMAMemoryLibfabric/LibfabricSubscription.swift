@@ -1,4 +1,4 @@
-import MMUNotifier
+import NotifierEngine
 
 /// One range libfabric's cache subscribed: the engine's interval subscription for it, whose
 /// invalidation tells the monitor, which notifies libfabric.

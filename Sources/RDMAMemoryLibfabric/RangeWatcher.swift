@@ -1,5 +1,5 @@
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 
 /// What the libfabric monitor needs of a memory monitor: watch a range, or say why it cannot,
 /// and undo one watch. `MemoryMonitor` in the library; a fake in unit tests of the protocol.

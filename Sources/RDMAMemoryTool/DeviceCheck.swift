@@ -1,4 +1,4 @@
-import MemoryMonitor
+import Monitors
 import MemoryRegistration
 import Verbs
 

@@ -1,5 +1,5 @@
 import Foundation
-import MemoryMonitor
+import Monitors
 import MemoryRegistration
 
 /// How invalidations will reach this process, and the settings that decided it: a stale

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShims
+import CTestShims
 import MemoryMapping
 import MemoryRegistration
 import Testing
@@ -40,8 +41,8 @@ extension RxeIntegration {
                 try buffer.mapAgain()
             case .rawMremapSyscall:  // a REMAP event: the old range moved away, a new mapping there
                 let spare = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-                let target = cshims_raw_mremap(UnsafeMutableRawPointer(bitPattern: address), UInt(length), UInt(length),
-                                               Int32(CSHIMS_MREMAP_MAYMOVE | CSHIMS_MREMAP_FIXED), spare)
+                let target = ctest_raw_mremap(UnsafeMutableRawPointer(bitPattern: address), UInt(length), UInt(length),
+                                               Int32(CTEST_MREMAP_MAYMOVE | CTEST_MREMAP_FIXED), spare)
                 #expect(target != MAP_FAILED, "errno \(errno)")
                 if let target, target != MAP_FAILED { _ = munmap(target, length) }
                 try buffer.mapAgain()

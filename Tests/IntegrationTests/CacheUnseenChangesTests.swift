@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShims
+import CTestShims
 import MemoryMapping
 import MemoryRegistration
 import Testing
@@ -78,7 +79,7 @@ extension RxeIntegration {
             let id = cshims_shm_create(UInt(Self.length))
             try #require(id >= 0)
             defer { _ = cshims_shm_remove(id) }
-            let attached = cshims_raw_shmat(id, UnsafeMutableRawPointer(bitPattern: target), CSHIMS_SHM_REMAP)
+            let attached = ctest_raw_shmat(id, UnsafeMutableRawPointer(bitPattern: target), CSHIMS_SHM_REMAP)
             try #require(UInt(bitPattern: attached) == target, "raw shmat: \(errno)")
             #expect(cshims_shmdt(attached) == 0)
             func mapFresh() throws {

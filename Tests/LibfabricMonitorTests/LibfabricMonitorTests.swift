@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import MMUNotifier
-import MemoryMonitor
+import NotifierEngine
+import Monitors
 import SharedTestSupport
 import Synchronization
 import Testing

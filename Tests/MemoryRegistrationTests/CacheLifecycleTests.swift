@@ -1,5 +1,5 @@
-import CShims
-import MMUNotifier
+import CTestShims
+import NotifierEngine
 import MemoryMapping
 import SharedTestSupport
 import Testing
@@ -18,9 +18,9 @@ import Verbs
         let page = AnonymousMapping.pageSize
         let buffer = try AnonymousMapping(length: 16 * page)
         let held = try cache.register(buffer.bytes, access: .rdma)
-        let child = cshims_fork_touch_unmap_exit(buffer.bytes.baseAddress, UInt(buffer.length), UInt(page))
+        let child = ctest_fork_touch_unmap_exit(buffer.bytes.baseAddress, UInt(buffer.length), UInt(page))
         try #require(child > 0)
-        #expect(cshims_wait_child(child, 10_000) == 0, "the child hung: its munmap waited for a monitor it does not have")
+        #expect(ctest_wait_child(child, 10_000) == 0, "the child hung: its munmap waited for a monitor it does not have")
         #expect(!Bool(held.isRevoked), "the child's unmap is not the parent's")
         let again = try cache.register(buffer.bytes, access: .rdma)
         #expect(again.lkey == held.lkey)

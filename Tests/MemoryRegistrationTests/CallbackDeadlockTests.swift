@@ -2,9 +2,9 @@
 import Glibc
 #endif
 import CShims
-import MMUNotifier
+import NotifierEngine
 import MemoryMapping
-import MemoryMonitor
+import Monitors
 import SharedTestSupport
 import Synchronization
 import Testing

@@ -1,4 +1,4 @@
-import MMUNotifier
+import NotifierEngine
 import MemoryMapping
 import Synchronization
 import Testing

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import MMUNotifier
+import NotifierEngine
 import MemoryMapping
-import MemoryMonitor
+import Monitors
 import Testing
 @testable import MemoryRegistration
 

@@ -1,8 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import CShims
-import MMUNotifier
+import CTestShims
+import NotifierEngine
 import MemoryMapping
 import SharedTestSupport
 import Synchronization
@@ -28,7 +28,7 @@ struct ForkTests {
 
     /// Forks; the child registers `buffer` (a hit or a miss) and exits with what it got.
     static func childRegisters(_ cache: RegistrationCache, _ address: UInt, _ length: Int) -> Int32 {
-        let pid = cshims_fork()
+        let pid = ctest_fork()
         if pid == 0 {
             let answer: Answer
             do {
@@ -42,7 +42,7 @@ struct ForkTests {
             }
             _exit(answer.rawValue)
         }
-        return cshims_wait_child(pid, 20_000)
+        return ctest_wait_child(pid, 20_000)
     }
 
     @Test("a child registers a cached and a new buffer: .forkedChild for both")

@@ -2,9 +2,9 @@
 import Glibc
 #endif
 import Foundation
-import MMUNotifier
+import NotifierEngine
 import MemoryMapping
-@testable import MemoryMonitor
+@testable import Monitors
 import SharedTestSupport
 import Synchronization
 import Testing

@@ -1,5 +1,5 @@
 import Foundation
-import MMUNotifier
+import NotifierEngine
 import Synchronization
 import SharedTestSupport
 import Testing

@@ -2,9 +2,9 @@
 import Glibc
 #endif
 import Foundation
-import MMUNotifier
+import NotifierEngine
 import MemoryMapping
-import MemoryMonitor
+import Monitors
 import Testing
 import Verbs
 @testable import MemoryRegistration

@@ -24,7 +24,7 @@ void rdmamemory_lf_notify(uintptr_t addr, size_t len);
  */
 size_t rdmamemory_lf_memo_size(void);
 /* Makes the rdmamemory_lf_memo_size() bytes at `memo` a memo over the window sequence at
- * `window` (MMUNotifier's windowSequenceAddress) that confirms no range yet. */
+ * `window` (NotifierEngine's AddressSpace.windowSequenceAddress) that confirms no range yet. */
 void rdmamemory_lf_memo_init(void *memo, const void *window);
 uint64_t rdmamemory_lf_memo_epoch(void *memo);
 /* True when no window is open and [start, start + length) was confirmed at the current epoch. */

@@ -3,7 +3,7 @@
 // pkey_mprotect(), shmat() and shmdt(), defined here so that a memory monitor sees the changes
 // userfaultfd reports late (munmap, mremap, madvise(DONTNEED): the caller sleeps until the monitor
 // reads the event) or never (guard pages, mprotect, shmat over memory, shmdt), in the calling thread.
-// See MemoryMonitor's MemoryHooks.swift for why, and what is still unseen.
+// See Sources/Monitors/Hooks/MemoryHooks.swift for why, and what is still unseen.
 //
 // Three parts, each in its own file:
 // - memory_hooks.c: the definitions. On a call that touches no memory a monitor registered they

@@ -1,0 +1,578 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemoryHooks
+import NotifierEngine
+import Synchronization
+import SystemPackage
+
+/// The one owner of the monitor's granule state: the watch table (what is registered with
+/// userfaultfd, granule by granule, and what the kernel refused there), the memory known to
+/// need no probe or query (`KnownMemory`) and the monitor's slot in the hooks' map. It alone registers,
+/// unregisters and probes; the cache's misses (`watch`), the hooks (`unregisterWatched`,
+/// `noteNewMapping`, ...) and the worker (`forget`, `fail`) ask it.
+///
+/// The protocol of a watch, after the miss's `readBegin` (see `UserfaultfdMonitor.watch`):
+/// ```
+/// validated granule, window closed          -> count, no ioctl
+/// a mapping the hooked mmap made, recorded  -> count, register it out of the lock (one ioctl)
+/// otherwise, per granule:  register whole (unless it was refused before)
+///                          or register the buffer's pages (padded by a page where allowed)
+/// probe: every page of the buffer registered now?  (a hole, or a mapping made after the
+///        register, is not: unwatchable)
+/// query: what is mapped there?  shared or file memory: unwatchable unless allowed
+/// ```
+/// Once the probe says the pages are registered, any change to them is an event or a hooked
+/// call, which invalidates the miss's subscription: the miss then retries (`readRetry`).
+///
+/// Lock rule: the table's lock is taken by threads calling `watch`, `unwatch`, `shutDown`, the
+/// hooks (before the call they intercept) and the worker (from callbacks, and on failure); it
+/// is held across the registering ioctls, never across anything that waits for the worker.
+/// The *reader* thread never takes it while the descriptor is live, so a holder whose ioctl
+/// waits for an unread event (EAGAIN) waits only for the reader, which never waits for it.
+final class GranuleWatch: Sendable {
+    let descriptor: UserfaultfdDescriptor
+    let space: AddressSpace
+    let granuleSize: UInt
+    let pageSize: UInt
+    /// The monitor's slot in the hooks' map of registered granules.
+    let slot: HookSlot
+    let counters = MonitorCounters()
+    let known: KnownMemory
+    /// Granules kept registered after their last buffer went, at most (see `release`).
+    let idleLimit: Int
+    private let table = Locked(WatchTable())
+
+    init(descriptor: UserfaultfdDescriptor, space: AddressSpace, granuleSize: UInt, pageSize: UInt, slot: HookSlot,
+         idleLimit: Int) {
+        self.descriptor = descriptor
+        self.space = space
+        self.granuleSize = granuleSize
+        self.pageSize = pageSize
+        self.slot = slot
+        self.idleLimit = idleLimit
+        known = KnownMemory(granuleSize: granuleSize)
+    }
+
+    // MARK: Counts (tests, diagnostics)
+
+    var watchedGranuleCount: Int { table.withLock { $0.records.count } }
+
+    func watchCount(in pages: PageRange) -> Int {
+        table.withLock { table in granuleStarts(pages).reduce(0) { $0 + (table.records[$1]?.buffers ?? 0) } }
+    }
+
+    /// Why watching stopped (the monitor failed), or nil.
+    var failure: MonitorError? { table.withLock { $0.failure } }
+
+    // MARK: Watch
+
+    /// Registers and counts `pages` (the buffer `range`, rounded to pages); see the type's
+    /// comment. Throws `.unwatchable` (nothing stays counted) for memory that cannot be watched.
+    func watch(_ pages: PageRange, range: AddressRange, allowingSharedMemory: Bool) throws(MonitorError) {
+        if try watchKnownMemory(pages) { return }
+        try table.withLock { table throws(MonitorError) in
+            if let failure = table.failure { throw failure }
+            if table.shutDown { throw .shutDown }
+            let starts = granuleStarts(pages)
+            var counted: [UInt] = []
+            do throws(MonitorError) {
+                // Registering again is what checks ownership (EBUSY if another userfaultfd took
+                // a mapping here since) and registers mappings made since the last watch; the
+                // kernel skips VMAs registered already, so nothing splits. A buffer over many
+                // granules that were all registered whole takes one ioctl for all of them.
+                let first = pages.start & ~(granuleSize - 1)
+                let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
+                if span > granuleSize && table.allWhole(starts) && descriptor.register(start: first, length: span) == nil {
+                    for start in starts {
+                        table.countBuffer(at: start)
+                        counted.append(start)
+                    }
+                } else {
+                    for start in starts {
+                        let existing = table.records[start]
+                        // Counted in the hooks' map before the kernel registers anything.
+                        if existing == nil, !slot.adjust(granule: start, size: granuleSize, registered: 1) {
+                            throw .systemCall(call: "cmemhooks_slot_adjust", argument: describe(start, granuleSize), errno: .noMemory)
+                        }
+                        var record: GranuleRecord
+                        do throws(MonitorError) {
+                            record = try register(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
+                                                  existing: existing, range: range, table: &table)
+                        } catch {
+                            if existing == nil { _ = slot.adjust(granule: start, size: granuleSize, registered: -1) }
+                            throw error
+                        }
+                        if record.buffers == 0 && existing != nil { table.idleCount -= 1 }  // revived
+                        record.buffers += 1
+                        table.records[start] = record
+                        counted.append(start)
+                    }
+                }
+                // Registration succeeds over holes: ask whether the buffer's pages are
+                // registered now (a hole, or a mapping made after the register, is not).
+                var covered = try probe(pages)
+                if !covered { covered = try probeEachPage(pages) }
+                if covered {
+                    switch UnwatchableClassifier.inspect(start: pages.start, end: pages.end, pageSize: pageSize) {
+                    case .hole:
+                        break
+                    case .shared(let reason) where !allowingSharedMemory:
+                        throw .unwatchable(range: range, reason: reason)
+                    case .shared, .privateAnonymous:
+                        for start in starts { validateIfWhole(start, in: &table) }
+                        return
+                    }
+                }
+                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                    start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
+            } catch {
+                for start in counted { release(start, in: &table, keepingIdle: false) }
+                throw error
+            }
+        }
+    }
+
+    /// The watch of a buffer in known memory (`KnownMemory`): in validated granules it is only
+    /// counted; in a mapping the hooked mmap made (in granules with records) it is counted and
+    /// registered, and that is all. False when neither applies (or the register failed: the
+    /// counts are taken back and the usual watch follows).
+    ///
+    /// The register runs out of the lock, so that two threads watching buffers in one granule
+    /// do not wait for each other's ioctl (the churn loop on 2 threads spent most of its time in
+    /// futex calls). Safe because the buffer is counted first: no unwatch can unregister the
+    /// granule meanwhile; and once registered, any change to the mapping is an event or a hooked
+    /// call, whose invalidation makes the miss that watched retry (its `readBegin` came first).
+    /// A hooked unmap that ran between the count and the register left a hole the register
+    /// covers harmlessly, and the miss retries for the same reason. No probe, no query: the
+    /// class is known from the hooked mmap.
+    private func watchKnownMemory(_ pages: PageRange) throws(MonitorError) -> Bool {
+        enum Found { case validated, madeByHookedMmap, neither }
+        let found = try table.withLock { table throws(MonitorError) -> Found in
+            if let failure = table.failure { throw failure }
+            if table.shutDown { throw .shutDown }
+            let starts = granuleStarts(pages)
+            // No window open (sequence even): the worker has forgotten everything that an unmap
+            // which already returned touched, whether or not the caller did readBegin.
+            if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
+                for start in starts { table.countBuffer(at: start) }
+                return .validated
+            }
+            guard table.allRecorded(starts), known.madeByHookedMmap(pages) else { return .neither }
+            for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
+            return .madeByHookedMmap
+        }
+        switch found {
+        case .neither:
+            return false
+        case .validated:
+            counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
+            return true
+        case .madeByHookedMmap:
+            if descriptor.register(start: pages.start, length: pages.length) == nil {
+                counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
+                return true
+            }
+            table.withLock { table in
+                known.forget(start: pages.start, end: pages.end)  // not what it seemed: ask the kernel
+                for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
+            }
+            return false
+        }
+    }
+
+    /// Drops one count of `pages` (a range a successful `watch` counted); the last buffer of a
+    /// granule unregisters it.
+    func unwatch(_ pages: PageRange, range: AddressRange) throws(MonitorError) {
+        try table.withLock { table throws(MonitorError) in
+            if table.shutDown || table.failure != nil { return }
+            let starts = granuleStarts(pages)
+            for start in starts where table.records[start] == nil { throw .notWatched(range: range) }
+            for start in starts { release(start, in: &table) }
+        }
+    }
+
+    // MARK: The hooks' side
+
+    /// True when `pages` touches a granule this monitor registered (the exact answer, under the
+    /// lock; the hooks' lock-free map said "maybe").
+    func touchesWatched(_ pages: PageRange) -> Bool {
+        table.withLock { table in
+            if table.shutDown || table.failure != nil || table.records.isEmpty { return false }
+            return !forEachRecord(overlapping: pages, in: &table) { _, _ in false }
+        }
+    }
+
+    /// Unregisters the part of `pages` inside registered granules (the caller is about to unmap
+    /// it, inside a range invalidation that already revoked it). Errors are left to the kernel:
+    /// whatever stayed registered is reported by an event when it is unmapped. Returns whether
+    /// a granule registered in pieces was touched (then `forgetUnmapped` must follow a
+    /// successful unmap).
+    ///
+    /// The ioctls run after the lock (up to 16 runs; more, rarer, under it), so that two threads
+    /// unmapping in one granule do not wait for each other's. Safe because the caller's range
+    /// invalidation is open: a watch of an overlapping buffer either began its miss before it
+    /// (the invalidation makes that miss retry) or waits in `readBegin` until the unmap is done;
+    /// a whole-granule register by a watch elsewhere in the granule that re-registers these
+    /// pages meanwhile is undone by the unregister, which is what the unmap needs.
+    func unregisterWatched(_ pages: PageRange) -> Bool {
+        withUnsafeTemporaryAllocation(of: PageRange.self, capacity: 16) { runs in  // on the stack
+            var touchedPieces = false
+            var collected = 0
+            var underLock = 0
+            let touched = table.withLock { table -> Bool in
+                if table.shutDown || table.failure != nil { return false }
+                known.forget(start: pages.start, end: pages.end)  // before the unregister makes it untrue
+                return forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
+                    if collected < runs.count {
+                        runs.initializeElement(at: collected, to: piece)
+                        collected += 1
+                    } else {
+                        _ = descriptor.unregister(start: piece.start, length: piece.length)
+                        underLock += 1
+                    }
+                }
+            }
+            for index in 0..<collected {
+                _ = descriptor.unregister(start: runs[index].start, length: runs[index].length)
+            }
+            if touched {
+                counters.interceptedUnmaps.wrappingAdd(1, ordering: .relaxed)
+                counters.interceptedUnregisters.wrappingAdd(collected + underLock, ordering: .relaxed)
+            }
+            return touchedPieces
+        }
+    }
+
+    /// Registers again what `unregisterWatched(pages)` took: the unmap failed, so the pages are
+    /// still mapped and must stay watched.
+    func reregisterWatched(_ pages: PageRange) {
+        table.withLock { table in
+            if table.shutDown || table.failure != nil { return }
+            var touchedPieces = false
+            _ = forEachWatchedPiece(of: pages, in: &table, touchedPieces: &touchedPieces) { piece in
+                _ = descriptor.register(start: piece.start, length: piece.length)
+            }
+        }
+    }
+
+    /// Takes `pages` out of the pieces of the granules it touches: the unmap succeeded, so
+    /// those pages are registered no more, and a later unmap there must not unregister them again.
+    func forgetUnmapped(_ pages: PageRange) {
+        table.withLock { table in
+            if table.shutDown || table.failure != nil { return }
+            forEachRecord(overlapping: pages, in: &table) { start, record in
+                record.pieces?.remove(pages.clipped(toGranule: start, granuleSize: granuleSize))
+                return true
+            }
+        }
+    }
+
+    /// Forgets what is known about `pages`: a shmat or shmdt there changes mappings without
+    /// telling userfaultfd, so the next watch there must register and probe again.
+    func forgetUnseenChange(_ pages: PageRange) {
+        table.withLock { _ in known.forget(start: pages.start, end: pages.end) }
+        counters.interceptedChanges.wrappingAdd(1, ordering: .relaxed)
+    }
+
+    /// A mapping the hooked `mmap` just made (not `MAP_FIXED`: that one is an unmap first) in
+    /// registered granules: what was known of the range goes (it was a hole a moment ago), and a
+    /// private anonymous one is remembered (`KnownMemory`), so that the miss that registers a
+    /// buffer there registers it and asks the kernel nothing more: its class is known from this
+    /// call. Allocation-free: it runs inside the application's `mmap`, which an allocator may
+    /// call holding its own lock. Nothing is registered here: memory nobody asked to watch stays
+    /// free for another userfaultfd.
+    ///
+    /// What it cannot see: a raw `syscall(SYS_mmap)` or `syscall(SYS_munmap)` over the new
+    /// mapping before its first watch (no hook runs, and nothing is registered there to report
+    /// it). A file mapping put there that way is still refused by the register; shared memory
+    /// would be taken for the private memory it replaced.
+    func noteNewMapping(_ pages: PageRange, privateAnonymous: Bool) {
+        known.forget(start: pages.start, end: pages.end)
+        if privateAnonymous {
+            known.noteMapping(pages)
+            counters.mappingsSeenMade.wrappingAdd(1, ordering: .relaxed)
+        }
+    }
+
+    // MARK: The worker's side, shutdown
+
+    /// Forgets what is known about `[start, end)` (an unmap or remap event there, before its
+    /// window closes), and tells the mapping classifier's snapshot that mappings changed. Takes
+    /// only `known`'s lock.
+    func forget(start: UInt, end: UInt) {
+        cmemhooks_mappings_changed()
+        known.forget(start: start, end: end)
+    }
+
+    /// The monitor failed: watches are refused with `error`, every record is dropped (the
+    /// descriptor is going, and its registrations with it).
+    func fail(_ error: MonitorError) {
+        table.withLock { table in
+            if table.failure == nil { table.failure = error }
+            table.removeAllRecords(slot: slot, granuleSize: granuleSize)
+            known.removeAll()  // the descriptor is going: nothing to unregister
+        }
+    }
+
+    /// Unregisters everything and refuses later watches (`UserfaultfdMonitor.shutdown`).
+    func shutDown() {
+        table.withLock { table in
+            table.shutDown = true
+            known.removeAll()
+            table.removeAllRecords(slot: slot, granuleSize: granuleSize) { start, record in unregister(start, record) }
+        }
+    }
+
+    // MARK: Internals (table lock held)
+
+    /// Registers the granule at `start` whole, or else the buffer's `piece` of it. A granule
+    /// refused whole before goes straight to pieces, and a padding refused before is not tried
+    /// (`GranuleRefusal`): no ioctl fails as a matter of course.
+    private func register(_ start: UInt, piece: PageRange, existing: GranuleRecord?, range: AddressRange,
+                          table: inout WatchTable) throws(MonitorError) -> GranuleRecord {
+        var record = existing ?? GranuleRecord(buffers: 0, pieces: nil)
+        var refusal = table.refusal(at: start)
+        if record.isWhole {
+            var failure: Errno?
+            if !refusal.whole {
+                failure = descriptor.register(start: start, length: granuleSize)
+                if failure == nil { return record }
+                if failure != .invalidArgument && failure != .resourceBusy {
+                    throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(start, granuleSize),
+                                      errno: failure ?? .invalidArgument)
+                }
+                refusal.whole = true
+                table.refusals[start] = refusal
+            }
+            // A neighbour in the granule cannot be registered: register the buffer's pages only.
+            if existing != nil {
+                // The granule was registered whole before: keep it counted as whole, and add the piece.
+                if let failure = descriptor.register(start: piece.start, length: piece.length) {
+                    throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                        start: piece.start, end: piece.end, errno: failure))
+                }
+                return record
+            }
+            record.pieces = RegisteredPieces()
+        }
+        let padded = paddedPiece(piece, granule: start)
+        var registered = padded
+        if padded == piece || refusal.padding || descriptor.register(start: padded.start, length: padded.length) != nil {
+            if padded != piece && !refusal.padding {
+                refusal.padding = true
+                table.refusals[start] = refusal
+            }
+            registered = piece
+            if let failure = descriptor.register(start: piece.start, length: piece.length) {
+                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+                    start: piece.start, end: piece.end, errno: failure))
+            }
+        }
+        record.pieces?.insert(registered)
+        return record
+    }
+
+    /// `piece` with one page more on each side, inside its granule. Registered, the padding
+    /// keeps the piece's neighbours registered after an intercepted munmap unregisters the
+    /// piece: otherwise the kernel merges the unregistered piece back into an unregistered
+    /// neighbour (anonymous memory beside it) and the munmap must split it again, a third more
+    /// time (measured: 1.47x an unwatched 4 KiB munmap, against 1.09x in a whole granule).
+    /// When a neighbour page cannot be registered (a file mapping) the exact piece is used.
+    private func paddedPiece(_ piece: PageRange, granule: UInt) -> PageRange {
+        // No wrapping below the first granule: a piece at address 0's page has no page before it.
+        PageRange(start: piece.start >= granule + pageSize ? piece.start - pageSize : granule,
+                  end: min(granule + granuleSize, piece.end + pageSize))
+    }
+
+    /// True when every page of `pages` is registered now. EAGAIN (an event is pending and not
+    /// yet read) waits for the monitor's reader, which never waits for this lock.
+    private func probe(_ pages: PageRange) throws(MonitorError) -> Bool {
+        for attempt in 0... {
+            guard let failure = descriptor.isRegistered(start: pages.start, length: pages.length) else { return true }
+            if failure == .noSuchFileOrDirectory { return false }
+            if failure == .resourceTemporarilyUnavailable && attempt < 1_000_000 {
+                sched_yield()
+                continue
+            }
+            throw .systemCall(call: "ioctl(UFFDIO_WRITEPROTECT)", argument: describe(pages.start, pages.length) + ", mode: 0",
+                              errno: failure)
+        }
+        return false
+    }
+
+    /// Linux 6.1 answers the probe only for a range inside one VMA: a buffer across VMAs
+    /// is checked page by page.
+    private func probeEachPage(_ pages: PageRange) throws(MonitorError) -> Bool {
+        if pages.length == pageSize { return false }
+        var page = pages.start
+        while page < pages.end {
+            if !(try probe(PageRange(start: page, end: page + pageSize))) { return false }
+            page += pageSize
+        }
+        return true
+    }
+
+    /// Drops one buffer of the granule at `start`. The last one leaves the granule idle, kept
+    /// registered as it is (validated, its mappings registered), while at most `idleLimit` are:
+    /// then the oldest idle granule is unregistered.
+    ///
+    /// Why keep them: buffers come and go at the same addresses (a freed message buffer
+    /// allocated again, a pool mapped anew, a cache shut down and made again). Unregistered at
+    /// once, the next buffer there paid the granule's register, probe and validation again, and
+    /// between two buffers the granule flipped: on the device in the VM, half the cycles of
+    /// map, register, release, unmap took that path. The price: an idle granule's mappings stay
+    /// registered, so an unmap there that no hook sees (glibc's `free()` of a large block) is an
+    /// event its thread waits for; `idleLimit` bounds how much address space that concerns.
+    /// `keepingIdle` false: a watch that failed gives back what it registered at once.
+    private func release(_ start: UInt, in table: inout WatchTable, keepingIdle: Bool = true) {
+        guard var record = table.records[start] else { return }
+        record.buffers -= 1
+        table.records[start] = record
+        if record.buffers > 0 { return }
+        table.idleCount += 1
+        if keepingIdle && idleLimit > 0 && !table.shutDown {
+            table.idle.append(start)
+            unregisterIdle(beyond: idleLimit, in: &table)
+            return
+        }
+        unregisterRecord(start, in: &table)
+    }
+
+    /// Unregisters the oldest idle granules until at most `limit` are left.
+    private func unregisterIdle(beyond limit: Int, in table: inout WatchTable) {
+        while table.idleCount > limit && table.idleHead < table.idle.count {
+            let start = table.idle[table.idleHead]
+            table.idleHead += 1
+            if let record = table.records[start], record.buffers == 0 { unregisterRecord(start, in: &table) }
+        }
+        if table.idleHead > 64 && table.idleHead * 2 > table.idle.count {
+            table.idle.removeFirst(table.idleHead)
+            table.idleHead = 0
+        }
+    }
+
+    /// Forgets and unregisters an idle granule's record.
+    private func unregisterRecord(_ start: UInt, in table: inout WatchTable) {
+        guard let record = table.records[start] else { return }
+        table.records[start] = nil
+        table.idleCount -= 1
+        known.remove(granule: start)  // before the unregister makes it untrue
+        unregister(start, record)
+        _ = slot.adjust(granule: start, size: granuleSize, registered: -1)  // after: see `HookSlot`
+    }
+
+    /// Unregisters every idle granule now (`UserfaultfdMonitor.releaseIdleGranules`).
+    func releaseIdleGranules() {
+        table.withLock { table in
+            if table.shutDown || table.failure != nil { return }
+            unregisterIdle(beyond: 0, in: &table)
+            table.idle.removeAll()
+            table.idleHead = 0
+        }
+    }
+
+    /// Granules kept registered with no buffer.
+    var idleGranuleCount: Int { table.withLock { $0.idleCount } }
+
+    /// Marks a granule registered whole as validated when registered mappings now cover all of
+    /// it: every mapping registered (the probe) and all of it private anonymous memory, with no
+    /// hole. A granule that fails (the edge of a mapping, a neighbour of another kind) is asked
+    /// again only every `revalidateEvery` watches.
+    ///
+    /// An unmap racing with the checks is caught either way: its window opens before its event
+    /// is read and the worker forgets the granule only after that, so either the sequence moved
+    /// between `before` and the re-check (we take the mark back) or the worker's forget comes
+    /// after our insert (and removes it).
+    private func validateIfWhole(_ start: UInt, in table: inout WatchTable) {
+        guard var record = table.records[start], record.isWhole else { return }
+        if record.validationCountdown > 0 {
+            record.validationCountdown -= 1
+            table.records[start] = record
+            return
+        }
+        let before = space.openWindowSequence
+        guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
+        let whole = PageRange(start: start, end: start &+ granuleSize)
+        // Only private anonymous memory may skip later checks: a watch in a validated granule
+        // does not look at what is mapped there.
+        guard (try? probe(whole)) == true,
+              UnwatchableClassifier.inspect(start: whole.start, end: whole.end, pageSize: pageSize) == .privateAnonymous else {
+            record.validationCountdown = GranuleRecord.revalidateEvery
+            table.records[start] = record
+            return
+        }
+        known.insert(granule: start)
+        if space.openWindowSequence != before { known.remove(granule: start) }
+    }
+
+    /// Errors are ignored: the range may be unmapped already, which unregistered it.
+    private func unregister(_ start: UInt, _ record: GranuleRecord) {
+        if let pieces = record.pieces {
+            for piece in pieces { _ = descriptor.unregister(start: piece.start, length: piece.length) }
+        } else {
+            _ = descriptor.unregister(start: start, length: granuleSize)
+        }
+    }
+
+    /// Calls `body` with each registered piece of `pages`: the part inside a whole granule, or
+    /// the overlap with a granule's registered pieces. Consecutive whole granules make one
+    /// piece (one ioctl). Returns whether any granule was touched.
+    private func forEachWatchedPiece(of pages: PageRange, in table: inout WatchTable, touchedPieces: inout Bool,
+                                     _ body: (PageRange) -> Void) -> Bool {
+        var touched = false
+        var run: PageRange?
+        func visit(_ start: UInt, _ record: GranuleRecord) {
+            touched = true
+            let part = pages.clipped(toGranule: start, granuleSize: granuleSize)
+            guard let pieces = record.pieces else {
+                if let current = run, current.end == part.start {
+                    run = PageRange(start: current.start, end: part.end)
+                } else {
+                    if let current = run { body(current) }
+                    run = part
+                }
+                return
+            }
+            touchedPieces = true
+            pieces.forEachOverlap(with: part, body)
+        }
+        forEachRecord(overlapping: pages, in: &table) { start, record in
+            visit(start, record)
+            return true
+        }
+        if let current = run { body(current) }
+        return touched
+    }
+
+    /// Calls `body` with each granule record overlapping `pages`, in place (a copy would share
+    /// the pieces' buffer, and changing them would copy it), until it returns false; returns
+    /// false when stopped. A range over more granules than the table holds is checked record by
+    /// record (an unmap of a large reservation must not walk every granule it spans).
+    @discardableResult
+    private func forEachRecord(overlapping pages: PageRange, in table: inout WatchTable,
+                               _ body: (_ start: UInt, _ record: inout GranuleRecord) -> Bool) -> Bool {
+        func visit(_ start: UInt) -> Bool {
+            var going = true
+            table.records.update(start) { going = body(start, &$0) }
+            return going
+        }
+        let spanned = (pages.end - (pages.start & ~(granuleSize - 1))) / granuleSize
+        if spanned > UInt(table.records.count) {
+            // Every record in place: no array of entries (nothing allocated before the
+            // intercepted call).
+            return table.records.updateEach { start, record in
+                pages.intersection(PageRange(start: start, end: start &+ granuleSize)) == nil || body(start, &record)
+            }
+        } else {
+            for start in granuleStarts(pages) where !visit(start) { return false }
+        }
+        return true
+    }
+
+    private func granuleStarts(_ pages: PageRange) -> StrideTo<UInt> { pages.granuleStarts(granuleSize: granuleSize) }
+
+    private func describe(_ start: UInt, _ length: UInt) -> String {
+        "start: 0x\(String(start, radix: 16)), length: \(length)"
+    }
+}
