@@ -41,53 +41,22 @@ extension CacheCore {
         }
         reapRetired(atMost: 4)  // teardowns whose grace period is over, inline (see `runBatch`)
         releaseFreeable(atMost: 16)
-        let entry: CacheEntry
-        do {
-            entry = try CacheEntry(core: self, range: AddressRange(start: start, length: UInt(length)))
-            try entry.insert()  // 1
-        } catch {
-            throw .shutDown(reason: "\(error)")
-        }
-        var reserved = false
-        /// Gives up the miss: its subscription goes (without waiting: inside a callback a remove
-        /// that waits would throw and leave it in the tree for good), and the room it reserved.
-        func abandon() {
-            try? entry.removeWithoutWaiting()
-            if reserved { unreserve(bytes: length) }
-        }
+        var attempt = try MissAttempt(core: self, start: start, length: length)  // 1
         var evictedForDevice = false
         for _ in 0..<max(1, options.maxAttempts) {
             let sequence: UInt64
             do {
-                sequence = try entry.readBegin()  // 2
+                sequence = try attempt.entry.readBegin()  // 2
             } catch .forkedChild {
-                abandon()
                 throw .forkedChild(call: "register")
             } catch {
-                abandon()
                 throw .wouldDeadlock(call: "register", reason: "\(error)")
             }
-            var watched = false
-            if let monitor {  // 3
-                switch monitor.watch(entry.range, allowingSharedMemory: options.cachesSharedMemory) {
-                case .watched:
-                    watched = true
-                case .uncached(let reason):
-                    abandon()
-                    return try registerUncached(address: address, length: requested, access: access,
-                                                reason: reason.description)
-                }
+            if let reason = attempt.watch() {  // 3
+                attempt.end()
+                return try registerUncached(address: address, length: requested, access: access, reason: reason)
             }
-            if !reserved {
-                do throws(RegistrationError) {
-                    try makeRoom(bytes: length)
-                } catch {
-                    if watched { try? monitor?.unwatch(entry.range) }
-                    abandon()
-                    throw error
-                }
-                reserved = true
-            }
+            try attempt.reserve(bytes: length)
             let region: RegisteredRegion
             let registeredAccess: AccessFlags
             do {
@@ -96,42 +65,45 @@ extension CacheCore {
                 where !evictedForDevice && (error.errno == .noMemory || error.errno == .resourceTemporarilyUnavailable) {
                 // The device is full: make room by evicting everything idle, then once more.
                 evictedForDevice = true
-                if watched { try? monitor?.unwatch(entry.range) }
+                attempt.unwatch()
                 evictAllIdle()
                 continue
             } catch {
-                if watched { try? monitor?.unwatch(entry.range) }
-                abandon()
                 throw .device(error, address: address, length: requested, access: access)
             }
-            let closed = state.withLock { state -> String?? in  // 5
-                if let reason = state.closedReason { return .some(reason) }
-                guard !entry.readRetry(sequence) else { return .some(nil) }
-                entry.region = region
-                entry.access = registeredAccess
-                entry.watched = watched
-                try? entry.holders.unfreeze(2)  // the index's reference and the caller's
-                publish(entry, &state)
-                state.reservedBytes -= length
-                state.reservedRegions -= 1
+            let outcome = state.withLock { state -> PublishOutcome in  // 5
+                if let reason = state.closedReason { return .closed(reason: reason) }
+                guard !attempt.entry.readRetry(sequence) else { return .raced }
+                attempt.entry.region = region
+                attempt.entry.access = registeredAccess
+                try? attempt.entry.holders.unfreeze(2)  // the index's reference and the caller's
+                attempt.publish(&state)
                 counters.registered(regions: 1, bytes: length)
-                return nil
+                return .published
             }
-            guard let closed else {
+            switch outcome {
+            case .published:
                 counters.misses.add(1, ordering: .relaxed)
-                return Registration(address: address, length: requested, entry: Unmanaged.passUnretained(entry))
-            }
-            // An invalidation raced (or the cache closed): this registration may be of old pages.
-            counters.raced.add(1, ordering: .relaxed)
-            deregister(region, bytes: length)
-            if watched { try? monitor?.unwatch(entry.range) }
-            if let reason = closed {
-                abandon()
-                throw .shutDown(reason: reason)
+                return Registration(address: address, length: requested, entry: Unmanaged.passUnretained(attempt.entry))
+            case .raced, .closed:
+                // An invalidation raced (or the cache closed): this registration may be of old pages.
+                counters.raced.add(1, ordering: .relaxed)
+                deregister(region, bytes: length)
+                attempt.unwatch()
+                if case .closed(let reason) = outcome { throw .shutDown(reason: reason) }
             }
         }
-        abandon()
         throw .keptChanging(address: address, length: requested, attempts: options.maxAttempts)
+    }
+
+    /// How step 5 of a miss ended.
+    private enum PublishOutcome {
+        /// The entry is in the index: from here on an invalidation revokes it.
+        case published
+        /// An invalidation ran since `readBegin`: the registration may be of the old pages.
+        case raced
+        /// The cache closed while the miss registered.
+        case closed(reason: String)
     }
 
     /// Registers with the access the policy asks for (widened where the memory allows), and
@@ -161,7 +133,8 @@ extension CacheCore {
         }
     }
 
-    private func unreserve(bytes: Int) {
+    /// Gives back room a miss reserved and did not use (`MissAttempt`).
+    func unreserve(bytes: Int) {
         state.withLock { state in
             state.reservedBytes -= bytes
             state.reservedRegions -= 1

@@ -170,14 +170,6 @@ final class CacheCore: Sendable {
         return nil
     }
 
-    // MARK: - References
-
-    /// Drops one reference; the last one tears the entry down (deregisters its region).
-    func put(_ entry: CacheEntry) {
-        guard (try? entry.holders.put()) == true else { return }
-        tearDownWhenSafe(entry)
-    }
-
     // MARK: - The invalidation
 
     /// The invalidation callback of every entry (`CacheEntry.invalidate`): revoke it. Runs inside
@@ -199,53 +191,6 @@ final class CacheCore: Sendable {
             entry.setSequence(sequence)
             if published { revoke(entry, &state) }
         }
-    }
-
-    /// Takes a published entry out of the cache for good (state lock held): no later lookup
-    /// finds it, a holder's `isRevoked` says so, and the index's reference goes after a grace
-    /// period.
-    private func revoke(_ entry: CacheEntry, _ state: inout State) {
-        unpublish(entry, &state)
-        entry.revoked.store(true, ordering: .releasing)
-        counters.invalidations.add(1, ordering: .relaxed)
-        if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
-        retire(entry, evicted: false)
-    }
-
-    // MARK: - Publication (state lock held)
-
-    /// Makes `entry` findable: the index, then the CLOCK ring.
-    func publish(_ entry: CacheEntry, _ state: inout State) {
-        entry.clockSlot = Int32(state.clock.count)
-        state.clock.append(entry)
-        index.insert(entry)
-        counters.cachedRegions.add(1, ordering: .relaxed)
-    }
-
-    /// Takes `entry` out of the index and the CLOCK ring (swap-remove: the last entry takes its
-    /// slot), and out of the address space's interval tree.
-    ///
-    /// Why the tree too, now and not at the teardown: an entry out of the cache has no use for
-    /// later invalidations (it is never published again), yet until its teardown, a grace period
-    /// away, every invalidation of its range would call it and take the state lock for it. Buffers
-    /// that come and go at the same addresses then piled dozens of such entries under each
-    /// `munmap` (measured: a third of the churn loop in this lock). Removed without waiting: from
-    /// an invalidation's callback the removal takes effect when that invalidation ends, and its
-    /// callbacks may still reach the entry until then (the tree keeps it alive). From here on
-    /// the cache's own reference, taken here, keeps it alive until its teardown hands it to
-    /// `freeable`.
-    func unpublish(_ entry: CacheEntry, _ state: inout State) {
-        index.remove(entry)
-        let slot = Int(entry.clockSlot)
-        let last = state.clock.removeLast()
-        if slot < state.clock.count {
-            state.clock[slot] = last
-            last.clockSlot = Int32(slot)
-        }
-        entry.clockSlot = -1
-        counters.cachedRegions.subtract(1, ordering: .relaxed)
-        _ = Unmanaged.passUnretained(entry).retain()  // adopted by `finishTeardown`
-        try? entry.removeWithoutWaiting()
     }
 
     // MARK: - Closing

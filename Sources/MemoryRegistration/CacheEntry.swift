@@ -7,11 +7,10 @@ import Verbs
 /// in the driver's struct), and carries the device keys, the registrar's handle, the count of its
 /// users and its CLOCK slot. The index refers to it by address; nothing maps it by identity.
 ///
-/// Lifetime: the address space's interval tree keeps it alive while its subscription is
-/// inserted, which is until it leaves the cache (revoked or evicted: `CacheCore.unpublish`);
-/// from then a reference the cache took there keeps it until its teardown (`CacheTeardown`),
-/// which hands it to a missing thread to free. The CLOCK ring holds it while it is cached. Lookups find it through the index inside an SRCU read section; an entry taken out of
-/// the index is torn down only after a grace period, so a reader never sees a freed one.
+/// Lifetime: inserted, published, revoked or evicted, retired, torn down, freed; the table in
+/// `CacheCore+EntryLife.swift` says which thread and lock moves it each step, what keeps it
+/// alive meanwhile and what each step guarantees. Lookups find it through the index inside an
+/// SRCU read section, so it is torn down only a grace period after it leaves the index.
 ///
 /// `holders` counts the index's reference (1 while the entry can be found) plus one per counted
 /// `Registration`. It starts at 0 and is set to 2 (the index's and the caller's) when the miss

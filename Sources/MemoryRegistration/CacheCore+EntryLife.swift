@@ -3,64 +3,84 @@ import Monitors
 import Synchronization
 import Verbs
 
-/// Entries on their way out, guarded by `CacheCore.teardowns`.
-struct TeardownLists: Sendable {
-    /// Taken out of the index since the batch in flight was sealed: they wait for the next one.
-    var pending: [RetiredEntry] = []
-    /// The batch whose grace period is running (sealed when it was scheduled).
-    var sealed: [RetiredEntry] = []
-    var batchInFlight = false
-    /// Batches whose grace period is over: torn down by the next misses (`reapRetired`), or by
-    /// the reclaim thread one grace period later if no miss came.
-    var ready: [RetiredEntry] = []
-    /// Evicted by misses, torn down by the miss that finds enough of them after one grace
-    /// period of its own (`tearDownEvicted`).
-    var evicted: [EntryReference] = []
-    /// Torn down, kept alive by one retain each, to be released by a missing thread (so the
-    /// thread that allocates entries also frees them, instead of fighting it for the arena).
-    var freeable: [EntryReference] = []
-    /// Deregistrations the device refused: retried with every later batch and at shutdown.
-    var failed: [FailedDeregistration] = []
-}
-
-/// An entry out of the index, waiting for a grace period. `evicted`: its count was frozen (no
-/// holder), so it is torn down; otherwise (revoked) the index's reference is dropped, and the
-/// last holder tears it down.
-struct RetiredEntry: Sendable {
-    let entry: EntryReference
-    let evicted: Bool
-}
-
-/// An entry by address, without a retain (or with one the holder owns and gives back once).
+/// # An entry's life
 ///
-/// `@unchecked Sendable`: it only carries a pointer to a `Sendable` object between threads,
-/// under the teardown lock or inside one SRCU callback; the lists that hold it say who keeps
-/// the object alive meanwhile (the interval tree, or a retain taken for the list).
-struct EntryReference: @unchecked Sendable {
-    let unmanaged: Unmanaged<CacheEntry>
-    init(_ entry: CacheEntry, retained: Bool) {
-        unmanaged = retained ? .passRetained(entry) : .passUnretained(entry)
-    }
-    var entry: CacheEntry { unmanaged.takeUnretainedValue() }
-    func release() { unmanaged.release() }
-}
-
-/// A registration whose deregistration the device refused, and what it belongs to.
-struct FailedDeregistration: Sendable {
-    enum Owner: Sendable {
-        /// A cached entry (kept alive by a retain until its teardown can finish).
-        case entry(EntryReference)
-        /// A miss that lost a race: counted as the cache's until it is gone.
-        case raced
-        /// A handle's own registration.
-        case uncached
-    }
-    let region: RegisteredRegion
-    let bytes: Int
-    let owner: Owner
-}
-
+/// Every step below moves an entry (`CacheEntry`) one row down; nothing moves it back up. The
+/// kernel tells its interval notifier's life the same way, beside the code (mm/mmu_notifier.c).
+///
+/// | state | step (function) | thread | lock | kept alive by | guaranteed from here on |
+/// | --- | --- | --- | --- | --- | --- |
+/// | inserted | `MissAttempt.init`: `CacheEntry`, `insert` | missing | the tree's | the interval tree | every overlapping invalidation calls it and moves its sequence (a registration that raced one is never published) |
+/// | published | `MissAttempt.publish` → `publish` | missing | state | the tree; the index's reference (`holders` 1) plus one per `Registration` | lookups find it (index, then CLOCK ring) |
+/// | revoked | `invalidate` → `revoke` → `unpublish`, `retire` (also `close`) | invalidating: a hooked call's caller, the monitor's worker, an explicit caller | state | the cache's retain, taken in `unpublish` | no lookup finds it; holders see `isRevoked`; no invalidation calls it (out of the tree) |
+/// | evicted | `evictAtHand` → `unpublish`, `retireEvicted` | missing | state | the cache's retain | `holders` frozen at 0: no lookup can take a reference |
+/// | retired | `retire` (pending → sealed → ready) or `retireEvicted` (evicted) | same | teardown | `TeardownLists` | one grace period to wait: every reader that could see it in the index has left |
+/// | torn down | `tearDown` (evicted: `reapRetired`, `tearDownEvicted`, `runBatch`'s leftovers; revoked: the last `put`) | missing, reclaim, or last holder's | none across `ibv_dereg_mr` | `freeable` | deregistered once (`tornDown`), unwatched, bytes uncounted; a refused deregistration keeps it in `failed` for a retry |
+/// | freed | `releaseFreeable`, or `finishTeardown` on a missing thread | missing | teardown (to take it) | nothing | the memory goes back to the allocator on the thread that allocates entries |
+///
+/// A revoked entry waits for two things: the grace period (readers inside `withRegistration`)
+/// drops the index's reference, and the last `Registration` drops its own; whichever `put` is
+/// last tears it down. An evicted entry had no holder (frozen), so its grace period is all it
+/// waits for. A miss that does not publish never reaches "published": `MissAttempt`'s deinit
+/// takes its subscription out of the tree and gives back its room and its watch.
 extension CacheCore {
+    // MARK: - Published, revoked, evicted (state lock held)
+
+    /// Makes `entry` findable: the index, then the CLOCK ring.
+    func publish(_ entry: CacheEntry, _ state: inout State) {
+        entry.clockSlot = Int32(state.clock.count)
+        state.clock.append(entry)
+        index.insert(entry)
+        counters.cachedRegions.add(1, ordering: .relaxed)
+    }
+
+    /// Takes `entry` out of the index and the CLOCK ring (swap-remove: the last entry takes its
+    /// slot), and out of the address space's interval tree.
+    ///
+    /// Why the tree too, now and not at the teardown: an entry out of the cache has no use for
+    /// later invalidations (it is never published again), yet until its teardown, a grace period
+    /// away, every invalidation of its range would call it and take the state lock for it. Buffers
+    /// that come and go at the same addresses then piled dozens of such entries under each
+    /// `munmap` (measured: a third of the churn loop in this lock). Removed without waiting: from
+    /// an invalidation's callback the removal takes effect when that invalidation ends, and its
+    /// callbacks may still reach the entry until then (the tree keeps it alive). From here on
+    /// the cache's own reference, taken here, keeps it alive until its teardown hands it to
+    /// `freeable`.
+    func unpublish(_ entry: CacheEntry, _ state: inout State) {
+        index.remove(entry)
+        let slot = Int(entry.clockSlot)
+        let last = state.clock.removeLast()
+        if slot < state.clock.count {
+            state.clock[slot] = last
+            last.clockSlot = Int32(slot)
+        }
+        entry.clockSlot = -1
+        counters.cachedRegions.subtract(1, ordering: .relaxed)
+        _ = Unmanaged.passUnretained(entry).retain()  // adopted by `finishTeardown`
+        try? entry.removeWithoutWaiting()
+    }
+
+    /// Takes a published entry out of the cache for good (state lock held): no later lookup
+    /// finds it, a holder's `isRevoked` says so, and the index's reference goes after a grace
+    /// period.
+    func revoke(_ entry: CacheEntry, _ state: inout State) {
+        unpublish(entry, &state)
+        entry.revoked.store(true, ordering: .releasing)
+        counters.invalidations.add(1, ordering: .relaxed)
+        if entry.holders.value > 1 { counters.revokedWhileHeld.add(1, ordering: .relaxed) }
+        retire(entry, evicted: false)
+    }
+
+    // MARK: - References
+
+    /// Drops one reference; the last one tears the entry down (deregisters its region).
+    func put(_ entry: CacheEntry) {
+        guard (try? entry.holders.put()) == true else { return }
+        tearDownWhenSafe(entry)
+    }
+
+    // MARK: - Retired, torn down, freed
+
     /// Queues `entry` (just taken out of the index) for after a grace period: `evicted`, its
     /// teardown; otherwise the index's reference is dropped then.
     ///
