@@ -33,6 +33,47 @@ public final class AddressSpace: Sendable {
         unowned(unsafe) var deferredHead: IntervalSubscription? = nil
         unowned(unsafe) var deferredTail: IntervalSubscription? = nil
         var released = false
+        /// The hull of the ranges whose subscribers an invalidation still in flight has already
+        /// looked for (its walk of the tree is done or under way): a subscription inserted now
+        /// that overlaps it would miss that invalidation. nil when none; forgotten when the last
+        /// invalidation ends. A hull, not a list: two invalidations in flight at once over
+        /// distant ranges refuse what lies between them too (rare, and never wrong).
+        var walked: (start: UInt, last: UInt)? = nil
+
+        mutating func noteWalked(_ range: AddressRange) {
+            guard !range.isEmpty else { return }
+            if let hull = walked {
+                walked = (Swift.min(hull.start, range.start), Swift.max(hull.last, range.last))
+            } else {
+                walked = (range.start, range.last)
+            }
+        }
+
+        func overlapsWalked(_ range: AddressRange) -> Bool {
+            guard let hull = walked, !range.isEmpty else { return false }
+            return range.start <= hull.last && hull.start <= range.last
+        }
+
+        /// The deferred inserts of `insertIntervalWithoutWaiting` that overlap `range` and were
+        /// not called yet: each gets `sequence` now (its owner's `readRetry` turns true at once)
+        /// and is returned, retained, in a list linked through `left` for the caller to call
+        /// after the lock (`callMarked`). A deferred insert is not in the tree, so `left` is
+        /// free, and none is applied before the invalidation that marked it ends: the caller,
+        /// still counted active, owns the links until it has called them.
+        mutating func markDeferred(overlapping range: AddressRange, sequence: UInt64) -> Unmanaged<IntervalSubscription>? {
+            var marked: Unmanaged<IntervalSubscription>? = nil
+            var node = deferredHead
+            while let sub = node {
+                node = sub.nextDeferred
+                guard sub.membership == .pendingInsert, sub.insertedWithoutWaiting, !sub.calledWhileDeferred,
+                      sub.range.overlaps(range) else { continue }
+                sub.calledWhileDeferred = true
+                sub.sequence.store(sequence, ordering: .releasing)
+                sub.left = marked
+                marked = Unmanaged.passRetained(sub)
+            }
+            return marked
+        }
 
         mutating func defer_(_ sub: IntervalSubscription) {
             sub.nextDeferred = nil
@@ -329,19 +370,22 @@ public final class AddressSpace: Sendable {
     /// sequence is odd the tree cannot change (inserts and removes are deferred to `itreeEnd`),
     /// so it is walked after the lock is dropped, as the kernel walks its interval tree.
     func itreeStart(_ r: InvalidationRange) throws(NotifierError) {
-        let (root, seq) = intervals.withLock { s -> (IntervalTree.Link?, UInt64) in
+        let (root, seq, marked) = intervals.withLock { s -> (IntervalTree.Link?, UInt64, Unmanaged<IntervalSubscription>?) in
             s.activeInvalidations += 1
-            guard !r.range.isEmpty, s.tree.hasOverlap(start: r.range.start, last: r.range.last) else {
-                return (nil, s.sequence)
-            }
+            if r.range.isEmpty { return (nil, s.sequence, nil) }
+            s.noteWalked(r.range)
+            let marked = s.deferredHead == nil ? nil : s.markDeferred(overlapping: r.range, sequence: s.sequence)
+            guard s.tree.hasOverlap(start: r.range.start, last: r.range.last) else { return (nil, s.sequence, marked) }
             s.sequence |= 1
             intervalSequence.store(s.sequence, ordering: .releasing)
-            return (s.tree.root, s.sequence)
+            return (s.tree.root, s.sequence, marked)
         }
-        guard let root else { return }
+        if marked == nil && root == nil { return }
         let refused = srcu.withReadLock {
             inCallbacks {
-                !IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
+                callMarked(marked, r, sequence: seq)
+                guard let root else { return false }
+                return !IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
                     sub.invalidate(r, currentSequence: seq) || r.blockable
                 }
             }
@@ -356,15 +400,35 @@ public final class AddressSpace: Sendable {
     /// the tree is frozen and walked without the lock).
     func itreeInvalidateInWindow(_ r: InvalidationRange) {
         if r.range.isEmpty { return }
-        let (root, seq) = intervals.withLock { s in (s.tree.root, s.sequence) }
-        guard let root else { return }
+        let (root, seq, marked) = intervals.withLock { s -> (IntervalTree.Link?, UInt64, Unmanaged<IntervalSubscription>?) in
+            s.noteWalked(r.range)
+            let marked = s.deferredHead == nil ? nil : s.markDeferred(overlapping: r.range, sequence: s.sequence)
+            return (s.tree.root, s.sequence, marked)
+        }
+        if marked == nil && root == nil { return }
         srcu.withReadLock {
             inCallbacks {
+                callMarked(marked, r, sequence: seq)
+                guard let root else { return }
                 _ = IntervalTree.forEachOverlap(root, start: r.range.start, last: r.range.last) { sub in
                     _ = sub.invalidate(r, currentSequence: seq)
                     return true
                 }
             }
+        }
+    }
+
+    /// Calls the deferred inserts `markDeferred` listed (inside the caller's read section and
+    /// callback count), unlinks them and drops its retains. What they return is not asked: they
+    /// are told of a change they would otherwise miss, whatever `blockable` says.
+    private func callMarked(_ list: Unmanaged<IntervalSubscription>?, _ r: InvalidationRange, sequence: UInt64) {
+        var node = list
+        while let current = node {
+            let sub = current.takeUnretainedValue()
+            node = sub.left
+            sub.left = nil
+            _ = sub.invalidate(r, currentSequence: sequence)
+            current.release()
         }
     }
 
@@ -374,6 +438,7 @@ public final class AddressSpace: Sendable {
     func itreeEnd(closingWindow: Bool) {
         let (wake, removed) = intervals.withLock { s -> (Bool, IntervalSubscription?) in
             s.activeInvalidations -= 1
+            if s.activeInvalidations == 0 { s.walked = nil }
             var windowClosed = false
             if closingWindow {
                 s.openWindows -= 1
@@ -484,6 +549,41 @@ public final class AddressSpace: Sendable {
         } catch {
             reference.release()
             throw error
+        }
+    }
+
+    /// Subscribes `sub` for an owner that must never wait, and that already built what the
+    /// subscription guards (libfabric registers a region, then subscribes it, holding a lock its
+    /// `notify` takes, so `readBegin` would deadlock). Returns the sequence to pass to
+    /// `readRetry`, or nil, with `sub` not inserted, when an invalidation in flight has already
+    /// looked for the subscribers of a range overlapping `sub`'s (it would never reach `sub`:
+    /// what the owner built may be of the old pages).
+    ///
+    /// Why only those are refused: an invalidation that has not looked yet finds `sub`. Where
+    /// the tree is being walked (the space's sequence odd: a monitor's window, or an
+    /// invalidation of subscribed memory) the insert is deferred to the end of the last
+    /// invalidation in flight, as any insert is; an invalidation that starts meanwhile, or a
+    /// window's range invalidated meanwhile, that overlaps `sub` calls it at once from its own
+    /// thread (`markDeferred`), instead of waiting for the tree. Everything else is unrelated
+    /// memory. The returned sequence is one no invalidation sets (an odd one from the past, or
+    /// an even one), so the first call of `sub` makes `readRetry` true.
+    public func insertIntervalWithoutWaiting(_ sub: IntervalSubscription) throws(NotifierError) -> UInt64? {
+        guard sub.space === self else { throw .foreignSubscription }
+        return try intervals.withLock { s throws(NotifierError) -> UInt64? in
+            if s.released { throw .spaceReleased }
+            guard sub.membership == .notInserted else { throw .alreadyInserted }
+            if s.overlapsWalked(sub.range) { return nil }
+            _ = Unmanaged.passRetained(sub)  // the tree's, dropped after removal
+            sub.insertedWithoutWaiting = true
+            if s.sequence & 1 == 1 {
+                s.defer_(sub)
+                sub.membership = .pendingInsert
+            } else {
+                s.tree.insert(sub)
+                sub.membership = .inTree
+            }
+            sub.sequence.store(s.sequence - 1, ordering: .releasing)
+            return s.sequence - 1
         }
     }
 

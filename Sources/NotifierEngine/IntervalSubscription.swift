@@ -44,8 +44,10 @@ public final class ClosureIntervalOps: IntervalNotifierOps {
 /// ```
 ///
 /// `@unchecked Sendable`: `range` and `space` never change and `sequence` is atomic. The tree
-/// fields (`left`, `right`, `maxLast`, `priority`, `nextDeferred`, `membership`) are written
-/// only under the space's interval lock, and read either under it or, without it, by an
+/// fields (`left`, `right`, `maxLast`, `priority`, `nextDeferred`, `membership`,
+/// `insertedWithoutWaiting`, `calledWhileDeferred`) are written only under the space's
+/// interval lock (but for `left` of a deferred insert, which `AddressSpace.markDeferred`'s
+/// caller uses as a list link, see there), and read either under it or, without it, by an
 /// invalidation while the space's sequence is odd: then every insert and remove is deferred
 /// (`AddressSpace.itreeEnd`), so nothing writes them. Subclasses that add state must keep it
 /// `Sendable` themselves (atomics, or a lock) and say so.
@@ -58,6 +60,11 @@ open class IntervalSubscription: @unchecked Sendable {
     // entry, which is a subscription, stays one small allocation.
     public let range: AddressRange
     @exclusivity(unchecked) var membership: Membership = .notInserted
+    /// Inserted by `AddressSpace.insertIntervalWithoutWaiting`: an invalidation that finds it
+    /// still deferred calls it at once (`markDeferred`), since its owner never waits.
+    @exclusivity(unchecked) var insertedWithoutWaiting = false
+    /// Called already while its insert was deferred (once is enough: the owner knows).
+    @exclusivity(unchecked) var calledWhileDeferred = false
     @exclusivity(unchecked) var priority: UInt32 = 0
     /// The space holds the subscription while inserted, and the subscription holds the space
     /// (the kernel's mmgrab), so `remove` always has a space to remove from.
@@ -131,19 +138,6 @@ open class IntervalSubscription: @unchecked Sendable {
 
     /// Loads of the space's sequence `readBegin` makes before it sleeps (a few microseconds).
     static let spinsBeforeSleeping = 4000
-
-    /// `readBegin` for a caller that must not wait: the same sequence when `readBegin` would
-    /// return at once, nil when it would wait (an invalidation that covers this subscription,
-    /// or one that began before it was inserted, or a monitor's window, is in flight). For
-    /// callers holding a lock an invalidate callback takes, which `readBegin` forbids: a
-    /// foreign cache asking under its own lock (libfabric's `subscribe` runs under its mm_lock,
-    /// which its `notify`, called from these callbacks, takes too).
-    public final func tryReadBegin() -> UInt64? {
-        space.intervals.withLock { s in
-            let mine = sequence.load(ordering: .relaxed)
-            return mine == s.sequence || s.openWindows > 0 ? nil : mine
-        }
-    }
 
     /// True when an invalidation touched this subscription since `readBegin` returned `seq`:
     /// the caller must discard what it built. Call it under the lock the invalidate callback

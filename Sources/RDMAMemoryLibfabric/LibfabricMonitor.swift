@@ -13,9 +13,10 @@ import Synchronization
 ///
 /// - `subscribe(range)` watches the range. Memory the monitor cannot watch (shared or file
 ///   memory, a range owned by another userfaultfd, no userfaultfd at all) is refused, and
-///   libfabric then registers it uncached. Otherwise an interval subscription is inserted and
-///   its sequence taken without waiting (`tryReadBegin`): a subscription made while an
-///   invalidation is in flight, which may not reach it, is refused too.
+///   libfabric then registers it uncached. Otherwise an interval subscription is inserted
+///   without waiting (`AddressSpace.insertIntervalWithoutWaiting`): refused too only where an
+///   invalidation in flight overlaps it and has already looked for its subscribers (it would
+///   not reach the new one). An invalidation of unrelated memory refuses nothing.
 /// - `valid(range)` is the sequence protocol's retry test: false once an invalidation touched
 ///   the range since it was subscribed, or while a monitor window is open (an unmap that
 ///   already returned may not be invalidated yet). So a hit racing an event is never stale;
@@ -30,8 +31,9 @@ import Synchronization
 /// - the three calls take only `records` (a short lock never held across `notify`, a wait or
 ///   a call into libfabric) and the engine's and monitor's internal locks, which no
 ///   invalidation holds while it runs callbacks;
-/// - no `readBegin`: `tryReadBegin` and `valid` answer "not valid" instead of waiting;
-/// - inserting a subscription during an invalidation is deferred by the engine, not waited for;
+/// - no `readBegin`: `subscribe` refuses and `valid` answers "not valid" instead of waiting;
+/// - inserting a subscription during an invalidation is deferred by the engine, not waited
+///   for; an overlapping invalidation that starts meanwhile calls it from its own thread;
 /// - removing one (`unsubscribe`, or the record an invalidation dropped) and the matching
 ///   unwatch are queued to the engine's reclaim thread (`call(afterGracePeriod:)`), which
 ///   holds no libfabric lock while it waits for an invalidation in flight. So `unsubscribe`
@@ -127,17 +129,19 @@ final class LibfabricMonitor: Sendable {
             counters.subscribed.add(1, ordering: .relaxed)
             return 0
         }
-        let inserted: Bool
+        // Refused (nil) only where an invalidation in flight has already looked for the
+        // subscribers of an overlapping range: it would never reach this one, and the region was
+        // registered before, maybe of the old pages. libfabric then uses it once and registers
+        // it again next time. Any other invalidation, in flight or to come, reaches it.
+        let sequence: UInt64?
+        var shutDown = false
         do {
-            try space.insertInterval(fresh)
-            inserted = true
+            sequence = try space.insertIntervalWithoutWaiting(fresh)
         } catch {
-            inserted = false
+            sequence = nil
+            shutDown = true
         }
-        // An invalidation in flight may never reach a subscription inserted now (the engine
-        // defers the insert to its end), and the region was registered before: refused, so
-        // libfabric uses it once and registers again next time.
-        let sequence = inserted ? fresh.tryReadBegin() : nil
+        let inserted = sequence != nil
         // nil: kept. A count: refused, and these watches are ours to undo. Gone: an invalidation
         // took the record (and its watches) already, and its notify is on its way.
         enum Outcome { case kept, refused(Int), invalidated }
@@ -159,7 +163,7 @@ final class LibfabricMonitor: Sendable {
             break
         }
         counters.refused.add(1, ordering: .relaxed)
-        return inserted ? -EAGAIN : -ESHUTDOWN
+        return shutDown ? -ESHUTDOWN : -EAGAIN
     }
 
     /// libfabric's `valid`, on every cache hit: true only if no invalidation touched the range
