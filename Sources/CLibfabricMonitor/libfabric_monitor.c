@@ -182,6 +182,14 @@ static struct fid_mem_monitor monitor = {
     .export_ops = &export_ops,
 };
 
+/*
+ * The monitor object itself, for Tests/Libfabric/monitor_calls.c, which plays libfabric: it fills
+ * import_ops with a notify of its own and calls start and the export ops in libfabric 2.x's
+ * patterns, over the process's real engine and monitor. Not in any header: nothing else may
+ * call the ops behind libfabric's back.
+ */
+struct fid_mem_monitor *rdmamemory_lf_monitor_object(void) { return &monitor; }
+
 static pthread_mutex_t import_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool imported;
 static char import_error[512];

@@ -69,10 +69,15 @@ final class LibfabricMonitor: Sendable {
 
     struct Record {
         let subscription: LibfabricSubscription
-        /// Subscribe calls not yet undone (each watched the range once).
+        /// Subscribe calls not yet undone (libfabric's caches share this monitor: one range may
+        /// be subscribed by several).
         var subscribers: Int
-        /// The sequence taken right after insertion; nil only while `subscribe` inserts it.
+        /// The sequence taken when it was inserted; nil while `subscribe` is still watching it.
         var sequence: UInt64?
+        /// Whether the range is watched for this record (once, whatever `subscribers` says).
+        var watched: Bool
+        /// Watches to undo when the record goes.
+        var watches: Int { watched ? 1 : 0 }
     }
 
     final class Counters: Sendable {
@@ -101,34 +106,39 @@ final class LibfabricMonitor: Sendable {
     deinit { memo.deallocate() }
 
     /// libfabric's `subscribe`: 0, or a negative errno meaning "do not cache this range".
+    ///
+    /// The order is the cache miss's (DESIGN: `readBegin` first, then watch): the subscription
+    /// goes in first, then the range is watched, then the record is checked still ours. Watched
+    /// first, a `munmap` + `mmap` between the watch and the insert left a new, unwatched mapping
+    /// under a valid subscription, and its next change reached nobody (the libfabric stress of
+    /// Tests/Libfabric/monitor_calls.c found it: raw madvise after a hooked mmap over). Inserted
+    /// first, such a change calls the subscription (it is in, or deferred and called at once),
+    /// and the watch that follows registers whatever is mapped then.
     func subscribe(start: UInt, length: UInt) -> Int32 {
         guard length > 0, let range = try? AddressRange(start: start, length: length) else {
             counters.refused.add(1, ordering: .relaxed)
             return -EINVAL
         }
-        if case .uncached = watcher.watch(range) {
-            counters.refused.add(1, ordering: .relaxed)
-            return -EPERM
-        }
         let key = RangeKey(start: start, length: length)
+        // Subscribed already (another cache, or libfabric again): one more subscriber of the
+        // same record, whose watch and subscription cover it. Checked before anything can fail,
+        // so that the unsubscribe libfabric 2.x sends after a failed subscribe never takes away
+        // another cache's subscription.
+        let known = records.withLock { table -> Bool in
+            guard table[key] != nil else { return false }
+            table[key]?.subscribers += 1
+            return true
+        }
+        if known {
+            counters.subscribed.add(1, ordering: .relaxed)
+            return 0
+        }
         guard let fresh = try? LibfabricSubscription(range: range, owner: self) else {
-            watcher.unwatch(range)
             counters.refused.add(1, ordering: .relaxed)
             return -EINVAL
         }
         // Recorded before it is inserted: an invalidation from the insert on finds the record.
-        let isNew = records.withLock { table -> Bool in
-            if table[key] != nil {
-                table[key]?.subscribers += 1
-                return false
-            }
-            table[key] = Record(subscription: fresh, subscribers: 1, sequence: nil)
-            return true
-        }
-        if !isNew {
-            counters.subscribed.add(1, ordering: .relaxed)
-            return 0
-        }
+        records.withLock { $0[key] = Record(subscription: fresh, subscribers: 1, sequence: nil, watched: false) }
         // Refused (nil) only where an invalidation in flight has already looked for the
         // subscribers of an overlapping range: it would never reach this one, and the region was
         // registered before, maybe of the old pages. libfabric then uses it once and registers
@@ -141,29 +151,35 @@ final class LibfabricMonitor: Sendable {
             sequence = nil
             shutDown = true
         }
-        let inserted = sequence != nil
-        // nil: kept. A count: refused, and these watches are ours to undo. Gone: an invalidation
-        // took the record (and its watches) already, and its notify is on its way.
-        enum Outcome { case kept, refused(Int), invalidated }
+        // Memory the monitor cannot watch (shared or file memory, a range owned by another
+        // userfaultfd, no userfaultfd at all) is not cached.
+        let watched = sequence != nil && watcher.watch(range) == .watched
+        // Kept, or refused (its record goes: nothing else knows it yet), or gone: an
+        // invalidation took the record already (it was not watched then), and its notify is on
+        // its way.
+        enum Outcome { case kept, refused, invalidated }
         let outcome = records.withLock { table -> Outcome in
             guard table[key]?.subscription === fresh else { return .invalidated }
-            if let sequence {
-                table[key]?.sequence = sequence
-                return .kept
+            guard let sequence, watched else {
+                table.removeValue(forKey: key)
+                return .refused
             }
-            return .refused(table.removeValue(forKey: key)?.subscribers ?? 1)
+            table[key]?.sequence = sequence
+            table[key]?.watched = true
+            return .kept
         }
         switch outcome {
         case .kept:
             counters.subscribed.add(1, ordering: .relaxed)
             return 0
-        case .refused(let watches):
-            retire(fresh, unwatching: watches, remove: inserted)
+        case .refused:
+            retire(fresh, unwatching: 0, remove: sequence != nil)
         case .invalidated:
-            break
+            retire(fresh, unwatching: watched ? 1 : 0, remove: false)  // the invalidation removes it
         }
         counters.refused.add(1, ordering: .relaxed)
-        return shutDown ? -ESHUTDOWN : -EAGAIN
+        if shutDown { return -ESHUTDOWN }
+        return sequence != nil && !watched ? -EPERM : -EAGAIN
     }
 
     /// libfabric's `valid`, on every cache hit: true only if no invalidation touched the range
@@ -202,20 +218,21 @@ final class LibfabricMonitor: Sendable {
     /// the removal and unwatch happen on the reclaim thread.
     func unsubscribe(start: UInt, length: UInt) {
         let key = RangeKey(start: start, length: length)
-        let found = records.withLock { table -> (LibfabricSubscription, last: Bool)? in
+        // The subscription, and the watches to undo when this was its last subscriber.
+        let found = records.withLock { table -> (LibfabricSubscription, watches: Int?)? in
             guard var record = table[key] else { return nil }
             record.subscribers -= 1
             if record.subscribers > 0 {
                 table[key] = record
-                return (record.subscription, false)
+                return (record.subscription, nil)
             }
             table.removeValue(forKey: key)
             rdmamemory_lf_memo_forget_all(memo)
-            return (record.subscription, true)
+            return (record.subscription, record.watches)
         }
-        guard let (subscription, last) = found else { return }
+        guard let (subscription, watches) = found else { return }
         counters.unsubscribed.add(1, ordering: .relaxed)
-        retire(subscription, unwatching: 1, remove: last)
+        if let watches { retire(subscription, unwatching: watches, remove: true) }
     }
 
     /// The subscription's invalidation, called before it sets the sequence: every confirmed
@@ -226,12 +243,12 @@ final class LibfabricMonitor: Sendable {
     /// from now on), then notify libfabric, with no lock held.
     func invalidated(_ subscription: LibfabricSubscription) {
         let key = RangeKey(start: subscription.range.start, length: subscription.range.length ?? 0)
-        let subscribers = records.withLock { table -> Int? in
+        let watches = records.withLock { table -> Int? in
             guard table[key]?.subscription === subscription else { return nil }
-            return table.removeValue(forKey: key)?.subscribers
+            return table.removeValue(forKey: key)?.watches
         }
-        guard let subscribers else { return }  // unsubscribed already: libfabric holds nothing here
-        retire(subscription, unwatching: subscribers, remove: true)
+        guard let watches else { return }  // unsubscribed already: libfabric holds nothing here
+        retire(subscription, unwatching: watches, remove: true)
         counters.notified.add(1, ordering: .relaxed)
         notify(subscription.range)
     }
@@ -245,7 +262,7 @@ final class LibfabricMonitor: Sendable {
             }
             return Array(table.values)
         }
-        for record in all { retire(record.subscription, unwatching: record.subscribers, remove: true) }
+        for record in all { retire(record.subscription, unwatching: record.watches, remove: true) }
     }
 
     /// Number of ranges subscribed now (tests).
