@@ -1,5 +1,5 @@
 // munmap(), mmap(MAP_FIXED), mremap(), madvise(), process_madvise(), mprotect(), pkey_mprotect(),
-// shmat() and shmdt() for the whole process. An
+// shmat(), shmdt(), brk() and sbrk() for the whole process. An
 // executable's own definition of a libc function binds every call from the executable (Swift's
 // Glibc functions included) and, through the dynamic symbol table, every call a shared library
 // makes through its PLT (libibverbs, the Swift runtime, an allocator). glibc's internal calls
@@ -82,12 +82,25 @@ int cmemhooks_hooks_bound(void) {
     return atomic_load_explicit(&installed_handler, memory_order_acquire) != NULL;
 }
 
+// glibc's cached program break, which its own sbrk() and malloc (through its internal __sbrk)
+// read: a brk() of ours must keep it current, as glibc's __brk does. Weak: absent from other C
+// libraries, where nothing caches the break.
+extern void *__curbrk __attribute__((weak));
+
+// The kernel's brk(address), as glibc's __brk makes it: the break now (unchanged when refused;
+// the current one for NULL), remembered where glibc looks for it.
+static void *set_break(void *address) {
+    void *now = (void *)syscall(SYS_brk, address);
+    if (&__curbrk) __curbrk = now;
+    return now;
+}
+
 void cmemhooks_perform(cmemhooks_call *call) {
     if (call->performed) return;
     call->performed = 1;
     // Mappings change (or may have: a failed call changes nothing, and costs one bump).
     int maps = call->kind == CMEMHOOKS_MUNMAP || call->kind == CMEMHOOKS_MMAP_FIXED || call->kind == CMEMHOOKS_SHMAT ||
-               call->kind == CMEMHOOKS_SHMDT || call->kind == CMEMHOOKS_MREMAP;
+               call->kind == CMEMHOOKS_SHMDT || call->kind == CMEMHOOKS_MREMAP || call->kind == CMEMHOOKS_BRK;
     long result;
     switch (call->kind) {
     case CMEMHOOKS_MUNMAP:
@@ -116,6 +129,10 @@ void cmemhooks_perform(cmemhooks_call *call) {
     case CMEMHOOKS_MREMAP:
         result = syscall(SYS_mremap, call->address, call->length, call->new_length, call->flags,
                          (void *)call->new_start);
+        break;
+    case CMEMHOOKS_BRK:
+        result = set_break(call->address) < call->address ? -1 : 0;  // glibc's __brk: lower means refused
+        if (result == -1) errno = ENOMEM;
         break;
     case CMEMHOOKS_MADVISE:
         result = call->pidfd == -1
@@ -356,6 +373,44 @@ void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...
     cmemhooks_perform(&call);
     if (call.result == -1) errno = call.error;
     return (void *)call.result;
+}
+
+// brk() and sbrk() that lower the program break unmap the heap's pages above the new break: a
+// shrink of watched memory is handled like munmap (invalidated and taken out of userfaultfd in
+// this thread), so that once it returns the change has reached every cache, as libfabric's
+// memhooks make it (fi_mr_cache_evict's sbrk and brk tests register again at once, and time it).
+// Growing the break makes new memory only. glibc's malloc moves the break through its internal
+// __brk, which no hook sees: its trims are userfaultfd events.
+int brk(void *address) {
+    cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
+    cmemhooks_call call = {.kind = CMEMHOOKS_BRK, .address = address, .pkey = -1, .pidfd = -1};
+    if (handler && handler_depth == 0 && cmemhooks_active_slots() != 0) {
+        uintptr_t mask = page_mask(), now = (uintptr_t)(&__curbrk && __curbrk ? __curbrk : set_break(NULL));
+        uintptr_t start = ((uintptr_t)address + mask) & ~mask, end = (now + mask) & ~mask;
+        if ((uintptr_t)address < now && start < end && (call.slots = cmemhooks_touching(start, end)) != 0) {
+            call.start = start;
+            call.end = end;
+            return (int)through_handler(handler, &call);
+        }
+    }
+    cmemhooks_perform(&call);
+    if (call.result == -1) errno = call.error;
+    return (int)call.result;
+}
+
+// glibc's sbrk over the brk above: the old break, or (void *)-1 with errno set.
+void *sbrk(intptr_t increment) {
+    void *old = &__curbrk && __curbrk ? __curbrk : set_break(NULL);
+    if (increment == 0) return old;
+    uintptr_t target;
+    if (increment > 0 ? __builtin_add_overflow((uintptr_t)old, (uintptr_t)increment, &target)
+                      : (uintptr_t)old < (uintptr_t)-increment) {
+        errno = ENOMEM;
+        return (void *)-1;
+    }
+    if (increment < 0) target = (uintptr_t)old - (uintptr_t)-increment;
+    if (brk((void *)target) != 0) return (void *)-1;
+    return old;
 }
 
 int cmemhooks_advice_replaces_pages(int advice) {

@@ -74,3 +74,5 @@ void *ctest_shm_attach_private(unsigned long size) {
 void *ctest_raw_shmat(int id, void *address, int flags) { return (void *)syscall(SYS_shmat, id, address, flags); }
 
 int ctest_raw_shmdt(void *address) { return (int)syscall(SYS_shmdt, address); }
+
+void *ctest_raw_brk(void *address) { return (void *)syscall(SYS_brk, address); }

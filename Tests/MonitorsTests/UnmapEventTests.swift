@@ -148,7 +148,7 @@ extension MonitorsTests {
             #expect(probe.seenByNewLookup == [.remove])
         }
 
-        @Test("brk/sbrk shrink of watched heap pages")
+        @Test("a raw brk shrink of watched heap pages")
         func brkShrink() throws {
             let harness = try Harness()
             defer { harness.close() }
@@ -164,8 +164,13 @@ extension MonitorsTests {
             // Shrink only if malloc did not move the break meanwhile (it would lose its memory).
             let top = UInt(bitPattern: cshims_sbrk(0))
             try #require(top == UInt(bitPattern: old) + UInt(grow), "the break moved under the test")
-            _ = cshims_sbrk(-grow)
+            // The raw call (no hook: an event), then back up where glibc's cached break says it
+            // is, then down through glibc's sbrk (the hooked one) to where it was.
+            _ = ctest_raw_brk(old)
             #expect(probe.seenByNewLookup == [.unmap])
+            #expect(harness.monitor.statistics.unmapEvents >= 1)
+            _ = ctest_raw_brk(UnsafeMutableRawPointer(bitPattern: top))
+            _ = cshims_sbrk(-grow)
         }
 
         @Test("free() of a large malloc block (glibc returns it with munmap)")

@@ -6,8 +6,8 @@ import NotifierEngine
 import Synchronization
 
 /// The process's `munmap`, `mmap`, `mremap`, `madvise`, `process_madvise`, `mprotect`,
-/// `pkey_mprotect`, `shmat` and `shmdt` (defined in C by `CMemoryHooks`), for the changes
-/// userfaultfd reports late or never.
+/// `pkey_mprotect`, `shmat`, `shmdt`, `brk` and `sbrk` (defined in C by `CMemoryHooks`), for
+/// the changes userfaultfd reports late or never.
 ///
 /// Why each is hooked:
 /// - `munmap`: the kernel holds a thread in `munmap` of registered memory until the monitor's
@@ -17,6 +17,11 @@ import Synchronization
 ///   take the range out of userfaultfd, unmap, end the invalidation. No event, no sleep. `mmap(MAP_FIXED)`
 ///   over watched memory unmaps it the same way, and is handled the same way (any other `mmap`
 ///   goes straight to the kernel after one flag test).
+/// - `brk` / `sbrk` lowering the program break: the heap's pages above the new break are
+///   unmapped, handled as `munmap` (an event would reach the monitor only after the call
+///   returned: a program that registers the same address again at once, as libfabric's
+///   `fi_mr_cache_evict` does, found its subscription refused while the event's invalidation was
+///   still in flight). glibc's own trims go through its internal `__brk` and stay events.
 /// - `mremap`: the old range (and a `MREMAP_FIXED` target) handled as `munmap`. Taking the
 ///   watched parts out of userfaultfd also merges the mapping back into one VMA, which mremap
 ///   needs (a watch splits its mapping; the kernel answers EFAULT for a range over several).
@@ -40,7 +45,8 @@ import Synchronization
 ///   inside a validated granule leaves a hole there; the granule is forgotten first.
 ///
 /// What no hook sees: raw system calls (`syscall(SYS_munmap)`, `syscall(SYS_mmap)` with
-/// MAP_FIXED, `syscall(SYS_mremap)`, `syscall(SYS_madvise)` with DONTNEED or REMOVE, and `brk`
+/// MAP_FIXED, `syscall(SYS_mremap)`, `syscall(SYS_madvise)` with DONTNEED or REMOVE, and
+/// `syscall(SYS_brk)` or glibc's internal `__brk`
 /// are userfaultfd events; `syscall(SYS_shmat)` over memory, `syscall(SYS_mprotect)`,
 /// `syscall(SYS_madvise)` with guard advice and changes of protection keys through PKRU are
 /// not seen at all), and glibc's internal calls (its `free()` unmaps and `realloc()` remaps,
@@ -137,7 +143,8 @@ enum MemoryHooks {
             interceptor.granules.noteNewMapping(pages, privateAnonymous: flags & MAP_ANONYMOUS != 0
                                                     && flags & MAP_TYPE == MAP_PRIVATE && flags & MAP_HUGETLB == 0)
             return handle(call, pages, range, slots: rest)
-        case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue), Int(CMEMHOOKS_MREMAP.rawValue):
+        case Int(CMEMHOOKS_MUNMAP.rawValue), Int(CMEMHOOKS_MMAP_FIXED.rawValue), Int(CMEMHOOKS_MREMAP.rawValue),
+             Int(CMEMHOOKS_BRK.rawValue):
             // mremap also replaces what its MREMAP_FIXED target held: a second range.
             let target = kind == Int32(CMEMHOOKS_MREMAP.rawValue) && call.pointee.new_end > call.pointee.new_start
                 ? PageRange(start: call.pointee.new_start, end: call.pointee.new_end) : nil

@@ -53,3 +53,7 @@ void *ctest_raw_shmat(int id, void *address, int flags);
 
 /// shmdt as a raw system call: no hook sees it.
 int ctest_raw_shmdt(void *address);
+
+/// brk as a raw system call: no hook sees it, and glibc's cached break is not updated (the
+/// caller puts the break back where glibc thinks it is). The break after the call.
+void *ctest_raw_brk(void *address);
