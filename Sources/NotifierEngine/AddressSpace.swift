@@ -33,25 +33,39 @@ public final class AddressSpace: Sendable {
         unowned(unsafe) var deferredHead: IntervalSubscription? = nil
         unowned(unsafe) var deferredTail: IntervalSubscription? = nil
         var released = false
-        /// The hull of the ranges whose subscribers an invalidation still in flight has already
-        /// looked for (its walk of the tree is done or under way): a subscription inserted now
-        /// that overlaps it would miss that invalidation. nil when none; forgotten when the last
-        /// invalidation ends. A hull, not a list: two invalidations in flight at once over
-        /// distant ranges refuse what lies between them too (rare, and never wrong).
-        var walked: (start: UInt, last: UInt)? = nil
+        /// What each invalidation in flight has already looked for subscribers of (its walk of
+        /// the tree is done or under way), one slot each: a window's slot holds the hull of the
+        /// ranges it invalidated so far. A subscription inserted now that overlaps one of them
+        /// would miss that invalidation (`insertIntervalWithoutWaiting` refuses it). A slot is
+        /// taken when its invalidation starts and freed when it ends. When all are taken, further
+        /// ranges go to `walkedOverflow`, forgotten when the last invalidation ends: broader,
+        /// never wrong.
+        var walked = [WalkedHull](repeating: WalkedHull(), count: 16)
+        var walkedOverflow = WalkedHull()
 
-        mutating func noteWalked(_ range: AddressRange) {
-            guard !range.isEmpty else { return }
-            if let hull = walked {
-                walked = (Swift.min(hull.start, range.start), Swift.max(hull.last, range.last))
-            } else {
-                walked = (range.start, range.last)
+        /// A free slot of `walked`, now in use, or `WalkedHull.overflow`.
+        mutating func takeWalkedSlot() -> Int {
+            for index in walked.indices where !walked[index].inUse {
+                walked[index] = WalkedHull(inUse: true)
+                return index
             }
+            return WalkedHull.overflow
+        }
+
+        mutating func noteWalked(_ range: AddressRange, slot: Int) {
+            if range.isEmpty { return }
+            if slot >= 0 { walked[slot].extend(range) } else { walkedOverflow.extend(range) }
+        }
+
+        /// Frees `slot` (its invalidation ended; `activeInvalidations` already counts that).
+        mutating func freeWalkedSlot(_ slot: Int) {
+            if slot >= 0 { walked[slot] = WalkedHull() }
+            if activeInvalidations == 0 { walkedOverflow = WalkedHull() }
         }
 
         func overlapsWalked(_ range: AddressRange) -> Bool {
-            guard let hull = walked, !range.isEmpty else { return false }
-            return range.start <= hull.last && hull.start <= range.last
+            if range.isEmpty { return false }
+            return walkedOverflow.overlaps(range) || walked.contains { $0.overlaps(range) }
         }
 
         /// The deferred inserts of `insertIntervalWithoutWaiting` that overlap `range` and were
@@ -94,6 +108,23 @@ public final class AddressSpace: Sendable {
             if deferredTail === sub { deferredTail = previous }
             sub.nextDeferred = nil
         }
+    }
+
+    /// The ranges one invalidation in flight has looked for subscribers of (a hull), in one of
+    /// `IntervalState.walked`'s slots.
+    struct WalkedHull {
+        /// `takeWalkedSlot`'s answer when every slot is taken.
+        static let overflow = -1
+        var inUse = false
+        var start = UInt.max
+        var last: UInt = 0
+
+        mutating func extend(_ range: AddressRange) {
+            start = Swift.min(start, range.start)
+            last = Swift.max(last, range.last)
+        }
+
+        func overlaps(_ range: AddressRange) -> Bool { start <= last && range.start <= last && start <= range.last }
     }
 
     let notifiers = Locked(NotifierState())
@@ -242,8 +273,8 @@ public final class AddressSpace: Sendable {
             return s.list
         }) else { return }
         intervals.withLock { $0.released = true }
-        try? itreeStart(InvalidationRange(range: .everything, event: .release))
-        itreeEnd(closingWindow: false)
+        let slot = (try? itreeStart(InvalidationRange(range: .everything, event: .release))) ?? WalkedHull.overflow
+        itreeEnd(closingWindow: false, walkedSlot: slot)
         srcu.withReadLock {
             for entry in entries where entry.claimRelease() { entry.notifier.release(self) }
         }
@@ -286,14 +317,15 @@ public final class AddressSpace: Sendable {
     /// `readBegin` of this space waits and every sequence a subscriber holds is suspect.
     /// Allocation-free; takes only the engine's internal lock (monitor path, DESIGN.md).
     public func beginInvalidation() -> InvalidationWindow {
-        intervals.withLock { s in
+        let slot = intervals.withLock { s -> Int in
             s.activeInvalidations += 1
             s.openWindows += 1
             if s.openWindows == 1 { cmmu_window_sequence_bump(windowSequence) }
             s.sequence |= 1
             intervalSequence.store(s.sequence, ordering: .releasing)
+            return s.takeWalkedSlot()
         }
-        return InvalidationWindow(space: self)
+        return InvalidationWindow(space: self, walkedSlot: slot)
     }
 
     /// The window sequence as a lock-free reader sees it: odd while a monitor's window is open,
@@ -345,13 +377,13 @@ public final class AddressSpace: Sendable {
     public func invalidateRangeStart(_ range: AddressRange, event: InvalidationEvent,
                                      blockable: Bool = true) throws(NotifierError) -> RangeInvalidation {
         let r = InvalidationRange(range: range, event: event, blockable: blockable)
-        try itreeStart(r)
-        if range.isEmpty { return RangeInvalidation(space: self, range: r, entries: []) }
+        let slot = try itreeStart(r)
+        if range.isEmpty { return RangeInvalidation(space: self, range: r, entries: [], walkedSlot: slot) }
         guard let entries = notifiersStart(r) else {
-            itreeEnd(closingWindow: false)
+            itreeEnd(closingWindow: false, walkedSlot: slot)
             throw .wouldBlock
         }
-        return RangeInvalidation(space: self, range: r, entries: entries)
+        return RangeInvalidation(space: self, range: r, entries: entries, walkedSlot: slot)
     }
 
     /// Start and end at once, blockable: for a change that already happened. An empty range
@@ -359,28 +391,30 @@ public final class AddressSpace: Sendable {
     public func invalidate(_ range: AddressRange, event: InvalidationEvent) {
         if range.isEmpty { return }
         let r = InvalidationRange(range: range, event: event)
-        try? itreeStart(r)  // blockable: cannot fail
+        let slot = (try? itreeStart(r)) ?? WalkedHull.overflow  // blockable: cannot fail
         let entries = notifiersStart(r) ?? []
         notifiersEnd(r, entries)
-        itreeEnd(closingWindow: false)
+        itreeEnd(closingWindow: false, walkedSlot: slot)
     }
 
     /// The interval half of a start (`mn_itree_inv_start_range`): count it active, make the
     /// sequence odd if it covers a subscription, and call those subscriptions. While the
     /// sequence is odd the tree cannot change (inserts and removes are deferred to `itreeEnd`),
     /// so it is walked after the lock is dropped, as the kernel walks its interval tree.
-    func itreeStart(_ r: InvalidationRange) throws(NotifierError) {
-        let (root, seq, marked) = intervals.withLock { s -> (IntervalTree.Link?, UInt64, Unmanaged<IntervalSubscription>?) in
+    /// Returns the slot of `IntervalState.walked` it took, for its `itreeEnd`.
+    func itreeStart(_ r: InvalidationRange) throws(NotifierError) -> Int {
+        let (root, seq, marked, slot) = intervals.withLock { s -> (IntervalTree.Link?, UInt64, Unmanaged<IntervalSubscription>?, Int) in
             s.activeInvalidations += 1
-            if r.range.isEmpty { return (nil, s.sequence, nil) }
-            s.noteWalked(r.range)
+            let slot = s.takeWalkedSlot()
+            if r.range.isEmpty { return (nil, s.sequence, nil, slot) }
+            s.noteWalked(r.range, slot: slot)
             let marked = s.deferredHead == nil ? nil : s.markDeferred(overlapping: r.range, sequence: s.sequence)
-            guard s.tree.hasOverlap(start: r.range.start, last: r.range.last) else { return (nil, s.sequence, marked) }
+            guard s.tree.hasOverlap(start: r.range.start, last: r.range.last) else { return (nil, s.sequence, marked, slot) }
             s.sequence |= 1
             intervalSequence.store(s.sequence, ordering: .releasing)
-            return (s.tree.root, s.sequence, marked)
+            return (s.tree.root, s.sequence, marked, slot)
         }
-        if marked == nil && root == nil { return }
+        if marked == nil && root == nil { return slot }
         let refused = srcu.withReadLock {
             inCallbacks {
                 callMarked(marked, r, sequence: seq)
@@ -391,17 +425,18 @@ public final class AddressSpace: Sendable {
             }
         }
         if refused {
-            itreeEnd(closingWindow: false)
+            itreeEnd(closingWindow: false, walkedSlot: slot)
             throw .wouldBlock
         }
+        return slot
     }
 
     /// Calls the interval subscriptions overlapping `r` within an open window (sequence odd, so
     /// the tree is frozen and walked without the lock).
-    func itreeInvalidateInWindow(_ r: InvalidationRange) {
+    func itreeInvalidateInWindow(_ r: InvalidationRange, walkedSlot: Int) {
         if r.range.isEmpty { return }
         let (root, seq, marked) = intervals.withLock { s -> (IntervalTree.Link?, UInt64, Unmanaged<IntervalSubscription>?) in
-            s.noteWalked(r.range)
+            s.noteWalked(r.range, slot: walkedSlot)
             let marked = s.deferredHead == nil ? nil : s.markDeferred(overlapping: r.range, sequence: s.sequence)
             return (s.tree.root, s.sequence, marked)
         }
@@ -435,10 +470,10 @@ public final class AddressSpace: Sendable {
     /// The interval half of an end (`mn_itree_inv_end`): the last active invalidation makes the
     /// sequence even, applies deferred inserts and removes, and wakes `readBegin` and `remove`
     /// waiters. The tree's references to removed subscriptions are dropped after the lock.
-    func itreeEnd(closingWindow: Bool) {
+    func itreeEnd(closingWindow: Bool, walkedSlot: Int) {
         let (wake, removed) = intervals.withLock { s -> (Bool, IntervalSubscription?) in
             s.activeInvalidations -= 1
-            if s.activeInvalidations == 0 { s.walked = nil }
+            s.freeWalkedSlot(walkedSlot)
             var windowClosed = false
             if closingWindow {
                 s.openWindows -= 1
@@ -678,6 +713,8 @@ public final class AddressSpace: Sendable {
 /// ended exactly once, by `end()` or, if dropped, by its deinit.
 public struct InvalidationWindow: ~Copyable, Sendable {
     let space: AddressSpace
+    /// Its slot of the ranges it has invalidated so far (`IntervalState.walked`).
+    let walkedSlot: Int
 
     /// Invalidates `range`: interval subscribers overlapping it and every notifier (start
     /// then end: the change already happened). Blockable. Callbacks may allocate and block,
@@ -685,7 +722,7 @@ public struct InvalidationWindow: ~Copyable, Sendable {
     public func invalidate(_ range: AddressRange, event: InvalidationEvent) {
         if range.isEmpty { return }
         let r = InvalidationRange(range: range, event: event)
-        space.itreeInvalidateInWindow(r)
+        space.itreeInvalidateInWindow(r, walkedSlot: walkedSlot)
         let entries = space.notifiersStart(r) ?? []
         space.notifiersEnd(r, entries)
     }
@@ -693,7 +730,7 @@ public struct InvalidationWindow: ~Copyable, Sendable {
     /// Closes the window: the sequence turns even once no other invalidation runs.
     public consuming func end() {}
 
-    deinit { space.itreeEnd(closingWindow: true) }
+    deinit { space.itreeEnd(closingWindow: true, walkedSlot: walkedSlot) }
 }
 
 /// A started range invalidation (see `AddressSpace.invalidateRangeStart`). Ended exactly once,
@@ -702,11 +739,12 @@ public struct RangeInvalidation: ~Copyable, Sendable {
     let space: AddressSpace
     public let range: InvalidationRange
     let entries: [NotifierEntry]
+    let walkedSlot: Int
 
     public consuming func end() {}
 
     deinit {
         space.notifiersEnd(range, entries)
-        space.itreeEnd(closingWindow: false)
+        space.itreeEnd(closingWindow: false, walkedSlot: walkedSlot)
     }
 }

@@ -75,6 +75,30 @@ struct InsertWithoutWaitingTests {
         #expect(space.intervalCount == 0)
     }
 
+    /// What an invalidation looked at stops refusing when that invalidation ends, even while
+    /// others are still in flight (each has its own slot of walked ranges).
+    @Test func anEndedInvalidationRefusesNothingWhileOthersRun() throws {
+        let space = AddressSpace()
+        let window = space.beginInvalidation()
+        window.invalidate(range(0x900_0000, 0x1000), event: .unmap)
+        let unrelated = try space.invalidateRangeStart(range(0xA00_0000, 0x1000), event: .unmap)
+        let ended = try space.invalidateRangeStart(range(0x10_0000, 0x1000), event: .unmap)
+        let sub = try subscription(space, 0x10_0000, 0x1000)
+        #expect(try space.insertIntervalWithoutWaiting(sub) == nil, "overlaps an invalidation in flight")
+        ended.end()
+        let token = try #require(try space.insertIntervalWithoutWaiting(sub), "refused by an invalidation that ended")
+        let nearWindow = try subscription(space, 0x900_0000, 0x1000)
+        #expect(try space.insertIntervalWithoutWaiting(nearWindow) == nil, "overlaps what the open window invalidated")
+        unrelated.end()
+        window.end()
+        #expect(try space.insertIntervalWithoutWaiting(nearWindow) != nil)
+        space.invalidate(range(0x10_0000, 0x10), event: .unmap)
+        #expect(sub.calls.load(ordering: .relaxed) == 1)
+        #expect(sub.readRetry(token))
+        try sub.remove()
+        try nearWindow.remove()
+    }
+
     @Test func aWindowThatNeverTouchesItRefusesNothingAndLeavesItValid() throws {
         let space = AddressSpace()
         let window = space.beginInvalidation()
