@@ -1,0 +1,279 @@
+/*
+ * mpi_changes: what an MPI stack's registration cache sends after a program changed the memory
+ * under a buffer it sent before, as real programs do (free and malloc again, mmap over, raw
+ * system calls, a memfd truncated). Two ranks; every byte is checked by the receiver.
+ *
+ *   mpirun -np 2 ... mpi_changes [changes]   for each change, each rank in turn sends 1 MiB
+ *                                            from a buffer, changes the memory under it and
+ *                                            writes new contents, and sends it again (twice).
+ *                                            The receiver counts the bytes that are new: one
+ *                                            verdict line per change and sender. Exit 1 if a
+ *                                            row was stale, 2 on an error.
+ *   mpirun -np 2 ... mpi_changes bench       osu_latency / osu_bw-shaped loops over 4 KiB -
+ *                                            4 MiB with the same buffers reused, and the cost
+ *                                            of munmap of a buffer the stack registered.
+ *
+ * Large messages are sent by rendezvous: the stack registers the sender's buffer and the
+ * receiver reads it over RDMA, through the stack's registration cache. A cache that missed the
+ * change hands out the old registration, and the receiver reads the old pages: "STALE".
+ * scripts/mpi-tests runs it under Open MPI's own memory monitor and under RDMAMemory's.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <malloc.h>
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MESSAGE (1u << 20)
+#define CHANGED_ROUNDS 2
+
+enum change { FREE_MALLOC, MUNMAP_MMAP, MMAP_OVER, RAW_MUNMAP_MMAP, RAW_MADVISE, MEMFD_TRUNCATE, CHANGES };
+static const char *change_names[CHANGES] = {
+    "free + malloc", "munmap + mmap(MAP_FIXED)", "mmap(MAP_FIXED) over it", "raw SYS_munmap + SYS_mmap",
+    "raw SYS_madvise(MADV_DONTNEED)", "memfd ftruncate(0) + regrow",
+};
+
+static int rank;
+
+static void fail(const char *what) {
+    fprintf(stderr, "mpi_changes (rank %d): %s: %s\n", rank, what, strerror(errno));
+    MPI_Abort(MPI_COMM_WORLD, 2);
+}
+
+static unsigned char pattern(int round, int change, int sender, size_t i) {
+    return (unsigned char)(round * 31 + change * 7 + sender * 13 + (int)(i % 251));
+}
+
+static void fill(unsigned char *buffer, int round, int change, int sender) {
+    for (size_t i = 0; i < MESSAGE; i++) buffer[i] = pattern(round, change, sender, i);
+}
+
+/* The buffer a change starts from, and how the change replaces what is under it. */
+struct buffer {
+    unsigned char *bytes;
+    int memfd;
+};
+
+static struct buffer make(enum change change) {
+    struct buffer b = {NULL, -1};
+    switch (change) {
+    case FREE_MALLOC:
+        b.bytes = malloc(MESSAGE);
+        if (!b.bytes) fail("malloc");
+        return b;
+    case MEMFD_TRUNCATE:
+        b.memfd = (int)syscall(SYS_memfd_create, "mpi_changes", 0);
+        if (b.memfd < 0 || ftruncate(b.memfd, MESSAGE) != 0) fail("memfd");
+        b.bytes = mmap(NULL, MESSAGE, PROT_READ | PROT_WRITE, MAP_SHARED, b.memfd, 0);
+        break;
+    default:
+        b.bytes = mmap(NULL, MESSAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        break;
+    }
+    if (b.bytes == MAP_FAILED) fail("mmap");
+    return b;
+}
+
+/* Changes the memory under `b` (new pages, same address where the change keeps it); says
+ * whether the address stayed. */
+static int replace(struct buffer *b, enum change change) {
+    void *at = b->bytes;
+    const int prot = PROT_READ | PROT_WRITE, fixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
+    switch (change) {
+    case FREE_MALLOC:
+        free(b->bytes);
+        b->bytes = malloc(MESSAGE);
+        if (!b->bytes) fail("malloc");
+        break;
+    case MUNMAP_MMAP:
+        if (munmap(at, MESSAGE) != 0 || mmap(at, MESSAGE, prot, fixed, -1, 0) != at) fail("munmap + mmap");
+        break;
+    case MMAP_OVER:
+        if (mmap(at, MESSAGE, prot, fixed, -1, 0) != at) fail("mmap over");
+        break;
+    case RAW_MUNMAP_MMAP:
+        if (syscall(SYS_munmap, at, MESSAGE) != 0 || (void *)syscall(SYS_mmap, at, MESSAGE, prot, fixed, -1, 0) != at)
+            fail("raw munmap + mmap");
+        break;
+    case RAW_MADVISE:
+        if (syscall(SYS_madvise, at, MESSAGE, MADV_DONTNEED) != 0) fail("raw madvise");
+        break;
+    case MEMFD_TRUNCATE:
+        if (ftruncate(b->memfd, 0) != 0 || ftruncate(b->memfd, MESSAGE) != 0) fail("ftruncate");
+        break;
+    default:
+        break;
+    }
+    return b->bytes == at;
+}
+
+static void release(struct buffer *b, enum change change) {
+    if (change == FREE_MALLOC) {
+        free(b->bytes);
+        return;
+    }
+    munmap(b->bytes, MESSAGE);
+    if (b->memfd >= 0) close(b->memfd);
+}
+
+static int changes(void) {
+    unsigned char *inbox = malloc(MESSAGE);
+    if (!inbox) fail("malloc");
+    int stale_rows = 0;
+    for (int change = 0; change < CHANGES; change++) {
+        for (int sender = 0; sender < 2; sender++) {
+            int receiver = 1 - sender;
+            if (rank == sender) {
+                struct buffer b = make(change);
+                int same = 1;
+                for (int round = 0; round <= CHANGED_ROUNDS; round++) {
+                    if (round > 0) same &= replace(&b, change);
+                    fill(b.bytes, round, change, sender);
+                    MPI_Send(b.bytes, MESSAGE, MPI_BYTE, receiver, round, MPI_COMM_WORLD);
+                }
+                MPI_Send(&same, 1, MPI_INT, receiver, 99, MPI_COMM_WORLD);
+                release(&b, change);
+            } else {
+                size_t newest = MESSAGE; /* the fewest new bytes of any changed round */
+                for (int round = 0; round <= CHANGED_ROUNDS; round++) {
+                    memset(inbox, 0, MESSAGE);
+                    MPI_Recv(inbox, MESSAGE, MPI_BYTE, sender, round, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                    size_t matching = 0;
+                    for (size_t i = 0; i < MESSAGE; i++) matching += inbox[i] == pattern(round, change, sender, i);
+                    if (round == 0 && matching != MESSAGE) {
+                        fprintf(stderr, "mpi_changes: first send of %s from rank %d: %zu of %u bytes right\n",
+                                change_names[change], sender, matching, MESSAGE);
+                        MPI_Abort(MPI_COMM_WORLD, 2);
+                    }
+                    if (round > 0 && matching < newest) newest = matching;
+                }
+                int same = 0;
+                MPI_Recv(&same, 1, MPI_INT, sender, 99, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                int fresh = newest == MESSAGE;
+                stale_rows += !fresh;
+                printf("change %-32s from rank %d: %-5s %7zu/%u bytes new (%s address)\n", change_names[change], sender,
+                       fresh ? "fresh" : "STALE", newest, MESSAGE, same ? "same" : "new");
+                fflush(stdout);
+            }
+            MPI_Barrier(MPI_COMM_WORLD);
+        }
+    }
+    int total = 0;
+    MPI_Allreduce(&stale_rows, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank == 0) printf("summary: %d of %d rows stale\n", total, 2 * CHANGES);
+    free(inbox);
+    return total ? 1 : 0;
+}
+
+static double now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* osu_latency and osu_bw shapes, the same buffers reused (the cache's best case), then munmap
+ * of a freshly registered 64 KiB buffer (what a watched unmap costs the program). */
+static int bench(void) {
+    const int window = 4;
+    int peer = 1 - rank;
+    for (size_t size = 4096; size <= (4u << 20); size *= 4) {
+        unsigned char *send = aligned_alloc(4096, size), *recv = aligned_alloc(4096, size);
+        if (!send || !recv) fail("aligned_alloc");
+        memset(send, rank + 1, size);
+        memset(recv, 0, size);
+        int iterations = (int)((8u << 20) / size);
+        if (iterations > 200) iterations = 200;
+        if (iterations < 5) iterations = 5;
+        double start = 0;
+        for (int i = -5; i < iterations; i++) {  /* 5 rounds of warm-up */
+            if (i == 0) start = MPI_Wtime();
+            if (rank == 0) {
+                MPI_Send(send, (int)size, MPI_BYTE, peer, 1, MPI_COMM_WORLD);
+                MPI_Recv(recv, (int)size, MPI_BYTE, peer, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            } else {
+                MPI_Recv(recv, (int)size, MPI_BYTE, peer, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+                MPI_Send(send, (int)size, MPI_BYTE, peer, 1, MPI_COMM_WORLD);
+            }
+        }
+        double latency = (MPI_Wtime() - start) * 1e6 / (2.0 * iterations);
+        int rounds = (int)((32u << 20) / (size * window));
+        if (rounds > 100) rounds = 100;
+        if (rounds < 2) rounds = 2;
+        MPI_Request requests[8];
+        int ack = 0;
+        for (int i = -1; i < rounds; i++) {  /* one round of warm-up */
+            if (i == 0) {
+                MPI_Barrier(MPI_COMM_WORLD);
+                start = MPI_Wtime();
+            }
+            for (int w = 0; w < window; w++) {
+                if (rank == 0) MPI_Isend(send, (int)size, MPI_BYTE, peer, 2, MPI_COMM_WORLD, &requests[w]);
+                else MPI_Irecv(recv, (int)size, MPI_BYTE, peer, 2, MPI_COMM_WORLD, &requests[w]);
+            }
+            MPI_Waitall(window, requests, MPI_STATUSES_IGNORE);
+            if (rank == 0) MPI_Recv(&ack, 1, MPI_INT, peer, 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+            else MPI_Send(&ack, 1, MPI_INT, peer, 3, MPI_COMM_WORLD);
+        }
+        double bandwidth = (double)size * window * rounds / ((MPI_Wtime() - start) * 1e6);
+        if (rank == 0) printf("bench size %7zu: latency %9.1f us, bandwidth %8.2f MB/s\n", size, latency, bandwidth);
+        free(send);
+        free(recv);
+    }
+    enum { UNMAPS = 41 };
+    double unmap_us[UNMAPS];
+    const size_t length = 64u << 10;
+    for (int i = 0; i < UNMAPS; i++) {
+        unsigned char *buffer = mmap(NULL, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (buffer == MAP_FAILED) fail("mmap");
+        memset(buffer, i, length);
+        if (rank == 0) MPI_Send(buffer, (int)length, MPI_BYTE, peer, 4, MPI_COMM_WORLD);
+        else MPI_Recv(buffer, (int)length, MPI_BYTE, peer, 4, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Barrier(MPI_COMM_WORLD);
+        double before = now_us();
+        munmap(buffer, length);
+        unmap_us[i] = now_us() - before;
+    }
+    qsort(unmap_us, UNMAPS, sizeof unmap_us[0], compare_doubles);
+    if (rank == 0) printf("bench munmap of a registered 64 KiB buffer: %.1f us (median of %d)\n", unmap_us[UNMAPS / 2], UNMAPS);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    /* A fixed threshold, as programs that tune glibc set it: each 1 MiB malloc is a mapping of
+     * its own and free() unmaps it, so malloc after free gets the same address back (with the
+     * default dynamic threshold, glibc moves large blocks to the heap after the first free). */
+    mallopt(M_MMAP_THRESHOLD, 256 << 10);
+    MPI_Init(&argc, &argv);
+    int size = 0;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    if (size != 2) {
+        if (rank == 0) fprintf(stderr, "mpi_changes: run with exactly 2 ranks (mpirun -np 2)\n");
+        MPI_Finalize();
+        return 2;
+    }
+    const char *mode = argc > 1 ? argv[1] : "changes";
+    int status;
+    if (strcmp(mode, "changes") == 0) {
+        status = changes();
+    } else if (strcmp(mode, "bench") == 0) {
+        status = bench();
+    } else {
+        if (rank == 0) fprintf(stderr, "usage: mpi_changes [changes | bench]\n");
+        status = 2;
+    }
+    MPI_Finalize();
+    return status;
+}
