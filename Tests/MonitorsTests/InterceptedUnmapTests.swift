@@ -44,33 +44,24 @@ extension MonitorsTests {
         func sbrkShrinkInCaller() throws {
             let harness = try Harness()
             defer { harness.close() }
-            let grow = Int(16 * pageSize)
-            guard let old = cshims_sbrk(grow), UInt(bitPattern: old) != UInt.max else {
-                Issue.record("sbrk(+\(grow)) failed: errno \(errno)")
-                return
-            }
-            let start = (UInt(bitPattern: old) + pageSize - 1) & ~(pageSize - 1)
-            let watched = try range(start, 8 * pageSize)
-            try harness.monitor.watch(watched)
+            guard let heap = try GrownHeap.grow(watchedBy: harness.monitor) else { return }
             let caller = UInt(pthread_self())
             let callbackThreads = TestLock<[UInt]>([])
+            let watched = heap.watched
             try harness.space.register(ActionNotifier { invalidation in
                 if invalidation.range.overlaps(watched) { callbackThreads.withLock { $0.append(UInt(pthread_self())) } }
             })
-            let probe = try RangeProbe(harness.space, watched)
-            // Shrink only if malloc did not move the break meanwhile (it would lose its memory).
-            try #require(UInt(bitPattern: cshims_sbrk(0)) == UInt(bitPattern: old) + UInt(grow), "the break moved under the test")
-            #expect(UInt(bitPattern: cshims_sbrk(-grow)) == UInt(bitPattern: old) + UInt(grow))
-            #expect(UInt(bitPattern: cshims_sbrk(0)) == UInt(bitPattern: old), "glibc's cached break follows")
+            let probe = try RangeProbe(harness.space, heap.watched)
+            #expect(UInt(bitPattern: cshims_sbrk(-heap.length)) == heap.top)
+            #expect(cshims_sbrk(0) == heap.old, "glibc's cached break follows")
             #expect(callbackThreads.withLock { $0 } == [caller])
             #expect(probe.seenByNewLookup == [.unmap])
             let statistics = harness.monitor.statistics
             #expect(statistics.interceptedUnmaps == 1)
             #expect(statistics.unmapEvents == 0)
             // The heap grows again and malloc goes on working over the break glibc cached.
-            let again = try #require(cshims_sbrk(grow))
-            #expect(UInt(bitPattern: again) == UInt(bitPattern: old))
-            _ = cshims_sbrk(-grow)
+            #expect(cshims_sbrk(heap.length) == heap.old)
+            _ = cshims_sbrk(-heap.length)
             let block = malloc(1 << 10)
             #expect(block != nil)
             free(block)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShims
 import NotifierEngine
 import MemoryMapping
 import Monitors
@@ -159,3 +160,28 @@ func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
 /// and two monitors registering neighbouring granules at once would answer each other EBUSY.
 @Suite("MonitorsTests", .serialized)
 struct MonitorsTests {}
+
+/// Heap pages a test grew with `sbrk` and watches (the first 8 of 16): `old` is the break before,
+/// `top` the break after, which the test puts back (`sbrk(-length)`) when it is done.
+struct GrownHeap {
+    let old: UnsafeMutableRawPointer
+    let length: Int
+    let watched: AddressRange
+    var top: UInt { UInt(bitPattern: old) + UInt(length) }
+
+    /// Grows the heap by 16 pages and watches 8 of them through `monitor`; nil (recorded) when
+    /// `sbrk` fails. Throws when malloc moved the break meanwhile: shrinking it then would take
+    /// malloc's memory away.
+    static func grow(watchedBy monitor: UserfaultfdMonitor) throws -> GrownHeap? {
+        let length = Int(16 * pageSize)
+        guard let old = cshims_sbrk(length), UInt(bitPattern: old) != UInt.max else {
+            Issue.record("sbrk(+\(length)) failed: errno \(errno)")
+            return nil
+        }
+        let start = (UInt(bitPattern: old) + pageSize - 1) & ~(pageSize - 1)
+        let heap = GrownHeap(old: old, length: length, watched: try range(start, 8 * pageSize))
+        try monitor.watch(heap.watched)
+        try #require(UInt(bitPattern: cshims_sbrk(0)) == heap.top, "the break moved under the test")
+        return heap
+    }
+}

@@ -152,25 +152,15 @@ extension MonitorsTests {
         func brkShrink() throws {
             let harness = try Harness()
             defer { harness.close() }
-            let grow = Int(16 * pageSize)
-            guard let old = cshims_sbrk(grow), UInt(bitPattern: old) != UInt.max else {
-                Issue.record("sbrk(+\(grow)) failed: errno \(errno)")
-                return
-            }
-            let start = (UInt(bitPattern: old) + pageSize - 1) & ~(pageSize - 1)
-            let watched = try range(start, 8 * pageSize)
-            try harness.monitor.watch(watched)
-            let probe = try RangeProbe(harness.space, watched)
-            // Shrink only if malloc did not move the break meanwhile (it would lose its memory).
-            let top = UInt(bitPattern: cshims_sbrk(0))
-            try #require(top == UInt(bitPattern: old) + UInt(grow), "the break moved under the test")
+            guard let heap = try GrownHeap.grow(watchedBy: harness.monitor) else { return }
+            let probe = try RangeProbe(harness.space, heap.watched)
             // The raw call (no hook: an event), then back up where glibc's cached break says it
             // is, then down through glibc's sbrk (the hooked one) to where it was.
-            _ = ctest_raw_brk(old)
+            _ = ctest_raw_brk(heap.old)
             #expect(probe.seenByNewLookup == [.unmap])
             #expect(harness.monitor.statistics.unmapEvents >= 1)
-            _ = ctest_raw_brk(UnsafeMutableRawPointer(bitPattern: top))
-            _ = cshims_sbrk(-grow)
+            _ = ctest_raw_brk(UnsafeMutableRawPointer(bitPattern: heap.top))
+            _ = cshims_sbrk(-heap.length)
         }
 
         @Test("free() of a large malloc block (glibc returns it with munmap)")
