@@ -50,6 +50,13 @@ let libfabric: [Target] = [
     .target(name: "RDMAMemoryLibfabric", dependencies: ["CLibfabricMonitor", "NotifierEngine", "Monitors"]),
 ]
 
+/// UCX's memory event source: UCM's VM_UNMAPPED events from the process's engine and monitor, and
+/// the interposed calls that tell it what UCX registers (no link to UCX: found at run time).
+let ucx: [Target] = [
+    .target(name: "CUCXMonitor", dependencies: ["CMemoryHooks"], linkerSettings: [.linkedLibrary("ibverbs"), .linkedLibrary("dl")]),
+    .target(name: "RDMAMemoryUCX", dependencies: ["CUCXMonitor", "NotifierEngine", "Monitors"]),
+]
+
 /// The examples and `rdmamemory`.
 let programs: [Target] = [
     .executableTarget(name: "StaleRegistration", dependencies: ["RDMAMemory", "MemoryMapping"], path: "Examples/StaleRegistration"),
@@ -116,6 +123,9 @@ let package = Package(
         .library(name: "NotifierEngine", targets: ["NotifierEngine"]),
         // What a C program loads (or LD_PRELOADs) to make RDMAMemory libfabric's memory monitor.
         .library(name: "RDMAMemoryLibfabric", type: .dynamic, targets: ["RDMAMemoryLibfabric"]),
+        // What scripts/with-rdmamemory preloads: libfabric's monitor and UCX's event source over one
+        // engine and monitor, serving whichever of the two stacks the program has.
+        .library(name: "RDMAMemoryPreload", type: .dynamic, targets: ["RDMAMemoryLibfabric", "RDMAMemoryUCX"]),
         .executable(name: "stale-registration", targets: ["StaleRegistration"]),
         // The two-host example: a data set over rdma_cm, every byte verified, cache against plain.
         .executable(name: "rdma-transfer", targets: ["Transfer"]),
@@ -129,6 +139,6 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
-    targets: cTargets + layers + libfabric + programs + benchmarks + tests,
+    targets: cTargets + layers + libfabric + ucx + programs + benchmarks + tests,
     swiftLanguageModes: [.v6]
 )

@@ -36,11 +36,11 @@
 #define MESSAGE (256u << 10)
 #define CHANGED_ROUNDS 2
 
-enum change { FREE_MALLOC, MUNMAP_MMAP, MMAP_OVER, RAW_MUNMAP_MMAP, RAW_MADVISE, MEMFD_TRUNCATE, CHANGES };
-static const char *change_names[CHANGES] = {
-    "free + malloc", "munmap + mmap(MAP_FIXED)", "mmap(MAP_FIXED) over it", "raw SYS_munmap + SYS_mmap",
-    "raw SYS_madvise(MADV_DONTNEED)", "memfd ftruncate(0) + regrow",
-};
+#include "../MemoryChanges/memory_changes.h"
+
+/* The changes this program makes (memory_changes.h has two more, which UCX's test adds). */
+static const enum change tested[] = {FREE_MALLOC, MUNMAP_MMAP, MMAP_OVER, RAW_MUNMAP_MMAP, RAW_MADVISE, MEMFD_TRUNCATE};
+#define TESTED ((int)(sizeof tested / sizeof tested[0]))
 
 static int rank;
 
@@ -49,106 +49,32 @@ static void fail(const char *what) {
     MPI_Abort(MPI_COMM_WORLD, 2);
 }
 
-static unsigned char pattern(int round, int change, int sender, size_t i) {
-    return (unsigned char)(round * 31 + change * 7 + sender * 13 + (int)(i % 251));
-}
-
-static void fill(unsigned char *buffer, int round, int change, int sender) {
-    for (size_t i = 0; i < MESSAGE; i++) buffer[i] = pattern(round, change, sender, i);
-}
-
-/* The buffer a change starts from, and how the change replaces what is under it. */
-struct buffer {
-    unsigned char *bytes;
-    int memfd;
-};
-
-static struct buffer make(enum change change) {
-    struct buffer b = {NULL, -1};
-    switch (change) {
-    case FREE_MALLOC:
-        b.bytes = malloc(MESSAGE);
-        if (!b.bytes) fail("malloc");
-        return b;
-    case MEMFD_TRUNCATE:
-        b.memfd = (int)syscall(SYS_memfd_create, "mpi_changes", 0);
-        if (b.memfd < 0 || ftruncate(b.memfd, MESSAGE) != 0) fail("memfd");
-        b.bytes = mmap(NULL, MESSAGE, PROT_READ | PROT_WRITE, MAP_SHARED, b.memfd, 0);
-        break;
-    default:
-        b.bytes = mmap(NULL, MESSAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        break;
-    }
-    if (b.bytes == MAP_FAILED) fail("mmap");
-    return b;
-}
-
-/* Changes the memory under `b` (new pages, same address where the change keeps it); says
- * whether the address stayed. */
-static int replace(struct buffer *b, enum change change) {
-    void *at = b->bytes;
-    const int prot = PROT_READ | PROT_WRITE, fixed = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED;
-    switch (change) {
-    case FREE_MALLOC:
-        free(b->bytes);
-        b->bytes = malloc(MESSAGE);
-        if (!b->bytes) fail("malloc");
-        break;
-    case MUNMAP_MMAP:
-        if (munmap(at, MESSAGE) != 0 || mmap(at, MESSAGE, prot, fixed, -1, 0) != at) fail("munmap + mmap");
-        break;
-    case MMAP_OVER:
-        if (mmap(at, MESSAGE, prot, fixed, -1, 0) != at) fail("mmap over");
-        break;
-    case RAW_MUNMAP_MMAP:
-        if (syscall(SYS_munmap, at, MESSAGE) != 0 || (void *)syscall(SYS_mmap, at, MESSAGE, prot, fixed, -1, 0) != at)
-            fail("raw munmap + mmap");
-        break;
-    case RAW_MADVISE:
-        if (syscall(SYS_madvise, at, MESSAGE, MADV_DONTNEED) != 0) fail("raw madvise");
-        break;
-    case MEMFD_TRUNCATE:
-        if (ftruncate(b->memfd, 0) != 0 || ftruncate(b->memfd, MESSAGE) != 0) fail("ftruncate");
-        break;
-    default:
-        break;
-    }
-    return b->bytes == at;
-}
-
-static void release(struct buffer *b, enum change change) {
-    if (change == FREE_MALLOC) {
-        free(b->bytes);
-        return;
-    }
-    munmap(b->bytes, MESSAGE);
-    if (b->memfd >= 0) close(b->memfd);
-}
+static void memory_changes_fail(const char *what) { fail(what); }
 
 static int changes(void) {
     unsigned char *inbox = malloc(MESSAGE);
     if (!inbox) fail("malloc");
     int stale_rows = 0;
-    for (int change = 0; change < CHANGES; change++) {
+    for (int t = 0; t < TESTED; t++) {
+        enum change change = tested[t];
         for (int sender = 0; sender < 2; sender++) {
             int receiver = 1 - sender;
             if (rank == sender) {
-                struct buffer b = make(change);
+                struct change_buffer b = change_make(change, MESSAGE);
                 int same = 1;
                 for (int round = 0; round <= CHANGED_ROUNDS; round++) {
-                    if (round > 0) same &= replace(&b, change);
-                    fill(b.bytes, round, change, sender);
+                    if (round > 0) same &= change_replace(&b, change);
+                    change_fill(b.bytes, MESSAGE, round, change, sender);
                     MPI_Send(b.bytes, MESSAGE, MPI_BYTE, receiver, round, MPI_COMM_WORLD);
                 }
                 MPI_Send(&same, 1, MPI_INT, receiver, 99, MPI_COMM_WORLD);
-                release(&b, change);
+                change_release(&b, change);
             } else {
                 size_t newest = MESSAGE; /* the fewest new bytes of any changed round */
                 for (int round = 0; round <= CHANGED_ROUNDS; round++) {
                     memset(inbox, 0, MESSAGE);
                     MPI_Recv(inbox, MESSAGE, MPI_BYTE, sender, round, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
-                    size_t matching = 0;
-                    for (size_t i = 0; i < MESSAGE; i++) matching += inbox[i] == pattern(round, change, sender, i);
+                    size_t matching = change_matching(inbox, MESSAGE, round, change, sender);
                     if (round == 0 && matching != MESSAGE) {
                         fprintf(stderr, "mpi_changes: first send of %s from rank %d: %zu of %u bytes right\n",
                                 change_names[change], sender, matching, MESSAGE);
@@ -169,7 +95,7 @@ static int changes(void) {
     }
     int total = 0;
     MPI_Allreduce(&stale_rows, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    if (rank == 0) printf("summary: %d of %d rows stale\n", total, 2 * CHANGES);
+    if (rank == 0) printf("summary: %d of %d rows stale\n", total, 2 * TESTED);
     free(inbox);
     return total ? 1 : 0;
 }

@@ -39,6 +39,12 @@ extern int cmemhooks_own_munmap(void *address, size_t length) __attribute__((ali
 // callback that unmaps) go straight to the kernel and reach the monitor as events.
 static _Thread_local int handler_depth __attribute__((tls_model("initial-exec")));
 
+// The unmap observer (cmemhooks_set_unmap_observer): told of every page range a hooked call is
+// about to take away, whether or not a monitor watches it, before the real call. Calls made
+// from inside the observer (its own frees) are not told again.
+static _Atomic(cmemhooks_unmap_observer) unmap_observer;
+static _Thread_local int observer_depth __attribute__((tls_model("initial-exec")));
+
 // ThreadSanitizer intercepts munmap and mprotect with weak definitions, which these replace;
 // calling its interceptors keeps TSan's shadow memory right. Absent (NULL) in other builds.
 extern int __interceptor_munmap(void *address, size_t length) __attribute__((weak));
@@ -180,6 +186,28 @@ static int covering_pages(const void *address, size_t length, uintptr_t *start, 
     return 1;
 }
 
+void cmemhooks_set_unmap_observer(cmemhooks_unmap_observer observer) {
+    atomic_store_explicit(&unmap_observer, observer, memory_order_release);
+}
+
+// Tells the observer that [start, end) is about to go (errno kept: the call has not run yet).
+static void observe(uintptr_t start, uintptr_t end) {
+    cmemhooks_unmap_observer observer = atomic_load_explicit(&unmap_observer, memory_order_acquire);
+    if (!observer || observer_depth != 0 || start >= end) return;
+    int saved = errno;
+    observer_depth++;
+    observer(start, end - start);
+    observer_depth--;
+    errno = saved;
+}
+
+// observe() over the pages of [address, address + length), when they are a valid range.
+static void observe_pages(const void *address, size_t length) {
+    uintptr_t start, end;
+    if (atomic_load_explicit(&unmap_observer, memory_order_relaxed) && page_range(address, length, &start, &end))
+        observe(start, end);
+}
+
 // Runs `call` through the handler and returns the real call's result, errno set.
 static intptr_t through_handler(cmemhooks_handler handler, cmemhooks_call *call) {
     int saved = errno;  // Swift code in the handler may change it; a success must not
@@ -192,6 +220,7 @@ static intptr_t through_handler(cmemhooks_handler handler, cmemhooks_call *call)
 }
 
 int munmap(void *address, size_t length) {
+    observe_pages(address, length);
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_MUNMAP, .address = address, .length = length, .pkey = -1};
     if (handler && handler_depth == 0 && page_range(address, length, &call.start, &call.end) &&
@@ -210,6 +239,7 @@ int munmap(void *address, size_t length) {
 // (CMEMHOOKS_MMAP_NEW) and remembers the mapping's class from this call, so that the cache miss
 // that registers a buffer there need not ask the kernel what is mapped.
 static void *map(void *address, size_t length, int prot, int flags, int fd, off_t offset) {
+    if ((flags & MAP_FIXED) && !(flags & MAP_FIXED_NOREPLACE)) observe_pages(address, length);
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_MMAP_FIXED, .address = address, .length = length, .prot = prot,
                            .flags = flags, .fd = fd, .offset = (long)offset, .pkey = -1};
@@ -286,6 +316,9 @@ void *shmat(int shmid, const void *address, int flags) {
     struct shmid_ds segment;
     uintptr_t at = (uintptr_t)address;
     if (at && (flags & SHM_RND)) at &= ~(uintptr_t)(SHMLBA - 1);
+    if (at && (flags & SHM_REMAP) && atomic_load_explicit(&unmap_observer, memory_order_relaxed) &&
+        syscall(SYS_shmctl, shmid, IPC_STAT, &segment) == 0)
+        observe_pages((void *)at, segment.shm_segsz);
     if (!handler || handler_depth != 0 || !at || !(flags & SHM_REMAP) || cmemhooks_active_slots() == 0 ||
         syscall(SYS_shmctl, shmid, IPC_STAT, &segment) != 0 ||
         !page_range((void *)at, segment.shm_segsz, &call.start, &call.end)) {
@@ -311,7 +344,8 @@ int shmdt(const void *address) {
     cmemhooks_call call = {.kind = CMEMHOOKS_SHMDT, .address = (void *)address, .pkey = -1};
     cmemhooks_vma vma;
     int saved = errno;
-    if (handler && handler_depth == 0 && cmemhooks_active_slots() != 0 &&
+    int observed = atomic_load_explicit(&unmap_observer, memory_order_relaxed) != NULL && observer_depth == 0;
+    if (((handler && handler_depth == 0 && cmemhooks_active_slots() != 0) || observed) &&
         cmemhooks_vma_at_or_after((uintptr_t)address, (uintptr_t)address + 1, &vma) == 0 &&
         vma.start == (uintptr_t)address) {
         call.start = vma.start;
@@ -322,7 +356,8 @@ int shmdt(const void *address) {
                vma.inode == inode && vma.dev_major == major && vma.dev_minor == minor) {
             call.end = vma.end;
         }
-        if ((call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
+        observe(call.start, call.end);
+        if (handler && handler_depth == 0 && (call.slots = cmemhooks_touching(call.start, call.end)) != 0) {
             return (int)through_handler(handler, &call);
         }
     }
@@ -344,6 +379,11 @@ void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...
         va_start(arguments, flags);
         new_address = va_arg(arguments, void *);
         va_end(arguments);
+    }
+    // What goes away: the old range when it moves, its tail when it shrinks, and a fixed target.
+    if (atomic_load_explicit(&unmap_observer, memory_order_relaxed)) {
+        if ((flags & (MREMAP_MAYMOVE | MREMAP_FIXED)) || new_size < old_size) observe_pages(old_address, old_size);
+        if (flags & MREMAP_FIXED) observe_pages(new_address, new_size);
     }
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_MREMAP, .address = old_address, .length = old_size,
@@ -384,6 +424,10 @@ void *mremap(void *old_address, size_t old_size, size_t new_size, int flags, ...
 int brk(void *address) {
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     cmemhooks_call call = {.kind = CMEMHOOKS_BRK, .address = address, .pkey = -1, .pidfd = -1};
+    if (atomic_load_explicit(&unmap_observer, memory_order_relaxed)) {
+        uintptr_t mask = page_mask(), now = (uintptr_t)(&__curbrk && __curbrk ? __curbrk : set_break(NULL));
+        if ((uintptr_t)address < now) observe(((uintptr_t)address + mask) & ~mask, (now + mask) & ~mask);
+    }
     if (handler && handler_depth == 0 && cmemhooks_active_slots() != 0) {
         uintptr_t mask = page_mask(), now = (uintptr_t)(&__curbrk && __curbrk ? __curbrk : set_break(NULL));
         uintptr_t start = ((uintptr_t)address + mask) & ~mask, end = (now + mask) & ~mask;
@@ -437,6 +481,7 @@ int cmemhooks_advice_replaces_pages(int advice) {
 // new zero pages under a cached region. Invalidated around the call, and once more after it for
 // a watch that raced the first check (as mprotect).
 static long advise(cmemhooks_call *call) {
+    if (cmemhooks_advice_replaces_pages(call->advice)) observe(call->start, call->end);
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     if (!handler || handler_depth != 0 || call->start >= call->end ||
         !cmemhooks_advice_replaces_pages(call->advice) || cmemhooks_active_slots() == 0) {
@@ -488,7 +533,8 @@ ssize_t process_madvise(int pidfd, const struct iovec *iovec, size_t count, int 
                            .iovec = iovec, .iovec_count = count, .flags = (int)flags};
     // The range handed to the handler covers every vector (an over-wide invalidation is safe).
     uintptr_t low = UINTPTR_MAX, high = 0;
-    if (atomic_load_explicit(&installed_handler, memory_order_acquire) && cmemhooks_active_slots() != 0 &&
+    if (((atomic_load_explicit(&installed_handler, memory_order_acquire) && cmemhooks_active_slots() != 0) ||
+         atomic_load_explicit(&unmap_observer, memory_order_relaxed)) &&
         cmemhooks_advice_replaces_pages(advice) && iovec && count <= 1024 && pidfd_is_self(pidfd)) {
         for (size_t i = 0; i < count; i++) {
             uintptr_t s, e;

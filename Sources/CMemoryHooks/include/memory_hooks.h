@@ -38,6 +38,14 @@ enum cmemhooks_kind {
                                     // (told after the call: performed is 1, result the address)
 };
 
+/// Told of every page range a hooked munmap, mmap(MAP_FIXED), mremap, page-replacing madvise,
+/// shmat(SHM_REMAP), shmdt or lowered brk is about to take away, before the real call, in the
+/// calling thread, whether or not a monitor watches it (UCX's memory events, which report every
+/// unmap: Sources/CUCXMonitor). Not told of calls it makes itself.
+typedef void (*cmemhooks_unmap_observer)(uintptr_t start, size_t length);
+/// Sets the observer (NULL: none). One per process: the last set wins.
+void cmemhooks_set_unmap_observer(cmemhooks_unmap_observer observer);
+
 /// What a protection change takes away (the hooks call the handler only when it takes some).
 enum cmemhooks_protection_loss {
     CMEMHOOKS_LOSES_WRITE = 1,   // readable, not writable any more
