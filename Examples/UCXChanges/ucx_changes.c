@@ -11,6 +11,11 @@
  *                           external memory events (ucm_test_external_events) and prints it.
  *   ucx_changes bench       one process: UCX's cached hit (ucp_mem_map + ucp_mem_unmap of the
  *                           same 64 KiB buffer) and the munmap of a 64 KiB buffer UCX cached.
+ *   ucx_changes import-before | import-after
+ *                           with libRDMAMemoryPreload.so loaded but not armed (LD_PRELOAD without
+ *                           scripts/with-rdmamemory): calls rdmamemory_ucx_import() before or
+ *                           after ucp_init() and prints what it answered. Before: 0, and UCM's
+ *                           check of external events passes; after: -EBUSY, and why.
  *
  * Rendezvous makes UCX register the sender's buffer (its cache: ucs_rcache) and the receiver read
  * it over RDMA. A cache that missed the change hands out the old registration, and the receiver
@@ -287,6 +292,27 @@ static int bench(void) {
     return 0;
 }
 
+/* rdmamemory_ucx_import() before or after UCX made its cache (found at run time: the library
+ * is preloaded, not linked). */
+static int import_order(int before) {
+    int (*import)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "rdmamemory_ucx_import");
+    const char *(*error)(void) = (const char *(*)(void))dlsym(RTLD_DEFAULT, "rdmamemory_ucx_error");
+    if (!import || !error) {
+        fprintf(stderr, "ucx_changes: rdmamemory_ucx_import not found: preload libRDMAMemoryPreload.so\n");
+        return 2;
+    }
+    int answer = 0;
+    if (before) answer = import();
+    ucp_context_h context = make_context();
+    if (!before) answer = import();
+    printf("rdmamemory_ucx_import() %s ucp_init(): %d (%s)%s%s\n", before ? "before" : "after", answer,
+           answer ? strerror(-answer) : "imported", answer ? ": " : "", answer ? error() : "");
+    ucs_status_t external = ucm_test_external_events(UCM_EVENT_VM_UNMAPPED);
+    printf("ucm_test_external_events(UCM_EVENT_VM_UNMAPPED): %s\n", ucs_status_string(external));
+    ucp_cleanup(context);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     /* A fixed threshold, as programs that tune glibc set it: each message-sized malloc is a
      * mapping of its own and free() unmaps it, so malloc after free gets the same address back. */
@@ -294,6 +320,8 @@ int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "changes";
     if (strcmp(mode, "changes") == 0) return changes();
     if (strcmp(mode, "bench") == 0) return bench();
-    fprintf(stderr, "usage: ucx_changes [changes | bench]\n");
+    if (strcmp(mode, "import-before") == 0) return import_order(1);
+    if (strcmp(mode, "import-after") == 0) return import_order(0);
+    fprintf(stderr, "usage: ucx_changes [changes | bench | import-before | import-after]\n");
     return 2;
 }
