@@ -6,6 +6,9 @@
 // (free() of a large block, thread stacks) and raw syscall() bypass them: userfaultfd still
 // reports the unmaps among those, and nothing reports the rest (MemoryHooks.swift says which).
 //
+// An unmap observer (cmemhooks_set_unmap_observer: UCX's event source) is told of every range a
+// call takes away, watched or not, before the call: one load when there is none.
+//
 // The rule every hook keeps: on a call that touches no memory a monitor registered it takes no
 // lock and allocates nothing (one lock-free look at the granule maps), so an allocator that
 // calls it while holding its own lock cannot re-enter itself through us. On a call that does,
@@ -481,7 +484,8 @@ int cmemhooks_advice_replaces_pages(int advice) {
 // new zero pages under a cached region. Invalidated around the call, and once more after it for
 // a watch that raced the first check (as mprotect).
 static long advise(cmemhooks_call *call) {
-    if (cmemhooks_advice_replaces_pages(call->advice)) observe(call->start, call->end);
+    if (atomic_load_explicit(&unmap_observer, memory_order_relaxed) && cmemhooks_advice_replaces_pages(call->advice))
+        observe(call->start, call->end);
     cmemhooks_handler handler = atomic_load_explicit(&installed_handler, memory_order_acquire);
     if (!handler || handler_depth != 0 || call->start >= call->end ||
         !cmemhooks_advice_replaces_pages(call->advice) || cmemhooks_active_slots() == 0) {
