@@ -192,6 +192,7 @@ static void print_adapter_statistics(void) {
     printf("rdmamemory adapter: %" PRIu64 " reports to UCM, %" PRIu64 " UCX registrations (%" PRIu64 " watched, %" PRIu64
            " uncached, %" PRIu64 " raced), %" PRIu64 " lookups waited\n",
            s.reported, s.registrations, s.watched, s.uncached, s.raced, s.waits);
+    fflush(stdout);
 }
 
 static int changes(void) {
