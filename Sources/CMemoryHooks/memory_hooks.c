@@ -104,12 +104,38 @@ static void *set_break(void *address) {
     return now;
 }
 
+static int covering_pages(const void *address, size_t length, uintptr_t *start, uintptr_t *end);
+
+// Before a call that may change what is mapped: the records of mappings the hooked mmap made
+// there are no longer sure (known_mappings.c). shmat and shmdt say their range only after the
+// call: every record goes (both are rare).
+static void forget_known_mappings(const cmemhooks_call *call) {
+    uintptr_t start, end;
+    switch (call->kind) {
+    case CMEMHOOKS_MUNMAP:
+    case CMEMHOOKS_MMAP_FIXED:
+        if (covering_pages(call->address, call->length, &start, &end)) cmemhooks_known_mappings_forget(start, end);
+        break;
+    case CMEMHOOKS_MREMAP:
+        if (covering_pages(call->address, call->length, &start, &end)) cmemhooks_known_mappings_forget(start, end);
+        if (call->new_end > call->new_start) cmemhooks_known_mappings_forget(call->new_start, call->new_end);
+        break;
+    case CMEMHOOKS_SHMAT:
+    case CMEMHOOKS_SHMDT:
+        cmemhooks_known_mappings_forget(0, UINTPTR_MAX);
+        break;
+    default:  // brk: the heap is never a recorded mapping
+        break;
+    }
+}
+
 void cmemhooks_perform(cmemhooks_call *call) {
     if (call->performed) return;
     call->performed = 1;
     // Mappings change (or may have: a failed call changes nothing, and costs one bump).
     int maps = call->kind == CMEMHOOKS_MUNMAP || call->kind == CMEMHOOKS_MMAP_FIXED || call->kind == CMEMHOOKS_SHMAT ||
                call->kind == CMEMHOOKS_SHMDT || call->kind == CMEMHOOKS_MREMAP || call->kind == CMEMHOOKS_BRK;
+    if (maps) forget_known_mappings(call);
     long result;
     switch (call->kind) {
     case CMEMHOOKS_MUNMAP:
@@ -255,6 +281,16 @@ static void *map(void *address, size_t length, int prot, int flags, int fd, off_
     if (call.result == -1) {
         errno = call.error;
         return MAP_FAILED;
+    }
+    // While a monitor runs, the memory it made is recorded when private anonymous (MAP_FIXED too:
+    // the old mapping there is gone), whether or not it lies in registered granules; any other
+    // kind takes away the records of what was there (a raw munmap nobody saw left them).
+    if (handler && page_range((void *)call.result, length, &call.start, &call.end)) {
+        if ((flags & MAP_ANONYMOUS) && (flags & MAP_TYPE) == MAP_PRIVATE && !(flags & MAP_HUGETLB)) {
+            cmemhooks_known_mapping_add(call.start, call.end);
+        } else {
+            cmemhooks_known_mappings_forget(call.start, call.end);
+        }
     }
     if (!(flags & MAP_FIXED) && handler && handler_depth == 0 &&
         page_range((void *)call.result, length, &call.start, &call.end) &&

@@ -51,6 +51,10 @@ void cmemhooks_mappings_changed(void) {
     atomic_fetch_add_explicit(&mapping_generation, 1, memory_order_acq_rel);
 }
 
+unsigned long cmemhooks_mappings_generation(void) {
+    return atomic_load_explicit(&mapping_generation, memory_order_acquire);
+}
+
 #define SNAPSHOT_CAPACITY 4096
 typedef struct {
     uintptr_t start, end;

@@ -8,9 +8,10 @@ import Monitors
 import Testing
 
 extension MonitorsTests {
-    /// A mapping the hooked `mmap` made in a registered granule is remembered as private
-    /// anonymous memory: its first watch registers it and asks nothing more (no probe, no
-    /// query). What the hooks or events see change there is forgotten, so a later mapping of
+    /// A private anonymous mapping the hooked `mmap` made is remembered (anywhere, not only in
+    /// registered granules): a watch there registers at most once and asks nothing more (no
+    /// probe, no query), and none at all when its granule was registered whole after the mapping
+    /// was made. What the hooks or events see change there is forgotten, so a later mapping of
     /// another kind at the same address is asked about for real.
     @Suite("mappings the hooked mmap made: watched with one register, forgotten on change")
     struct KnownMappingTests {
@@ -33,8 +34,8 @@ extension MonitorsTests {
             let (base, anchor) = try anchored(harness)
             defer { unmap(base, 4 * pageSize) }
             let address = try mapAnonymous(8 * pageSize, at: base + 8 * pageSize, replace: false)
-            #expect(harness.monitor.knownMappingCount == 1)
             let buffer = try range(address, 8 * pageSize)
+            #expect(harness.monitor.knowsMapping(of: buffer))
             let before = harness.monitor.statistics
             try harness.monitor.watch(buffer)
             #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
@@ -45,7 +46,7 @@ extension MonitorsTests {
             _ = try probe.subscription.readBegin()
             #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 8 * pageSize) == 0)
             #expect(probe.seenByNewLookup == [.unmap])
-            #expect(harness.monitor.knownMappingCount == 0, "the unmap event forgot the mapping")
+            #expect(!harness.monitor.knowsMapping(of: buffer), "the unmap event forgot the mapping")
             try probe.subscription.remove()
             try harness.monitor.unwatch(buffer)
             try harness.monitor.unwatch(anchor)
@@ -69,18 +70,19 @@ extension MonitorsTests {
             let (base, anchor) = try anchored(harness)
             defer { unmap(base, 4 * pageSize) }
             let address = try mapAnonymous(4 * pageSize, at: base + 8 * pageSize, replace: false)
-            #expect(harness.monitor.knownMappingCount == 1)
+            let mapping = try range(address, 4 * pageSize)
+            #expect(harness.monitor.knowsMapping(of: mapping))
             switch removal {
             case .hookedMunmap:
                 unmap(address, 4 * pageSize)
-                #expect(harness.monitor.knownMappingCount == 0)
+                #expect(!harness.monitor.knowsMapping(of: mapping))
             case .rawMunmap:
                 #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize) == 0)
-                #expect(harness.monitor.knownMappingCount == 1)
+                #expect(harness.monitor.knowsMapping(of: mapping), "nothing saw the raw munmap")
             }
             _ = try mapAnonymous(4 * pageSize, at: address, shared: true, replace: false)
             defer { unmap(address, 4 * pageSize) }
-            #expect(harness.monitor.knownMappingCount == 0, "the hooked mmap forgot what it replaced knowledge of")
+            #expect(!harness.monitor.knowsMapping(of: mapping), "the hooked mmap forgot what it replaced knowledge of")
             #expect(throws: MonitorError.self) { try harness.monitor.watch(try range(address, 4 * pageSize)) }
             try harness.monitor.unwatch(anchor)
         }
@@ -107,15 +109,97 @@ extension MonitorsTests {
             try harness.monitor.unwatch(try range(base, pageSize))
         }
 
-        @Test("mappings made outside registered granules are not remembered (no lock, no work)")
-        func unwatchedGranulesAreIgnored() throws {
+        /// The device miss figure's shape: buffers each in a mapping of its own, all mapped
+        /// before the first is registered. The first watch in the granule registers it whole;
+        /// the others were mapped before that register, so they are watched with no ioctl, and
+        /// are watched for real: a raw munmap of one is an event.
+        @Test("buffers mapped before their granule's whole register are watched with no ioctl, and for real")
+        func mappingsCoveredByAWholeRegisterNeedNoIoctl() throws {
             let harness = try Harness()
             defer { harness.close() }
             try #require(harness.monitor.hooks == .active)
-            let address = try mapIsolated(4 * pageSize)
-            defer { unmap(address, 4 * pageSize) }
-            #expect(harness.monitor.knownMappingCount == 0)
-            #expect(harness.monitor.statistics.mappingsSeenMade == 0)
+            let base = try mapIsolated(4 * pageSize)  // a granule of its own
+            defer { unmap(base, 4 * pageSize) }
+            let first = try mapAnonymous(4 * pageSize, at: base + 16 * pageSize, replace: false)
+            let second = try mapAnonymous(4 * pageSize, at: base + 32 * pageSize, replace: false)
+            defer { unmap(first, 4 * pageSize) }
+            let firstBuffer = try range(first, 4 * pageSize)
+            let secondBuffer = try range(second, 4 * pageSize)
+            #expect(harness.monitor.knowsMapping(of: firstBuffer) && harness.monitor.knowsMapping(of: secondBuffer))
+            try harness.monitor.watch(firstBuffer)  // the granule's first: registered whole
+            let before = harness.monitor.statistics
+            try harness.monitor.watch(secondBuffer)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl + 1)
+            #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
+
+            let probe = try RangeProbe(harness.space, secondBuffer)
+            _ = try probe.subscription.readBegin()
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: second), 4 * pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try probe.subscription.remove()
+            try harness.monitor.unwatch(secondBuffer)
+            try harness.monitor.unwatch(firstBuffer)
+        }
+
+        /// A mapping made after the granule's whole register is not registered by it: its watch
+        /// registers (the granule again, whole), and it too is watched for real.
+        @Test("a buffer mapped after its granule's whole register is registered, once")
+        func mappingNewerThanTheRegisterIsRegistered() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            try #require(harness.monitor.hooks == .active)
+            let (base, anchor) = try anchored(harness)
+            defer { unmap(base, 4 * pageSize) }
+            let address = try mapAnonymous(4 * pageSize, at: base + 16 * pageSize, replace: false)
+            let buffer = try range(address, 4 * pageSize)
+            let before = harness.monitor.statistics
+            try harness.monitor.watch(buffer)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl)
+            #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
+            let probe = try RangeProbe(harness.space, buffer)
+            _ = try probe.subscription.readBegin()
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try probe.subscription.remove()
+            try harness.monitor.unwatch(buffer)
+            try harness.monitor.unwatch(anchor)
+        }
+
+        /// A granule that refuses a whole register (a file mapping in it) is registered in
+        /// pieces: the second watch in a known mapping there registers all of the mapping and
+        /// marks its record, so the third asks nothing, and is watched for real.
+        @Test("in a granule registered in pieces, a known mapping registered once needs no ioctl after")
+        func markedMappingNeedsNoIoctl() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            try #require(harness.monitor.hooks == .active)
+            let base = try mapIsolatedUnseen(pageSize)  // the granule's first page, raw
+            defer { _ = cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: base), pageSize) }
+            let fd = open("/etc/passwd", O_RDONLY | O_CLOEXEC)
+            try #require(fd >= 0)
+            defer { close(fd) }
+            let file = mmap(UnsafeMutableRawPointer(bitPattern: base + pageSize), Int(pageSize), PROT_READ,
+                            MAP_PRIVATE | 0x100000 /* MAP_FIXED_NOREPLACE */, fd, 0)
+            try #require(file == UnsafeMutableRawPointer(bitPattern: base + pageSize))
+            defer { unmap(base + pageSize, pageSize) }
+            let address = try mapAnonymous(8 * pageSize, at: base + 16 * pageSize, replace: false)
+            defer { unmap(address, 8 * pageSize) }
+            let buffers = try (0..<3).map { try range(address + UInt($0) * 2 * pageSize, pageSize) }
+            try harness.monitor.watch(buffers[0])  // the granule's first: refused whole, a piece
+            var before = harness.monitor.statistics
+            try harness.monitor.watch(buffers[1])  // the whole mapping, once
+            #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl)
+            before = harness.monitor.statistics
+            try harness.monitor.watch(buffers[2])
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl + 1)
+
+            let probe = try RangeProbe(harness.space, buffers[2])
+            _ = try probe.subscription.readBegin()
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: buffers[2].start), pageSize) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try probe.subscription.remove()
+            for buffer in buffers { try harness.monitor.unwatch(buffer) }
         }
     }
 }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShims
+import CTestShims
 import NotifierEngine
 import MemoryMapping
 import Monitors
@@ -108,6 +109,20 @@ func mapIsolated(_ length: UInt) throws -> UInt {
         return next
     }
     return try mapAnonymous(length, at: hint, replace: false)
+}
+
+/// As `mapIsolated`, by a raw system call: a mapping the hooks never saw made (as glibc's malloc
+/// makes its large blocks), so what the monitor knows of it comes from the kernel alone.
+func mapIsolatedUnseen(_ length: UInt) throws -> UInt {
+    let hint = isolatedNext.withLock { next -> UInt in
+        defer { next += 1 << 30 }
+        return next
+    }
+    let raw = ctest_raw_mmap_anonymous(UnsafeMutableRawPointer(bitPattern: hint), length)
+    guard let raw, raw == UnsafeMutableRawPointer(bitPattern: hint) else {
+        throw MappingError(call: "syscall(SYS_mmap)", argument: "\(length)", errno: .init(rawValue: errno))
+    }
+    return hint
 }
 
 /// mmap at exactly `address` without replacing anything (MAP_FIXED_NOREPLACE): throws EEXIST

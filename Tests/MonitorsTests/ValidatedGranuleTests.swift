@@ -64,11 +64,13 @@ extension MonitorsTests {
             try harness.monitor.unwatch(anchor)
         }
 
+        /// Mapped by a raw system call: a mapping the hooked mmap made is known without asking,
+        /// and the granule's whole register takes it (`KnownMappingTests`).
         @Test("a granule only partly mapped is never trusted: every watch there asks the kernel")
         func partialGranuleIsNotValidated() throws {
             let harness = try Harness()
             defer { harness.close() }
-            let base = try mapIsolated(16 * pageSize)
+            let base = try mapIsolatedUnseen(16 * pageSize)
             defer { unmap(base, 16 * pageSize) }
             for page in 0..<4 { try harness.monitor.watch(try range(base + UInt(page) * pageSize, pageSize)) }
             #expect(harness.monitor.validatedGranuleCount == 0)

@@ -15,6 +15,8 @@
 //   written under the monitor's lock, read lock-free by the hooks. Immortal once made.
 // - vma_query.c: what is mapped at an address (PROCMAP_QUERY where the kernel has it, else
 //   /proc/self/maps), allocation-free.
+// - known_mappings.c: the private anonymous mappings the hooked mmap made, so that a watch
+//   there knows their class without asking the kernel.
 #include <stddef.h>
 #include <stdint.h>
 
@@ -175,6 +177,34 @@ void cmemhooks_mappings_changed(void);
 /// 1 when this copy's hooks are installed and bind the process's calls (a monitor runs, the
 /// hooks are not off, no other copy comes first).
 int cmemhooks_hooks_bound(void);
+
+/// How many times mappings changed as far as the hooks and the monitor saw (the count
+/// cmemhooks_mappings_changed bumps, after the call that changed them).
+unsigned long cmemhooks_mappings_generation(void);
+
+// ---------------------------------------------------------------------------------------------
+// Mappings the hooked mmap made (known_mappings.c)
+
+/// A private anonymous mapping the hooked mmap made, and its stamp (the mapping clock when it
+/// was recorded).
+typedef struct cmemhooks_known_mapping {
+    uintptr_t start, end;
+    uint64_t stamp;
+    uint32_t registered_slots;  // the slots (monitors) that registered all of it since
+} cmemhooks_known_mapping;
+/// Records [start, end) as private anonymous memory just made by the hooked mmap (the newest
+/// 256 are kept). Allocation-free.
+void cmemhooks_known_mapping_add(uintptr_t start, uintptr_t end);
+/// Forgets every record overlapping [start, end): its mappings may change.
+void cmemhooks_known_mappings_forget(uintptr_t start, uintptr_t end);
+/// 1 with *out filled when [start, end) lies inside one recorded mapping, else 0.
+int cmemhooks_known_mapping_find(uintptr_t start, uintptr_t end, cmemhooks_known_mapping *out);
+/// The mapping clock: every recorded mapping has a smaller stamp than a value read later.
+uint64_t cmemhooks_known_mappings_clock(void);
+/// Marks the records inside [start, end) as registered by `slot` (its register just took them).
+void cmemhooks_known_mappings_mark_registered(uintptr_t start, uintptr_t end, int slot);
+/// Takes `slot`'s mark off every record overlapping [start, end) (it unregisters memory there).
+void cmemhooks_known_mappings_unmark(uintptr_t start, uintptr_t end, int slot);
 
 /// 1 when the kernel answers PROCMAP_QUERY (Linux 6.11+): one ioctl per mapping instead of a
 /// read of /proc/self/maps.

@@ -83,9 +83,11 @@ final class GranuleWatch: Sendable {
                 // granules that were all registered whole takes one ioctl for all of them.
                 let first = pages.start & ~(granuleSize - 1)
                 let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
+                let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
                 if span > granuleSize && table.allWhole(starts) && descriptor.register(start: first, length: span) == nil {
                     for start in starts {
                         table.countBuffer(at: start)
+                        table.records.update(start) { $0.wholeSince = max($0.wholeSince, clock) }
                         counted.append(start)
                     }
                 } else {
@@ -133,34 +135,61 @@ final class GranuleWatch: Sendable {
         }
     }
 
-    /// The watch of a buffer in known memory (`KnownMemory`): in validated granules it is only
-    /// counted; in a mapping the hooked mmap made (in granules with records) it is counted and
-    /// registered, and that is all. False when neither applies (or the register failed: the
-    /// counts are taken back and the usual watch follows).
+    /// The watch of a buffer in known memory, which asks the kernel nothing or registers once;
+    /// false when it does not apply (the usual watch follows, with nothing left counted):
+    /// - validated granules (`KnownMemory`), no window open: counted, no ioctl;
+    /// - a buffer inside a private anonymous mapping the hooked mmap made
+    ///   (`cmemhooks_known_mapping_find`), in granules with records (in the hooks' map):
+    ///   - registered already, no window open: counted, no ioctl. Registered means each granule
+    ///     registered whole after the mapping was made (`wholeSince` above its stamp), or the
+    ///     whole mapping registered by this monitor's earlier watch (its mark on the record,
+    ///     taken off when the monitor unregisters there). Any change to it since was a hooked
+    ///     call or an event, both of which forgot the record first;
+    ///   - otherwise counted, then registered out of the lock: the whole granules again (which
+    ///     also takes the mappings made there since, so later buffers need no ioctl), else the
+    ///     mapping's part. No probe and no query: the class is known from the hooked mmap.
     ///
-    /// The register runs out of the lock, so that two threads watching buffers in one granule
-    /// do not wait for each other's ioctl (the churn loop on 2 threads spent most of its time in
-    /// futex calls). Safe because the buffer is counted first: no unwatch can unregister the
-    /// granule meanwhile; and once registered, any change to the mapping is an event or a hooked
-    /// call, whose invalidation makes the miss that watched retry (its `readBegin` came first).
-    /// A hooked unmap that ran between the count and the register left a hole the register
-    /// covers harmlessly, and the miss retries for the same reason. No probe, no query: the
-    /// class is known from the hooked mmap.
+    /// Races: the mapping generation (bumped after every hooked call that changes mappings)
+    /// is read before the record is found and again once the buffer is counted; a change in
+    /// between sends the watch the usual way. Once counted, the granules are in the hooks' map,
+    /// so a hooked unmap there invalidates the miss's subscription, and a raw one is an event:
+    /// the miss retries either way (its `readBegin` came first). The register runs out of the
+    /// lock so that two threads watching buffers in one granule do not wait for each other's
+    /// ioctl (the churn loop on 2 threads spent most of its time in futex calls); the count
+    /// keeps any unwatch from unregistering the granule meanwhile.
     private func watchKnownMemory(_ pages: PageRange) throws(MonitorError) -> Bool {
-        enum Found { case validated, madeByHookedMmap, neither }
+        enum Found { case validated, registered, register(span: PageRange, mapping: PageRange, whole: Bool), neither }
+        let generation = cmemhooks_mappings_generation()
+        var record = cmemhooks_known_mapping()
+        let inMapping = cmemhooks_known_mapping_find(pages.start, pages.end, &record) != 0
+        let mapping = PageRange(start: record.start, end: record.end)
         let found = try table.withLock { table throws(MonitorError) -> Found in
             if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
             let starts = granuleStarts(pages)
             // No window open (sequence even): the worker has forgotten everything that an unmap
             // which already returned touched, whether or not the caller did readBegin.
-            if space.openWindowSequence & 1 == 0, table.allWhole(starts), known.validated(starts) {
+            let windowClosed = space.openWindowSequence & 1 == 0
+            if windowClosed, table.allWhole(starts), known.validated(starts) {
                 for start in starts { table.countBuffer(at: start) }
                 return .validated
             }
-            guard table.allRecorded(starts), known.madeByHookedMmap(pages) else { return .neither }
-            for start in starts { table.countBuffer(at: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize)) }
-            return .madeByHookedMmap
+            guard inMapping, slot.isActive, table.allRecorded(starts) else { return .neither }
+            let whole = table.allWhole(starts)
+            let first = pages.start & ~(granuleSize - 1)
+            let span = PageRange(start: first, end: (pages.end &+ granuleSize &- 1) & ~(granuleSize - 1))
+            let part = mapping.intersection(span) ?? pages
+            let registered = windowClosed
+                && (record.registered_slots & (1 << UInt32(slot.index)) != 0
+                    || whole && starts.allSatisfy { (table.records[$0]?.wholeSince ?? 0) > record.stamp })
+            for start in starts {
+                table.countBuffer(at: start, piece: registered ? nil : part.clipped(toGranule: start, granuleSize: granuleSize))
+            }
+            if cmemhooks_mappings_generation() != generation {  // a mapping changed meanwhile
+                for start in starts { release(start, in: &table, keepingIdle: false) }
+                return .neither
+            }
+            return registered ? .registered : .register(span: span, mapping: part, whole: whole)
         }
         switch found {
         case .neither:
@@ -168,13 +197,29 @@ final class GranuleWatch: Sendable {
         case .validated:
             counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
             return true
-        case .madeByHookedMmap:
-            if descriptor.register(start: pages.start, length: pages.length) == nil {
+        case .registered:
+            counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
+            counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
+            return true
+        case .register(let span, let part, let whole):
+            let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
+            if whole && descriptor.register(start: span.start, length: span.length) == nil {
+                table.withLock { table in
+                    for start in granuleStarts(span) {
+                        table.records.update(start) { if $0.isWhole { $0.wholeSince = max($0.wholeSince, clock) } }
+                    }
+                }
+                counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
+                return true
+            }
+            if descriptor.register(start: part.start, length: part.length) == nil {
+                // The count keeps the granules registered until the mark is on: an unregister
+                // there (which takes it off) waits for the last buffer.
+                cmemhooks_known_mappings_mark_registered(part.start, part.end, slot.index)
                 counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
                 return true
             }
             table.withLock { table in
-                known.forget(start: pages.start, end: pages.end)  // not what it seemed: ask the kernel
                 for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
             }
             return false
@@ -289,10 +334,7 @@ final class GranuleWatch: Sendable {
     /// would be taken for the private memory it replaced.
     func noteNewMapping(_ pages: PageRange, privateAnonymous: Bool) {
         known.forget(start: pages.start, end: pages.end)
-        if privateAnonymous {
-            known.noteMapping(pages)
-            counters.mappingsSeenMade.wrappingAdd(1, ordering: .relaxed)
-        }
+        if privateAnonymous { counters.mappingsSeenMade.wrappingAdd(1, ordering: .relaxed) }
     }
 
     // MARK: The worker's side, shutdown
@@ -301,6 +343,7 @@ final class GranuleWatch: Sendable {
     /// window closes), and tells the mapping classifier's snapshot that mappings changed. Takes
     /// only `known`'s lock.
     func forget(start: UInt, end: UInt) {
+        cmemhooks_known_mappings_forget(start, end)
         cmemhooks_mappings_changed()
         known.forget(start: start, end: end)
     }
@@ -312,6 +355,7 @@ final class GranuleWatch: Sendable {
             if table.failure == nil { table.failure = error }
             table.removeAllRecords(slot: slot, granuleSize: granuleSize)
             known.removeAll()  // the descriptor is going: nothing to unregister
+            cmemhooks_known_mappings_unmark(0, .max, slot.index)
         }
     }
 
@@ -320,6 +364,7 @@ final class GranuleWatch: Sendable {
         table.withLock { table in
             table.shutDown = true
             known.removeAll()
+            cmemhooks_known_mappings_unmark(0, .max, slot.index)
             table.removeAllRecords(slot: slot, granuleSize: granuleSize) { start, record in unregister(start, record) }
         }
     }
@@ -336,8 +381,12 @@ final class GranuleWatch: Sendable {
         if record.isWhole {
             var failure: Errno?
             if !refusal.whole {
+                let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
                 failure = descriptor.register(start: start, length: granuleSize)
-                if failure == nil { return record }
+                if failure == nil {
+                    record.wholeSince = max(record.wholeSince, clock)
+                    return record
+                }
                 if failure != .invalidArgument && failure != .resourceBusy {
                     throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(start, granuleSize),
                                       errno: failure ?? .invalidArgument)
@@ -458,6 +507,7 @@ final class GranuleWatch: Sendable {
         table.records[start] = nil
         table.idleCount -= 1
         known.remove(granule: start)  // before the unregister makes it untrue
+        cmemhooks_known_mappings_unmark(start, start &+ granuleSize, slot.index)
         unregister(start, record)
         _ = slot.adjust(granule: start, size: granuleSize, registered: -1)  // after: see `HookSlot`
     }

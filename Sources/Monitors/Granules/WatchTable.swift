@@ -13,6 +13,10 @@ struct GranuleRecord: Sendable {
     var pieces: RegisteredPieces?
     /// Watches left before the next attempt to validate the granule (see `KnownMemory`).
     var validationCountdown = 0
+    /// The mapping clock (`cmemhooks_known_mappings_clock`) read before the granule's latest
+    /// whole register, 0 before any: every mapping the hooked mmap recorded with a smaller stamp
+    /// and still recorded was registered by it (`GranuleWatch.watchKnownMemory`).
+    var wholeSince: UInt64 = 0
 
     static let revalidateEvery = 64
 

@@ -233,9 +233,14 @@ public final class UserfaultfdMonitor: Sendable {
     /// Granules found wholly registered, where a watch issues no ioctl (see `KnownMemory`).
     public var validatedGranuleCount: Int { granules.known.validatedCount }
 
-    /// Mappings the hooked `mmap` was seen making and no change has touched since, among the
-    /// newest few: a watch there only registers (see `KnownMemory`).
-    public var knownMappingCount: Int { granules.known.mappingCount }
+    /// True when `range` lies inside a private anonymous mapping the hooked `mmap` was seen
+    /// making that no change has touched since (the newest 256 are kept, process-wide): a watch
+    /// there registers at most once, with no probe or query (`GranuleWatch.watchKnownMemory`).
+    public func knowsMapping(of range: AddressRange) -> Bool {
+        guard let pages = try? pageRange(range, call: "knowsMapping") else { return false }
+        var mapping = cmemhooks_known_mapping()
+        return cmemhooks_known_mapping_find(pages.start, pages.end, &mapping) != 0
+    }
 
     /// Granules kept registered with no buffer (`Configuration.idleGranules`).
     public var idleGranuleCount: Int { granules.idleGranuleCount }
