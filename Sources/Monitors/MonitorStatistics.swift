@@ -26,11 +26,11 @@ public struct MonitorStatistics: Sendable, Equatable {
     /// `mprotect`, `shmat` and `shmdt` calls over registered memory seen by the hooks (changes
     /// userfaultfd never reports).
     public var interceptedChanges: Int
-    /// Watches of a buffer in a mapping the hooked `mmap` made: one register, no probe, no
-    /// query (`KnownMemory`).
+    /// Watches of a buffer in a mapping the hooked `mmap` made: one register or none, no probe,
+    /// no query (`GranuleWatch.watchKnownMemory`).
     public var watchesOfKnownMappings: Int
-    /// Private anonymous mappings the hooked `mmap` made in registered granules (remembered
-    /// for their first watch).
+    /// Private anonymous mappings the hooked `mmap` made in registered granules (the hooks
+    /// record those made anywhere: `knowsMapping(of:)`).
     public var mappingsSeenMade: Int
     /// All events read.
     public var events: Int { unmapEvents + removeEvents + remapEvents + unexpectedFaults }

@@ -36,6 +36,7 @@ enum cmemhooks_kind {
     CMEMHOOKS_MREMAP = 6,
     CMEMHOOKS_MADVISE = 7,          // madvise() or process_madvise() of this process, replacing pages
     CMEMHOOKS_MMAP_NEW = 8,         // an mmap() (not MAP_FIXED) that made memory in registered granules
+                                    // (every private anonymous one is recorded: known_mappings.c)
     CMEMHOOKS_BRK = 9,              // brk() or sbrk() lowering the program break: [start, end) unmapped
                                     // (told after the call: performed is 1, result the address)
 };

@@ -15,7 +15,9 @@ import SystemPackage
 /// The protocol of a watch, after the miss's `readBegin` (see `UserfaultfdMonitor.watch`):
 /// ```
 /// validated granule, window closed          -> count, no ioctl
-/// a mapping the hooked mmap made, recorded  -> count, register it out of the lock (one ioctl)
+/// a mapping the hooked mmap made, recorded, -> count, no ioctl
+///   registered since (whole granule or mark)
+/// a mapping the hooked mmap made, recorded  -> count, register out of the lock (one ioctl)
 /// otherwise, per granule:  register whole (unless it was refused before)
 ///                          or register the buffer's pages (padded by a page where allowed)
 /// probe: every page of the buffer registered now?  (a hole, or a mapping made after the
@@ -321,17 +323,18 @@ final class GranuleWatch: Sendable {
     }
 
     /// A mapping the hooked `mmap` just made (not `MAP_FIXED`: that one is an unmap first) in
-    /// registered granules: what was known of the range goes (it was a hole a moment ago), and a
-    /// private anonymous one is remembered (`KnownMemory`), so that the miss that registers a
-    /// buffer there registers it and asks the kernel nothing more: its class is known from this
-    /// call. Allocation-free: it runs inside the application's `mmap`, which an allocator may
-    /// call holding its own lock. Nothing is registered here: memory nobody asked to watch stays
-    /// free for another userfaultfd.
+    /// registered granules: what was validated of the range goes (it was a hole a moment ago).
+    /// The hooks themselves record every private anonymous mapping they make, in or out of
+    /// registered granules (`cmemhooks_known_mapping_add`), so that the miss that registers a
+    /// buffer there asks the kernel no probe and no query: its class is known from that call.
+    /// Allocation-free: it runs inside the application's `mmap`, which an allocator may call
+    /// holding its own lock. Nothing is registered here: memory nobody asked to watch stays free
+    /// for another userfaultfd.
     ///
-    /// What it cannot see: a raw `syscall(SYS_mmap)` or `syscall(SYS_munmap)` over the new
-    /// mapping before its first watch (no hook runs, and nothing is registered there to report
-    /// it). A file mapping put there that way is still refused by the register; shared memory
-    /// would be taken for the private memory it replaced.
+    /// What the record cannot see: a raw `syscall(SYS_mmap)` or `syscall(SYS_munmap)` over the
+    /// new mapping before its first watch (no hook runs, and nothing is registered there to
+    /// report it). A file mapping put there that way is still refused by the register; shared
+    /// memory would be taken for the private memory it replaced.
     func noteNewMapping(_ pages: PageRange, privateAnonymous: Bool) {
         known.forget(start: pages.start, end: pages.end)
         if privateAnonymous { counters.mappingsSeenMade.wrappingAdd(1, ordering: .relaxed) }

@@ -277,7 +277,7 @@ public final class UserfaultfdMonitor: Sendable {
     /// the kernel whether the pages mapped now are registered. Two ioctls and a count; no
     /// VMA splits once a granule is registered. In a granule found wholly registered, with no
     /// unmap or remap there since, only the count; in a mapping the hooked mmap made, the count
-    /// and one register (see `KnownMemory` and `GranuleWatch`).
+    /// and at most one register (see `KnownMemory` and `GranuleWatch.watchKnownMemory`).
     ///
     /// Order on a cache miss: `readBegin`, then `watch`, then `ibv_reg_mr`, then `readRetry`.
     /// The probe makes the watch exact at the moment it returns; any change after it is an
