@@ -30,9 +30,7 @@ struct IntervalTree {
         node.left = nil
         node.right = nil
         node.maxLast = node.range.last
-        let link = Link.passUnretained(node)
-        let (l, r) = Self.split(root, before: link)
-        root = Self.merge(Self.merge(l, link), r)
+        root = Self.insert(Link.passUnretained(node), into: root)
         count += 1
     }
 
@@ -85,6 +83,35 @@ struct IntervalTree {
             if let r = node.right { m = max(m, r._withUnsafeGuaranteedRef { $0.maxLast }) }
             node.maxLast = m
         }
+    }
+
+    /// `t` with `node` inserted: down the search path while the nodes there come first by
+    /// priority, then `node` takes the place it reached, the subtree there split beneath it.
+    /// Expected O(log n) with O(1) below the insertion point, where splitting the whole tree and
+    /// merging the halves back walked three paths of the tree (a third of a cache miss with
+    /// 2 * 10^5 regions).
+    private static func insert(_ node: Link, into t: Link?) -> Link {
+        guard let t else { return node }
+        let nodeFirst = node._withUnsafeGuaranteedRef { $0.priority } > t._withUnsafeGuaranteedRef { $0.priority }
+        if nodeFirst {
+            let (l, r) = split(t, before: node)
+            node._withUnsafeGuaranteedRef {
+                $0.left = l
+                $0.right = r
+            }
+            update(node)
+            return node
+        }
+        if less(node, t) {
+            let left = insert(node, into: t._withUnsafeGuaranteedRef { $0.left })
+            t._withUnsafeGuaranteedRef { $0.left = left }
+        } else {
+            let right = insert(node, into: t._withUnsafeGuaranteedRef { $0.right })
+            t._withUnsafeGuaranteedRef { $0.right = right }
+        }
+        let last = node._withUnsafeGuaranteedRef { $0.range.last }
+        t._withUnsafeGuaranteedRef { $0.maxLast = max($0.maxLast, last) }  // one more node below
+        return t
     }
 
     /// Splits `t` into the keys before `key`'s and the rest.

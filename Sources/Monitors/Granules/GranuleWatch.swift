@@ -162,9 +162,6 @@ final class GranuleWatch: Sendable {
     private func watchKnownMemory(_ pages: PageRange) throws(MonitorError) -> Bool {
         enum Found { case validated, registered, register(span: PageRange, mapping: PageRange, whole: Bool), neither }
         let generation = cmemhooks_mappings_generation()
-        var record = cmemhooks_known_mapping()
-        let inMapping = cmemhooks_known_mapping_find(pages.start, pages.end, &record) != 0
-        let mapping = PageRange(start: record.start, end: record.end)
         let found = try table.withLock { table throws(MonitorError) -> Found in
             if let failure = table.failure { throw failure }
             if table.shutDown { throw .shutDown }
@@ -176,7 +173,12 @@ final class GranuleWatch: Sendable {
                 for start in starts { table.countBuffer(at: start) }
                 return .validated
             }
-            guard inMapping, slot.isActive, table.allRecorded(starts) else { return .neither }
+            // The hooks' record (its lock comes after this one: the hooks never hold this one
+            // when they take it), only when the validated granules did not answer.
+            var record = cmemhooks_known_mapping()
+            guard slot.isActive, table.allRecorded(starts),
+                  cmemhooks_known_mapping_find(pages.start, pages.end, &record) != 0 else { return .neither }
+            let mapping = PageRange(start: record.start, end: record.end)
             let whole = table.allWhole(starts)
             let first = pages.start & ~(granuleSize - 1)
             let span = PageRange(start: first, end: (pages.end &+ granuleSize &- 1) & ~(granuleSize - 1))
