@@ -223,6 +223,7 @@ final class GranuleWatch: Sendable {
                 counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
                 return true
             }
+            cmemhooks_known_mappings_forget(part.start, part.end)  // not what it seemed: ask the kernel
             table.withLock { table in
                 for start in granuleStarts(pages) { release(start, in: &table, keepingIdle: false) }
             }
