@@ -26,6 +26,16 @@ extension MonitorsTests {
             return (base, anchor)
         }
 
+        /// Proof that `range` is registered for real: unmapped by a raw system call (no hook
+        /// runs), it reaches the engine as an event. The range's memory is gone afterwards.
+        private func expectRawUnmapIsSeen(_ harness: Harness, _ range: AddressRange) throws {
+            let probe = try RangeProbe(harness.space, range)
+            _ = try probe.subscription.readBegin()
+            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: range.start), range.last - range.start + 1) == 0)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try probe.subscription.remove()
+        }
+
         @Test("a buffer in a mapping the hooked mmap made is watched with one register, and its unmap is seen")
         func knownMappingIsWatchedAndSeen() throws {
             let harness = try Harness()
@@ -41,13 +51,8 @@ extension MonitorsTests {
             #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
             #expect(harness.monitor.watchCount(in: buffer) == 2)
 
-            // Registered for real: an unmap by a raw system call (no hook) is an event.
-            let probe = try RangeProbe(harness.space, buffer)
-            _ = try probe.subscription.readBegin()
-            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 8 * pageSize) == 0)
-            #expect(probe.seenByNewLookup == [.unmap])
+            try expectRawUnmapIsSeen(harness, buffer)
             #expect(!harness.monitor.knowsMapping(of: buffer), "the unmap event forgot the mapping")
-            try probe.subscription.remove()
             try harness.monitor.unwatch(buffer)
             try harness.monitor.unwatch(anchor)
         }
@@ -131,12 +136,7 @@ extension MonitorsTests {
             try harness.monitor.watch(secondBuffer)
             #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl + 1)
             #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
-
-            let probe = try RangeProbe(harness.space, secondBuffer)
-            _ = try probe.subscription.readBegin()
-            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: second), 4 * pageSize) == 0)
-            #expect(probe.seenByNewLookup == [.unmap])
-            try probe.subscription.remove()
+            try expectRawUnmapIsSeen(harness, secondBuffer)
             try harness.monitor.unwatch(secondBuffer)
             try harness.monitor.unwatch(firstBuffer)
         }
@@ -156,11 +156,7 @@ extension MonitorsTests {
             try harness.monitor.watch(buffer)
             #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl)
             #expect(harness.monitor.statistics.watchesOfKnownMappings == before.watchesOfKnownMappings + 1)
-            let probe = try RangeProbe(harness.space, buffer)
-            _ = try probe.subscription.readBegin()
-            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: address), 4 * pageSize) == 0)
-            #expect(probe.seenByNewLookup == [.unmap])
-            try probe.subscription.remove()
+            try expectRawUnmapIsSeen(harness, buffer)
             try harness.monitor.unwatch(buffer)
             try harness.monitor.unwatch(anchor)
         }
@@ -193,12 +189,7 @@ extension MonitorsTests {
             before = harness.monitor.statistics
             try harness.monitor.watch(buffers[2])
             #expect(harness.monitor.statistics.watchesWithoutIoctl == before.watchesWithoutIoctl + 1)
-
-            let probe = try RangeProbe(harness.space, buffers[2])
-            _ = try probe.subscription.readBegin()
-            #expect(cshims_raw_munmap(UnsafeMutableRawPointer(bitPattern: buffers[2].start), pageSize) == 0)
-            #expect(probe.seenByNewLookup == [.unmap])
-            try probe.subscription.remove()
+            try expectRawUnmapIsSeen(harness, buffers[2])
             for buffer in buffers { try harness.monitor.unwatch(buffer) }
         }
     }
