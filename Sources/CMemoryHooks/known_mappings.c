@@ -17,7 +17,10 @@
 // registered in pieces; a monitor that unregisters memory takes its mark off the records there.
 //
 // Allocation-free and short: the hooked mmap records, and an allocator may call it holding its
-// own lock. The lock is made anew in a forked child (a thread of the parent may have held it).
+// own lock. The lock is made anew in a forked child (a thread of the parent may have held it), by
+// the fork handler the hooks register when they are first installed: records are made only
+// while a handler is installed, and registering a fork handler from inside an allocator's mmap
+// would allocate.
 #include "memory_hooks.h"
 
 #include <pthread.h>
@@ -36,15 +39,12 @@ static unsigned next_slot;
 static unsigned record_count;
 static _Atomic uint64_t clock_now = 1;
 static pthread_mutex_t known_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_once_t known_once = PTHREAD_ONCE_INIT;
 
-static void reset_in_child(void) {
+void cmemhooks_known_mappings_reset_in_child(void) {
     pthread_mutex_init(&known_lock, NULL);
     for (unsigned index = 0; index < KNOWN_CAPACITY; index++) records[index].start = records[index].end = 0;
     record_count = 0;
 }
-
-static void register_fork_handler(void) { pthread_atfork(NULL, NULL, reset_in_child); }
 
 uint64_t cmemhooks_known_mappings_clock(void) {
     return atomic_load_explicit(&clock_now, memory_order_acquire);
@@ -64,7 +64,6 @@ static void forget_locked(uintptr_t start, uintptr_t end) {
 
 void cmemhooks_known_mapping_add(uintptr_t start, uintptr_t end) {
     if (end <= start) return;
-    pthread_once(&known_once, register_fork_handler);
     pthread_mutex_lock(&known_lock);
     forget_locked(start, end);  // a record over the same pages is older and no longer true
     known_record *record = &records[next_slot];

@@ -57,6 +57,7 @@ extern void *__interceptor_mmap(void *address, size_t length, int prot, int flag
 
 static void forget_handler_in_child(void) {
     atomic_store_explicit(&installed_handler, NULL, memory_order_relaxed);
+    cmemhooks_known_mappings_reset_in_child();
 }
 
 static void first_install(void) {

@@ -200,6 +200,8 @@ void cmemhooks_known_mapping_add(uintptr_t start, uintptr_t end);
 void cmemhooks_known_mappings_forget(uintptr_t start, uintptr_t end);
 /// 1 with *out filled when [start, end) lies inside one recorded mapping, else 0.
 int cmemhooks_known_mapping_find(uintptr_t start, uintptr_t end, cmemhooks_known_mapping *out);
+/// In a forked child (the hooks' fork handler): no records, and a lock no parent thread holds.
+void cmemhooks_known_mappings_reset_in_child(void);
 /// The mapping clock: every recorded mapping has a smaller stamp than a value read later.
 uint64_t cmemhooks_known_mappings_clock(void);
 /// Marks the records inside [start, end) as registered by `slot` (its register just took them).
