@@ -7,8 +7,9 @@
 //
 // Three parts, each in its own file:
 // - memory_hooks.c: the definitions. On a call that touches no memory a monitor registered they
-//   take no lock and allocate nothing (a lock-free look at the granule maps below), so an
-//   allocator that calls them while holding its own lock cannot re-enter itself. On a call that
+//   allocate nothing and take no lock but one short leaf lock of their own (the record of
+//   mappings, known_mappings.c, while a monitor runs; the granule maps are read lock-free), so
+//   an allocator that calls them while holding its own lock cannot re-enter itself. On a call that
 //   does, the handler allocates nothing before the real call either: a block malloc maps then
 //   could land in the very range an mmap(MAP_FIXED) is about to replace.
 // - granule_map.c: per monitor, which 2 MiB chunks hold registered and validated granules;

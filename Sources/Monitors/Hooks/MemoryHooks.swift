@@ -55,16 +55,17 @@ import Synchronization
 /// cached on trust too (a watch there issues no ioctl) until an unmap or remap event there
 /// forgets the granule.
 ///
-/// On a call that touches no registered memory the C side takes no lock and allocates nothing
-/// (one lock-free read of the granule maps), so an allocator that calls these while holding
-/// its own lock cannot re-enter itself; on one that does, nothing is allocated before the real
+/// On a call that touches no registered memory the C side allocates nothing and takes no lock
+/// but its own short leaf lock over the record of mappings the hooked `mmap` made (the granule
+/// maps are read lock-free), so an allocator that calls these while holding its own lock cannot
+/// re-enter itself; on one that does, nothing is allocated before the real
 /// call (`handle`). Calls made from inside a handler (a callback that unmaps) go straight to the
 /// kernel. `RDMAMEMORY_HOOKS=off` in the environment (read once with `secure_getenv`, when the
 /// first monitor starts) switches all of them off: unmaps are then events only, and the modes
 /// say so. A copy of these hooks that the process does not bind (another copy's `munmap` comes
 /// first) reports itself shadowed and is not used. Not async-signal-safe when a monitor is
-/// running (locks are taken for watched memory): a signal handler must not unmap or reprotect
-/// watched memory.
+/// running (locks are taken, for watched memory and for the record of mappings): a signal
+/// handler must not map or unmap memory, nor reprotect watched memory.
 enum MemoryHooks {
     /// The interceptor of each granule-map slot.
     private static let interceptors = Locked<[HookInterceptor?]>(Array(repeating: nil, count: Int(CMEMHOOKS_SLOTS)))
