@@ -39,6 +39,8 @@ static unsigned next_slot;
 static unsigned record_count;
 static _Atomic uint64_t clock_now = 1;
 static pthread_mutex_t known_lock = PTHREAD_MUTEX_INITIALIZER;
+// Set by the first record: until then (no monitor ever ran) a hooked call takes no lock here.
+static _Atomic int recorded_any;
 
 void cmemhooks_known_mappings_reset_in_child(void) {
     pthread_mutex_init(&known_lock, NULL);
@@ -64,6 +66,7 @@ static void forget_locked(uintptr_t start, uintptr_t end) {
 
 void cmemhooks_known_mapping_add(uintptr_t start, uintptr_t end) {
     if (end <= start) return;
+    atomic_store_explicit(&recorded_any, 1, memory_order_relaxed);
     pthread_mutex_lock(&known_lock);
     forget_locked(start, end);  // a record over the same pages is older and no longer true
     known_record *record = &records[next_slot];
@@ -79,7 +82,7 @@ void cmemhooks_known_mapping_add(uintptr_t start, uintptr_t end) {
 }
 
 void cmemhooks_known_mappings_forget(uintptr_t start, uintptr_t end) {
-    if (end <= start) return;
+    if (end <= start || !atomic_load_explicit(&recorded_any, memory_order_relaxed)) return;
     pthread_mutex_lock(&known_lock);
     forget_locked(start, end);
     pthread_mutex_unlock(&known_lock);
@@ -87,6 +90,7 @@ void cmemhooks_known_mappings_forget(uintptr_t start, uintptr_t end) {
 
 int cmemhooks_known_mapping_find(uintptr_t start, uintptr_t end, cmemhooks_known_mapping *out) {
     int found = 0;
+    if (!atomic_load_explicit(&recorded_any, memory_order_relaxed)) return 0;
     pthread_mutex_lock(&known_lock);
     if (record_count > 0) {
         // Newest first: a buffer is registered soon after its memory is mapped.
