@@ -28,10 +28,15 @@ import SystemPackage
 /// call, which invalidates the miss's subscription: the miss then retries (`readRetry`).
 ///
 /// Lock rule: the table's lock is taken by threads calling `watch`, `unwatch`, `shutDown`, the
-/// hooks (before the call they intercept) and the worker (from callbacks, and on failure); it
-/// is held across the registering ioctls, never across anything that waits for the worker.
-/// The *reader* thread never takes it while the descriptor is live, so a holder whose ioctl
-/// waits for an unread event (EAGAIN) waits only for the reader, which never waits for it.
+/// hooks (before the call they intercept) and the worker (from callbacks, and on failure). A
+/// watch registers, probes and queries out of it, so watches and unmaps of unrelated ranges do
+/// not wait for each other's ioctls. It is held across an unregister only where the record must
+/// go with the kernel's registration in one step (an idle granule beyond `idleLimit`: a watch
+/// that found the record and counted it must not see the granule unregistered after its probe),
+/// across the hooks' unregisters beyond 16 runs, a re-register after a failed unmap and shutdown;
+/// never across anything that waits for the worker. The *reader* thread never takes it while
+/// the descriptor is live, so a holder whose ioctl waits for an unread event (EAGAIN) waits only
+/// for the reader, which never waits for it.
 final class GranuleWatch: Sendable {
     let descriptor: UserfaultfdDescriptor
     let space: AddressSpace
@@ -71,68 +76,155 @@ final class GranuleWatch: Sendable {
 
     /// Registers and counts `pages` (the buffer `range`, rounded to pages); see the type's
     /// comment. Throws `.unwatchable` (nothing stays counted) for memory that cannot be watched.
+    ///
+    /// The usual path in three steps, the ioctls out of the lock: count the buffer and plan each
+    /// granule's register under the lock (`plan`), register, probe and query with no lock held
+    /// (`perform`), then write what the kernel did into the records under the lock (`apply`).
+    /// Why it is safe: the counts keep any unwatch from unregistering the granules meanwhile, so
+    /// once the probe says the pages are registered only an unmap or a remap can unregister them,
+    /// and that is an event or a hooked call, either of which invalidates the miss's subscription
+    /// (its `readBegin` came first). A record is written a moment after the kernel acted: until
+    /// then a hooked unmap there unregisters by the older record, and whatever stays registered
+    /// is reported by an event instead (slower for that unmap, never missed). Two watches in one
+    /// granule may both register it: the kernel skips what is registered already.
     func watch(_ pages: PageRange, range: AddressRange, allowingSharedMemory: Bool) throws(MonitorError) {
         if try watchKnownMemory(pages) { return }
-        try table.withLock { table throws(MonitorError) in
-            if let failure = table.failure { throw failure }
-            if table.shutDown { throw .shutDown }
-            let starts = granuleStarts(pages)
-            var counted: [UInt] = []
-            do throws(MonitorError) {
-                // Registering again is what checks ownership (EBUSY if another userfaultfd took
-                // a mapping here since) and registers mappings made since the last watch; the
-                // kernel skips VMAs registered already, so nothing splits. A buffer over many
-                // granules that were all registered whole takes one ioctl for all of them.
-                let first = pages.start & ~(granuleSize - 1)
-                let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
-                let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
-                if span > granuleSize && table.allWhole(starts) && descriptor.register(start: first, length: span) == nil {
-                    for start in starts {
-                        table.countBuffer(at: start)
-                        table.records.update(start) { $0.wholeSince = max($0.wholeSince, clock) }
-                        counted.append(start)
-                    }
-                } else {
-                    for start in starts {
-                        let existing = table.records[start]
-                        // Counted in the hooks' map before the kernel registers anything.
-                        if existing == nil, !slot.adjust(granule: start, size: granuleSize, registered: 1) {
-                            throw .systemCall(call: "cmemhooks_slot_adjust", argument: describe(start, granuleSize), errno: .noMemory)
-                        }
-                        var record: GranuleRecord
-                        do throws(MonitorError) {
-                            record = try register(start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
-                                                  existing: existing, range: range, table: &table)
-                        } catch {
-                            if existing == nil { _ = slot.adjust(granule: start, size: granuleSize, registered: -1) }
-                            throw error
-                        }
-                        if record.buffers == 0 && existing != nil { table.idleCount -= 1 }  // revived
-                        record.buffers += 1
-                        table.records[start] = record
-                        counted.append(start)
-                    }
+        let plan = try table.withLock { table throws(MonitorError) in try self.plan(pages, in: &table) }
+        var outcomes: [GranuleOutcome] = []
+        outcomes.reserveCapacity(plan.granules.count)
+        do throws(MonitorError) {
+            try perform(plan, pages: pages, range: range, allowingSharedMemory: allowingSharedMemory, outcomes: &outcomes)
+        } catch {
+            table.withLock { table in
+                apply(outcomes, of: plan, in: &table)
+                for attempt in plan.granules { release(attempt.start, in: &table, keepingIdle: false) }
+            }
+            throw error
+        }
+        let candidates = table.withLock { table in
+            apply(outcomes, of: plan, in: &table)
+            return validationCandidates(plan, in: &table)
+        }
+        for start in candidates { validate(start) }
+    }
+
+    /// What a watch on the usual path registers, decided and counted under the lock.
+    private struct WatchPlan {
+        /// The buffer spans several granules, all registered whole before: one register of
+        /// them all first (`span`), then, if it fails, granule by granule.
+        var span: PageRange?
+        var granules: [GranuleAttempt] = []
+    }
+
+    /// One granule's register on the usual path.
+    private struct GranuleAttempt {
+        let start: UInt
+        /// The buffer's pages in the granule.
+        let piece: PageRange
+        /// Register the whole granule first (its record is whole, and the kernel did not
+        /// refuse that lately).
+        let tryWhole: Bool
+        /// The record was registered whole before: a refused whole register adds the exact piece
+        /// and the record stays whole (its other mappings stay registered).
+        let keepsWhole: Bool
+        /// Try the piece padded by a page (`paddedPiece`) first.
+        let tryPadding: Bool
+    }
+
+    /// What the kernel did for one granule.
+    private enum GranuleOutcome {
+        /// Registered whole, after the mapping clock read `since`.
+        case whole(since: UInt64)
+        /// Registered the `piece` only; what the kernel refused on the way.
+        case piece(PageRange, wholeRefused: Bool, paddingRefused: Bool)
+    }
+
+    /// Counts the buffer in each granule (a new record for a granule without one, counted in the
+    /// hooks' map before the kernel registers anything) and plans the registers.
+    private func plan(_ pages: PageRange, in table: inout WatchTable) throws(MonitorError) -> WatchPlan {
+        if let failure = table.failure { throw failure }
+        if table.shutDown { throw .shutDown }
+        let starts = granuleStarts(pages)
+        var plan = WatchPlan()
+        let first = pages.start & ~(granuleSize - 1)
+        let span = (pages.end &- first &+ granuleSize &- 1) & ~(granuleSize - 1)
+        if span > granuleSize && table.allWhole(starts) { plan.span = PageRange(start: first, end: first &+ span) }
+        for start in starts {
+            let existing = table.records[start]
+            if existing != nil {
+                table.countBuffer(at: start)
+            } else {
+                guard slot.adjust(granule: start, size: granuleSize, registered: 1) else {
+                    for attempt in plan.granules { release(attempt.start, in: &table, keepingIdle: false) }
+                    throw .systemCall(call: "cmemhooks_slot_adjust", argument: describe(start, granuleSize), errno: .noMemory)
                 }
-                // Registration succeeds over holes: ask whether the buffer's pages are
-                // registered now (a hole, or a mapping made after the register, is not).
-                var covered = try probe(pages)
-                if !covered { covered = try probeEachPage(pages) }
-                if covered {
-                    switch UnwatchableClassifier.inspect(start: pages.start, end: pages.end, pageSize: pageSize) {
-                    case .hole:
-                        break
-                    case .shared(let reason) where !allowingSharedMemory:
-                        throw .unwatchable(range: range, reason: reason)
-                    case .shared, .privateAnonymous:
-                        for start in starts { validateIfWhole(start, in: &table) }
-                        return
-                    }
+                table.records[start] = GranuleRecord(buffers: 1, pieces: nil)
+            }
+            let whole = existing?.isWhole ?? true
+            let refusal = plan.span == nil ? table.refusal(at: start) : table.refusals[start] ?? GranuleRefusal()
+            plan.granules.append(GranuleAttempt(
+                start: start, piece: pages.clipped(toGranule: start, granuleSize: granuleSize),
+                tryWhole: whole && !refusal.whole, keepsWhole: whole && existing?.confirmedWhole == true,
+                tryPadding: !refusal.padding))
+        }
+        return plan
+    }
+
+    /// The registers, then the probe and the query, with no lock held; each granule's outcome is
+    /// appended to `outcomes` as soon as the kernel acted, so that a failure later still records it.
+    private func perform(_ plan: WatchPlan, pages: PageRange, range: AddressRange, allowingSharedMemory: Bool,
+                         outcomes: inout [GranuleOutcome]) throws(MonitorError) {
+        // Registering again is what checks ownership (EBUSY if another userfaultfd took a mapping
+        // here since) and registers mappings made since the last watch; the kernel skips VMAs
+        // registered already, so nothing splits. A buffer over many granules that were all
+        // registered whole takes one ioctl for all of them.
+        let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
+        if let span = plan.span, descriptor.register(start: span.start, length: span.length) == nil {
+            for _ in plan.granules { outcomes.append(.whole(since: clock)) }
+        } else {
+            for attempt in plan.granules { outcomes.append(try register(attempt, range: range)) }
+        }
+        // Registration succeeds over holes: ask whether the buffer's pages are registered now
+        // (a hole, or a mapping made after the register, is not).
+        var covered = try probe(pages)
+        if !covered { covered = try probeEachPage(pages) }
+        if covered {
+            switch UnwatchableClassifier.inspect(start: pages.start, end: pages.end, pageSize: pageSize) {
+            case .hole:
+                break
+            case .shared(let reason) where !allowingSharedMemory:
+                throw .unwatchable(range: range, reason: reason)
+            case .shared, .privateAnonymous:
+                return
+            }
+        }
+        throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
+            start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
+    }
+
+    /// Writes what the kernel did into the records (lock held), for the granules it acted on.
+    private func apply(_ outcomes: [GranuleOutcome], of plan: WatchPlan, in table: inout WatchTable) {
+        for (attempt, outcome) in zip(plan.granules, outcomes) {
+            switch outcome {
+            case .whole(let since):
+                // Whole now, even if a watch beside this one found the granule refused meanwhile
+                // and took it to pieces: this register took every mapping there.
+                table.records.update(attempt.start) { record in
+                    record.pieces = nil
+                    record.confirmedWhole = true
+                    record.wholeSince = max(record.wholeSince, since)
                 }
-                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                    start: pages.start, end: pages.end, errno: .noSuchFileOrDirectory))
-            } catch {
-                for start in counted { release(start, in: &table, keepingIdle: false) }
-                throw error
+            case let .piece(piece, wholeRefused, paddingRefused):
+                table.records.update(attempt.start) { record in
+                    if record.isWhole && !record.confirmedWhole { record.pieces = RegisteredPieces() }
+                    record.pieces?.insert(piece)
+                }
+                if wholeRefused || paddingRefused {
+                    var refusal = table.refusals[attempt.start] ?? GranuleRefusal()
+                    if wholeRefused { refusal.whole = true }
+                    if paddingRefused { refusal.padding = true }
+                    table.refusals[attempt.start] = refusal
+                }
             }
         }
     }
@@ -210,7 +302,11 @@ final class GranuleWatch: Sendable {
             if whole && descriptor.register(start: span.start, length: span.length) == nil {
                 table.withLock { table in
                     for start in granuleStarts(span) {
-                        table.records.update(start) { if $0.isWhole { $0.wholeSince = max($0.wholeSince, clock) } }
+                        table.records.update(start) { record in
+                            guard record.isWhole else { return }
+                            record.confirmedWhole = true
+                            record.wholeSince = max(record.wholeSince, clock)
+                        }
                     }
                 }
                 counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
@@ -377,55 +473,28 @@ final class GranuleWatch: Sendable {
 
     // MARK: Internals (table lock held)
 
-    /// Registers the granule at `start` whole, or else the buffer's `piece` of it. A granule
+    /// Registers the granule whole, or else the buffer's piece of it (no lock held). A granule
     /// refused whole before goes straight to pieces, and a padding refused before is not tried
     /// (`GranuleRefusal`): no ioctl fails as a matter of course.
-    private func register(_ start: UInt, piece: PageRange, existing: GranuleRecord?, range: AddressRange,
-                          table: inout WatchTable) throws(MonitorError) -> GranuleRecord {
-        var record = existing ?? GranuleRecord(buffers: 0, pieces: nil)
-        var refusal = table.refusal(at: start)
-        if record.isWhole {
-            var failure: Errno?
-            if !refusal.whole {
-                let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
-                failure = descriptor.register(start: start, length: granuleSize)
-                if failure == nil {
-                    record.wholeSince = max(record.wholeSince, clock)
-                    return record
-                }
-                if failure != .invalidArgument && failure != .resourceBusy {
-                    throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(start, granuleSize),
-                                      errno: failure ?? .invalidArgument)
-                }
-                refusal.whole = true
-                table.refusals[start] = refusal
+    private func register(_ attempt: GranuleAttempt, range: AddressRange) throws(MonitorError) -> GranuleOutcome {
+        var wholeRefused = false
+        if attempt.tryWhole {
+            let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
+            guard let failure = descriptor.register(start: attempt.start, length: granuleSize) else { return .whole(since: clock) }
+            if failure != .invalidArgument && failure != .resourceBusy {
+                throw .systemCall(call: "ioctl(UFFDIO_REGISTER)", argument: describe(attempt.start, granuleSize), errno: failure)
             }
-            // A neighbour in the granule cannot be registered: register the buffer's pages only.
-            if existing != nil {
-                // The granule was registered whole before: keep it counted as whole, and add the piece.
-                if let failure = descriptor.register(start: piece.start, length: piece.length) {
-                    throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                        start: piece.start, end: piece.end, errno: failure))
-                }
-                return record
-            }
-            record.pieces = RegisteredPieces()
+            wholeRefused = true  // a neighbour in the granule cannot be registered: the buffer's pages only
         }
-        let padded = paddedPiece(piece, granule: start)
-        var registered = padded
-        if padded == piece || refusal.padding || descriptor.register(start: padded.start, length: padded.length) != nil {
-            if padded != piece && !refusal.padding {
-                refusal.padding = true
-                table.refusals[start] = refusal
-            }
-            registered = piece
-            if let failure = descriptor.register(start: piece.start, length: piece.length) {
-                throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
-                    start: piece.start, end: piece.end, errno: failure))
-            }
+        let piece = attempt.piece
+        let padded = attempt.keepsWhole ? piece : paddedPiece(piece, granule: attempt.start)
+        if padded != piece && attempt.tryPadding && descriptor.register(start: padded.start, length: padded.length) == nil {
+            return .piece(padded, wholeRefused: wholeRefused, paddingRefused: false)
         }
-        record.pieces?.insert(registered)
-        return record
+        if let failure = descriptor.register(start: piece.start, length: piece.length) {
+            throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(start: piece.start, end: piece.end, errno: failure))
+        }
+        return .piece(piece, wholeRefused: wholeRefused, paddingRefused: padded != piece && attempt.tryPadding)
     }
 
     /// `piece` with one page more on each side, inside its granule. Registered, the padding
@@ -531,22 +600,34 @@ final class GranuleWatch: Sendable {
     /// Granules kept registered with no buffer.
     var idleGranuleCount: Int { table.withLock { $0.idleCount } }
 
+    /// The granules of a watch that just succeeded to validate now (lock held): registered whole,
+    /// no attempt failed lately (a granule that failed, at the edge of a mapping or beside one of
+    /// another kind, is asked again only every `revalidateEvery` watches), no window open.
+    private func validationCandidates(_ plan: WatchPlan, in table: inout WatchTable) -> [UInt] {
+        var candidates: [UInt] = []
+        for attempt in plan.granules {
+            table.records.update(attempt.start) { record in
+                guard record.isWhole && record.confirmedWhole else { return }
+                if record.validationCountdown > 0 {
+                    record.validationCountdown -= 1
+                } else {
+                    candidates.append(attempt.start)
+                }
+            }
+        }
+        return candidates
+    }
+
     /// Marks a granule registered whole as validated when registered mappings now cover all of
     /// it: every mapping registered (the probe) and all of it private anonymous memory, with no
-    /// hole. A granule that fails (the edge of a mapping, a neighbour of another kind) is asked
-    /// again only every `revalidateEvery` watches.
+    /// hole. No lock held while the kernel is asked: the caller's count keeps the granule
+    /// registered. A granule that fails waits `revalidateEvery` watches for the next try.
     ///
     /// An unmap racing with the checks is caught either way: its window opens before its event
     /// is read and the worker forgets the granule only after that, so either the sequence moved
     /// between `before` and the re-check (we take the mark back) or the worker's forget comes
     /// after our insert (and removes it).
-    private func validateIfWhole(_ start: UInt, in table: inout WatchTable) {
-        guard var record = table.records[start], record.isWhole else { return }
-        if record.validationCountdown > 0 {
-            record.validationCountdown -= 1
-            table.records[start] = record
-            return
-        }
+    private func validate(_ start: UInt) {
         let before = space.openWindowSequence
         guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
         let whole = PageRange(start: start, end: start &+ granuleSize)
@@ -554,8 +635,9 @@ final class GranuleWatch: Sendable {
         // does not look at what is mapped there.
         guard (try? probe(whole)) == true,
               UnwatchableClassifier.inspect(start: whole.start, end: whole.end, pageSize: pageSize) == .privateAnonymous else {
-            record.validationCountdown = GranuleRecord.revalidateEvery
-            table.records[start] = record
+            table.withLock { table in
+                _ = table.records.update(start) { $0.validationCountdown = GranuleRecord.revalidateEvery }
+            }
             return
         }
         known.insert(granule: start)

@@ -9,8 +9,13 @@
 struct GranuleRecord: Sendable {
     /// Buffers (watch calls) counted in this granule.
     var buffers: Int
-    /// nil: the whole granule is registered. Otherwise the page ranges registered one by one.
+    /// nil: the whole granule is registered (or, until `confirmedWhole`, about to be tried
+    /// whole). Otherwise the page ranges registered one by one.
     var pieces: RegisteredPieces?
+    /// The kernel registered the granule whole at least once. A new record is whole until its
+    /// first watch's register says otherwise (the register runs out of the table's lock:
+    /// `GranuleWatch.watch`); a refused one is then taken to pieces, a confirmed one stays whole.
+    var confirmedWhole = false
     /// Watches left before the next attempt to validate the granule (see `KnownMemory`).
     var validationCountdown = 0
     /// The mapping clock (`cmemhooks_known_mappings_clock`) read before the granule's latest
