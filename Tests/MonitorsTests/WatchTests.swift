@@ -8,10 +8,8 @@ import Monitors
 import Testing
 
 /// Lines of /proc/self/maps: each is a VMA (vm.max_map_count caps their number).
-func mapCount() -> Int { mapCount(from: 0, to: .max) }
-
-/// VMAs (lines of /proc/self/maps) that start inside [start, end): unlike `mapCount()`, blind
-/// to mappings other threads make or remove meanwhile elsewhere.
+/// VMAs (lines of /proc/self/maps) that start inside [start, end): blind to mappings that other
+/// threads, the allocator or a sanitizer's runtime make or remove meanwhile elsewhere.
 func mapCount(from start: UInt, to end: UInt) -> Int {
     guard let file = fopen("/proc/self/maps", "r") else { return -1 }
     defer { fclose(file) }
@@ -261,11 +259,13 @@ extension MonitorsTests {
             let base = try mapAnonymous(length)  // untouched: virtual only
             var unmappedUpTo = base
             defer { if unmappedUpTo < base + length { unmap(unmappedUpTo, base + length - unmappedUpTo) } }
-            let mapsBefore = mapCount()
+            // The mapping and a granule either side (a granule at its edge is registered too).
+            let around = (from: base &- harness.monitor.granuleSize, to: base + length + harness.monitor.granuleSize)
+            let mapsBefore = mapCount(from: around.from, to: around.to)
             for index in 0..<count {
                 try harness.monitor.watch(range(base + UInt(index) * stride, pageSize))
             }
-            let mapsAfter = mapCount()
+            let mapsAfter = mapCount(from: around.from, to: around.to)
             #expect(mapsAfter - mapsBefore <= 4, "watching split the mapping: \(mapsBefore) -> \(mapsAfter) VMAs")
             #expect(harness.monitor.watchedGranuleCount <= Int(length / harness.monitor.granuleSize) + 2)
             let hits = BufferHits(base: base, stride: stride, count: count)
