@@ -113,5 +113,27 @@ extension MonitorsTests {
             try harness.monitor.unwatch(try range(base + pageSize, pageSize))
             try harness.monitor.unwatch(beside)
         }
+
+        @Test("an unmap beside pages asked about forgets only what it unmapped (a heap trimmed at its top)")
+        func unmapBesideKeepsThePagesBelow() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapIsolatedUnseen(16 * pageSize)
+            defer { unmap(base, 16 * pageSize) }
+            let buffer = try range(base, 8 * pageSize)
+            try harness.monitor.watch(buffer)
+            unmap(base + 12 * pageSize, 4 * pageSize)  // not the buffer's pages
+            unmap(base + 6 * pageSize, 2 * pageSize)   // the buffer's top two pages
+            let below = try range(base, 4 * pageSize)
+            try harness.monitor.watch(below)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 1, "the pages below the unmap stayed known")
+            _ = try mapAgain(2 * pageSize, at: base + 6 * pageSize)
+            let top = try range(base + 6 * pageSize, 2 * pageSize)
+            try harness.monitor.watch(top)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 1, "the unmapped pages are asked about again")
+            try harness.monitor.unwatch(top)
+            try harness.monitor.unwatch(below)
+            try harness.monitor.unwatch(buffer)
+        }
     }
 }

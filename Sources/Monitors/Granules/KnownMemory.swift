@@ -82,8 +82,10 @@ final class KnownMemory: Sendable {
         validatedSpans.withLock { table in table.entries.count { $0.value.length == granuleSize } }
     }
 
-    /// Forgets every granule overlapping `[start, end)` (the worker, before closing the window
-    /// of an unmap or remap there; a hook, before the call it intercepts). Allocation-free.
+    /// Forgets the validated pages in `[start, end)` (the worker, before closing the window of
+    /// an unmap or remap there; a hook, before the call it intercepts). A span keeps its larger
+    /// side outside the range: an unmap changes nothing about the pages beside it (a heap
+    /// trimmed at its top keeps the buffers below known). Allocation-free.
     func forget(start: UInt, end: UInt) {
         guard end > start else { return }
         let first = start & ~(granuleSize - 1)
@@ -92,9 +94,18 @@ final class KnownMemory: Sendable {
             // In place, never a copy of the table (a copy would allocate on the next change).
             if (end - first) / granuleSize > UInt(table.count) {
                 table.removeAll { granule in !(granule &+ granuleSize <= start || granule >= end) }
-            } else {
-                for granule in stride(from: first, to: end, by: Int(granuleSize)) {
+                return
+            }
+            for granule in stride(from: first, to: end, by: Int(granuleSize)) {
+                guard let span = table[granule], span.start < end && start < span.end else { continue }
+                let below = start > span.start ? start - span.start : 0
+                let above = span.end > end ? span.end - end : 0
+                if below == 0 && above == 0 {
                     table.removeValue(forKey: granule)
+                } else if below >= above {
+                    table[granule] = PageRange(start: span.start, end: start)
+                } else {
+                    table[granule] = PageRange(start: end, end: span.end)
                 }
             }
         }
