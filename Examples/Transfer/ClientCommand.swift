@@ -174,6 +174,8 @@ struct ClientCommand: ParsableCommand {
         let counts = registrar.counts
         return TransferFigures(registration: choice, buffers: self.buffers, bytes: total, messages: count,
                                messageSize: messageBytes, elapsed: elapsed, registrationTime: registrar.registrationTime,
+                               deviceRegistrationTime: registrar.deviceRegistrationTime,
+                               deviceRegistrations: registrar.deviceRegistrations,
                                registrations: counts.registrations, hits: counts.hits, invalidations: counts.invalidations,
                                remaps: buffers.remaps, corruptCredits: corrupt, verdict: verdict)
     }

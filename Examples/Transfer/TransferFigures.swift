@@ -9,6 +9,9 @@ struct TransferFigures {
     var messageSize: Int
     var elapsed: Duration
     var registrationTime: Duration
+    /// Time in the calls that registered with the device: every plain one, the cache's misses.
+    var deviceRegistrationTime: Duration
+    var deviceRegistrations: Int
     var registrations: Int
     var hits: Int
     var invalidations: Int
@@ -36,7 +39,9 @@ struct TransferFigures {
             "[\(registration.rawValue)]   ibv_reg_mr: \(registrations) (\(String(format: "%.1f", registrationsPerSecond))/s), "
                 + "cache hits: \(hits), invalidations: \(invalidations)"
                 + (remaps > 0 ? ", pool remapped \(remaps) times" : "")
-                + ", registering: \(String(format: "%.1f", registrationMicroseconds / Double(max(messages, 1)))) µs/message",
+                + ", registering: \(String(format: "%.1f", registrationMicroseconds / Double(max(messages, 1)))) µs/message"
+                + " (\(String(format: "%.0f", Self.microseconds(deviceRegistrationTime) / Double(max(deviceRegistrations, 1)))) µs "
+                + "each registration with the device)",
             "[\(registration.rawValue)]   server: \(verdict.verifiedMessages) of \(messages) messages verified "
                 + "(\(ByteCount.format(Int(verdict.verifiedBytes))))"
                 + (verified ? ", every byte matches" : ", \(verdict.mismatchedMessages) CORRUPT"),
@@ -63,12 +68,15 @@ struct TransferFigures {
         let cachedCount = median(.cache) { Double($0.registrations) }, plainCount = median(.plain) { Double($0.registrations) }
         let cachedTime = median(.cache) { microseconds($0.registrationTime) }
         let plainTime = median(.plain) { microseconds($0.registrationTime) }
+        let missTime = median(.cache) { microseconds($0.deviceRegistrationTime) / Double(max($0.deviceRegistrations, 1)) }
+        let plainRegistrationTime = median(.plain) { microseconds($0.deviceRegistrationTime) / Double(max($0.deviceRegistrations, 1)) }
         let messages = Double(max(runs.first?.messages ?? 1, 1))
         let rounds = runs.count / 2
         let saved = "the cache saved \(Int(plainCount - cachedCount)) of \(Int(plainCount)) ibv_reg_mr calls and "
             + "\(String(format: "%.1f", (plainTime - cachedTime) / 1000)) of \(String(format: "%.1f", plainTime / 1000)) ms "
             + "registering (\(String(format: "%.1f", cachedTime / messages)) against \(String(format: "%.1f", plainTime / messages)) µs "
-            + "a message, \(String(format: "%.1f", plainTime / max(cachedTime, 1)))x less)"
+            + "a message, \(String(format: "%.1f", plainTime / max(cachedTime, 1)))x less; a miss took "
+            + "\(String(format: "%.0f", missTime)) µs, a plain ibv_reg_mr \(String(format: "%.0f", plainRegistrationTime)) µs)"
         let throughput = "throughput \(String(format: "%.1f", cachedRate)) against \(String(format: "%.1f", plainRate)) MB/s "
             + "(\(String(format: "%.2f", cachedRate / plainRate))x; rxe emulates the data path in software, so registering is a "
             + "small share of a message's time here)"
