@@ -92,11 +92,8 @@ final class GranuleWatch: Sendable {
         let plan = try table.withLock { table throws(MonitorError) in try self.plan(pages, in: &table) }
         var outcomes: [GranuleOutcome] = []
         outcomes.reserveCapacity(plan.granules.count)
-        let before = space.openWindowSequence  // for the pages' validation: see `KnownMemory`
-        let privateAnonymous: Bool
         do throws(MonitorError) {
-            privateAnonymous = try perform(plan, pages: pages, range: range, allowingSharedMemory: allowingSharedMemory,
-                                           outcomes: &outcomes)
+            try perform(plan, pages: pages, range: range, allowingSharedMemory: allowingSharedMemory, outcomes: &outcomes)
         } catch {
             table.withLock { table in
                 apply(outcomes, of: plan, in: &table)
@@ -108,9 +105,6 @@ final class GranuleWatch: Sendable {
             apply(outcomes, of: plan, in: &table)
             return validationCandidates(plan, in: &table)
         }
-        // The buffer's own pages passed the probe and the query: the next watch of them (a new
-        // cache, a buffer back after an eviction) needs neither, in a granule not validated whole.
-        if privateAnonymous { known.insert(pages, checkedAfter: before, in: space) }
         for start in candidates { validate(start) }
     }
 
@@ -178,9 +172,8 @@ final class GranuleWatch: Sendable {
 
     /// The registers, then the probe and the query, with no lock held; each granule's outcome is
     /// appended to `outcomes` as soon as the kernel acted, so that a failure later still records it.
-    /// Returns whether the pages are private anonymous memory.
     private func perform(_ plan: WatchPlan, pages: PageRange, range: AddressRange, allowingSharedMemory: Bool,
-                         outcomes: inout [GranuleOutcome]) throws(MonitorError) -> Bool {
+                         outcomes: inout [GranuleOutcome]) throws(MonitorError) {
         // Registering again is what checks ownership (EBUSY if another userfaultfd took a mapping
         // here since) and registers mappings made since the last watch; the kernel skips VMAs
         // registered already, so nothing splits. A buffer over many granules that were all
@@ -201,10 +194,8 @@ final class GranuleWatch: Sendable {
                 break
             case .shared(let reason) where !allowingSharedMemory:
                 throw .unwatchable(range: range, reason: reason)
-            case .shared:
-                return false
-            case .privateAnonymous:
-                return true
+            case .shared, .privateAnonymous:
+                return
             }
         }
         throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
@@ -270,7 +261,7 @@ final class GranuleWatch: Sendable {
             // No window open (sequence even): the worker has forgotten everything that an unmap
             // which already returned touched, whether or not the caller did readBegin.
             let windowClosed = space.openWindowSequence & 1 == 0
-            if windowClosed, table.allWhole(starts), known.validated(pages) {
+            if windowClosed, table.allWhole(starts), known.validated(starts) {
                 for start in starts { table.countBuffer(at: start) }
                 return .validated
             }
@@ -652,7 +643,7 @@ final class GranuleWatch: Sendable {
             }
             return
         }
-        known.insert(whole, checkedAfter: before, in: space)
+        known.insert(granule: start, checkedAfter: before, in: space)
     }
 
     /// Errors are ignored: the range may be unmapped already, which unregistered it.
