@@ -525,8 +525,8 @@ final class GranuleWatch: Sendable {
         return false
     }
 
-    /// Linux 6.1 answers the probe only for a range inside one VMA: a buffer across VMAs is
-    /// checked in halves, each half again until it lies in one VMA, so that a buffer over two
+    /// Linux 6.1 answers the probe only for a range inside one VMA: a buffer (or a granule being
+    /// validated) across VMAs is checked in halves, each half again until it lies in one VMA, so that a buffer over two
     /// VMAs (a heap grown by `brk` past its registered part) costs a few probes, not one per page
     /// (64 for a 256 KiB buffer: 2 ms of a miss in the VM). A hole stops it at the first half
     /// that has one.
@@ -636,7 +636,7 @@ final class GranuleWatch: Sendable {
         let whole = PageRange(start: start, end: start &+ granuleSize)
         // Only private anonymous memory may skip later checks: a watch in a validated granule
         // does not look at what is mapped there.
-        guard (try? probe(whole)) == true,
+        guard (try? probe(whole)) == true || (try? probeInHalves(whole)) == true,
               UnwatchableClassifier.inspect(start: whole.start, end: whole.end, pageSize: pageSize) == .privateAnonymous else {
             table.withLock { table in
                 _ = table.records.update(start) { $0.validationCountdown = GranuleRecord.revalidateEvery }
