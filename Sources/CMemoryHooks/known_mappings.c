@@ -110,12 +110,16 @@ int cmemhooks_known_mapping_find(uintptr_t start, uintptr_t end, cmemhooks_known
     return found;
 }
 
-void cmemhooks_known_mappings_mark_registered(uintptr_t start, uintptr_t end, int slot) {
+// Only the record the watch found (its stamp): marking every record in the range also marked a
+// mapping made there after the register ran (an unmap, its event, a hooked mmap over the hole),
+// which nobody registered; a later watch trusted the mark and cached memory whose unmap no one
+// would report.
+void cmemhooks_known_mappings_mark_registered(uintptr_t start, uintptr_t end, uint64_t stamp, int slot) {
     if (slot < 0 || slot >= CMEMHOOKS_SLOTS) return;
     pthread_mutex_lock(&known_lock);
     for (unsigned index = 0; index < KNOWN_CAPACITY && record_count > 0; index++) {
         known_record *record = &records[index];
-        if (record->start != record->end && start <= record->start && record->end <= end) {
+        if (record->start != record->end && record->stamp == stamp && start <= record->start && record->end <= end) {
             record->registered_slots |= 1u << slot;
         }
     }

@@ -205,8 +205,10 @@ int cmemhooks_known_mapping_find(uintptr_t start, uintptr_t end, cmemhooks_known
 void cmemhooks_known_mappings_reset_in_child(void);
 /// The mapping clock: every recorded mapping has a smaller stamp than a value read later.
 uint64_t cmemhooks_known_mappings_clock(void);
-/// Marks the records inside [start, end) as registered by `slot` (its register just took them).
-void cmemhooks_known_mappings_mark_registered(uintptr_t start, uintptr_t end, int slot);
+/// Marks the record stamped `stamp`, if it is still kept and lies inside [start, end), as
+/// registered by `slot` (its register just took that mapping). Only that record: a newer one
+/// there is a mapping made since, which the register may have run before.
+void cmemhooks_known_mappings_mark_registered(uintptr_t start, uintptr_t end, uint64_t stamp, int slot);
 /// Takes `slot`'s mark off every record overlapping [start, end) (it unregisters memory there).
 void cmemhooks_known_mappings_unmark(uintptr_t start, uintptr_t end, int slot);
 

@@ -252,7 +252,7 @@ final class GranuleWatch: Sendable {
     /// ioctl (the churn loop on 2 threads spent most of its time in futex calls); the count
     /// keeps any unwatch from unregistering the granule meanwhile.
     private func watchKnownMemory(_ pages: PageRange) throws(MonitorError) -> Bool {
-        enum Found { case validated, registered, register(span: PageRange, mapping: PageRange, whole: Bool), neither }
+        enum Found { case validated, registered, register(span: PageRange, mapping: PageRange, stamp: UInt64, whole: Bool), neither }
         let generation = cmemhooks_mappings_generation()
         let found = try table.withLock { table throws(MonitorError) -> Found in
             if let failure = table.failure { throw failure }
@@ -285,7 +285,7 @@ final class GranuleWatch: Sendable {
                 for start in starts { release(start, in: &table, keepingIdle: false) }
                 return .neither
             }
-            return registered ? .registered : .register(span: span, mapping: part, whole: whole)
+            return registered ? .registered : .register(span: span, mapping: part, stamp: record.stamp, whole: whole)
         }
         switch found {
         case .neither:
@@ -297,7 +297,7 @@ final class GranuleWatch: Sendable {
             counters.watchesWithoutIoctl.add(1, ordering: .relaxed)
             counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
             return true
-        case .register(let span, let part, let whole):
+        case .register(let span, let part, let stamp, let whole):
             let clock = cmemhooks_known_mappings_clock()  // before the register: see `wholeSince`
             if whole && descriptor.register(start: span.start, length: span.length) == nil {
                 table.withLock { table in
@@ -315,7 +315,7 @@ final class GranuleWatch: Sendable {
             if descriptor.register(start: part.start, length: part.length) == nil {
                 // The count keeps the granules registered until the mark is on: an unregister
                 // there (which takes it off) waits for the last buffer.
-                cmemhooks_known_mappings_mark_registered(part.start, part.end, slot.index)
+                cmemhooks_known_mappings_mark_registered(part.start, part.end, stamp, slot.index)
                 counters.watchesOfKnownMappings.add(1, ordering: .relaxed)
                 return true
             }
