@@ -471,7 +471,7 @@ final class GranuleWatch: Sendable {
         }
     }
 
-    // MARK: Internals (table lock held)
+    // MARK: Internals (each says whether the table lock is held)
 
     /// Registers the granule whole, or else the buffer's piece of it (no lock held). A granule
     /// refused whole before goes straight to pieces, and a padding refused before is not tried
@@ -510,7 +510,7 @@ final class GranuleWatch: Sendable {
     }
 
     /// True when every page of `pages` is registered now. EAGAIN (an event is pending and not
-    /// yet read) waits for the monitor's reader, which never waits for this lock.
+    /// yet read) waits for the monitor's reader, which never waits for the table lock.
     private func probe(_ pages: PageRange) throws(MonitorError) -> Bool {
         for attempt in 0... {
             guard let failure = descriptor.isRegistered(start: pages.start, length: pages.length) else { return true }
