@@ -66,7 +66,7 @@ extension MonitorsTests {
 
         /// Mapped by a raw system call: a mapping the hooked mmap made is known without asking,
         /// and the granule's whole register takes it (`KnownMappingTests`).
-        @Test("a granule only partly mapped is never trusted: every watch there asks the kernel")
+        @Test("a granule only partly mapped is never validated whole: a watch of pages not asked about asks the kernel")
         func partialGranuleIsNotValidated() throws {
             let harness = try Harness()
             defer { harness.close() }
@@ -76,6 +76,64 @@ extension MonitorsTests {
             #expect(harness.monitor.validatedGranuleCount == 0)
             #expect(harness.monitor.statistics.watchesWithoutIoctl == 0)
             for page in 0..<4 { try harness.monitor.unwatch(try range(base + UInt(page) * pageSize, pageSize)) }
+        }
+
+        /// A heap's top, a block glibc mapped for itself: granules never whole, where buffers come
+        /// back at the same addresses (a new cache, an eviction). Mapped by a raw system call, so
+        /// that no record of the hooks answers instead.
+        @Test("pages asked about in a partly mapped granule need no ioctl again, until an unmap there")
+        func askedPagesAreTrustedUntilUnmapped() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapIsolatedUnseen(16 * pageSize)
+            defer { unmap(base, 16 * pageSize) }
+            let buffer = try range(base, 4 * pageSize)
+            try harness.monitor.watch(buffer)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 0)
+            try harness.monitor.watch(buffer)
+            try harness.monitor.watch(try range(base + pageSize, pageSize))
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 2, "pages asked about once are known")
+            #expect(harness.monitor.validatedGranuleCount == 0, "the granule is not validated whole")
+            let beside = try range(base + 8 * pageSize, pageSize)
+            try harness.monitor.watch(beside)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 2, "a page not asked about asks the kernel")
+
+            // Unmapped and mapped again at the same address: asked about again, and registered
+            // for real (its unmap reaches the engine).
+            unmap(base, 4 * pageSize)
+            _ = try mapAgain(4 * pageSize, at: base)
+            try harness.monitor.watch(buffer)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 2, "the unmap made the pages unknown")
+            let probe = try RangeProbe(harness.space, buffer)
+            _ = try? probe.subscription.readBegin()
+            unmap(base, 4 * pageSize)
+            #expect(probe.seenByNewLookup == [.unmap])
+            try probe.subscription.remove()
+            for _ in 0..<3 { try harness.monitor.unwatch(buffer) }
+            try harness.monitor.unwatch(try range(base + pageSize, pageSize))
+            try harness.monitor.unwatch(beside)
+        }
+
+        @Test("an unmap beside pages asked about forgets only what it unmapped (a heap trimmed at its top)")
+        func unmapBesideKeepsThePagesBelow() throws {
+            let harness = try Harness()
+            defer { harness.close() }
+            let base = try mapIsolatedUnseen(16 * pageSize)
+            defer { unmap(base, 16 * pageSize) }
+            let buffer = try range(base, 8 * pageSize)
+            try harness.monitor.watch(buffer)
+            unmap(base + 12 * pageSize, 4 * pageSize)  // not the buffer's pages
+            unmap(base + 6 * pageSize, 2 * pageSize)   // the buffer's top two pages
+            let below = try range(base, 4 * pageSize)
+            try harness.monitor.watch(below)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 1, "the pages below the unmap stayed known")
+            _ = try mapAgain(2 * pageSize, at: base + 6 * pageSize)
+            let top = try range(base + 6 * pageSize, 2 * pageSize)
+            try harness.monitor.watch(top)
+            #expect(harness.monitor.statistics.watchesWithoutIoctl == 1, "the unmapped pages are asked about again")
+            try harness.monitor.unwatch(top)
+            try harness.monitor.unwatch(below)
+            try harness.monitor.unwatch(buffer)
         }
     }
 }

@@ -92,8 +92,11 @@ final class GranuleWatch: Sendable {
         let plan = try table.withLock { table throws(MonitorError) in try self.plan(pages, in: &table) }
         var outcomes: [GranuleOutcome] = []
         outcomes.reserveCapacity(plan.granules.count)
+        let before = known.stamp(in: space)  // for the pages' validation: see `KnownMemory.Stamp`
+        let privateAnonymous: Bool
         do throws(MonitorError) {
-            try perform(plan, pages: pages, range: range, allowingSharedMemory: allowingSharedMemory, outcomes: &outcomes)
+            privateAnonymous = try perform(plan, pages: pages, range: range, allowingSharedMemory: allowingSharedMemory,
+                                           outcomes: &outcomes)
         } catch {
             table.withLock { table in
                 apply(outcomes, of: plan, in: &table)
@@ -105,6 +108,9 @@ final class GranuleWatch: Sendable {
             apply(outcomes, of: plan, in: &table)
             return validationCandidates(plan, in: &table)
         }
+        // The buffer's own pages passed the probe and the query: the next watch of them (a new
+        // cache, a buffer back after an eviction) needs neither, in a granule not validated whole.
+        if privateAnonymous { known.insert(pages, checkedAfter: before, in: space) }
         for start in candidates { validate(start) }
     }
 
@@ -172,8 +178,9 @@ final class GranuleWatch: Sendable {
 
     /// The registers, then the probe and the query, with no lock held; each granule's outcome is
     /// appended to `outcomes` as soon as the kernel acted, so that a failure later still records it.
+    /// Returns whether the pages are private anonymous memory.
     private func perform(_ plan: WatchPlan, pages: PageRange, range: AddressRange, allowingSharedMemory: Bool,
-                         outcomes: inout [GranuleOutcome]) throws(MonitorError) {
+                         outcomes: inout [GranuleOutcome]) throws(MonitorError) -> Bool {
         // Registering again is what checks ownership (EBUSY if another userfaultfd took a mapping
         // here since) and registers mappings made since the last watch; the kernel skips VMAs
         // registered already, so nothing splits. A buffer over many granules that were all
@@ -194,8 +201,10 @@ final class GranuleWatch: Sendable {
                 break
             case .shared(let reason) where !allowingSharedMemory:
                 throw .unwatchable(range: range, reason: reason)
-            case .shared, .privateAnonymous:
-                return
+            case .shared:
+                return false
+            case .privateAnonymous:
+                return true
             }
         }
         throw .unwatchable(range: range, reason: UnwatchableClassifier.reason(
@@ -261,7 +270,7 @@ final class GranuleWatch: Sendable {
             // No window open (sequence even): the worker has forgotten everything that an unmap
             // which already returned touched, whether or not the caller did readBegin.
             let windowClosed = space.openWindowSequence & 1 == 0
-            if windowClosed, table.allWhole(starts), known.validated(starts) {
+            if windowClosed, table.allWhole(starts), known.validated(pages) {
                 for start in starts { table.countBuffer(at: start) }
                 return .validated
             }
@@ -352,8 +361,7 @@ final class GranuleWatch: Sendable {
     /// Unregisters the part of `pages` inside registered granules (the caller is about to unmap
     /// it, inside a range invalidation that already revoked it). Errors are left to the kernel:
     /// whatever stayed registered is reported by an event when it is unmapped. Returns whether
-    /// a granule registered in pieces was touched (then `forgetUnmapped` must follow a
-    /// successful unmap).
+    /// a granule registered in pieces was touched (for `finishChange`).
     ///
     /// The ioctls run after the lock (up to 16 runs; more, rarer, under it), so that two threads
     /// unmapping in one granule do not wait for each other's. Safe because the caller's range
@@ -402,9 +410,14 @@ final class GranuleWatch: Sendable {
         }
     }
 
-    /// Takes `pages` out of the pieces of the granules it touches: the unmap succeeded, so
-    /// those pages are registered no more, and a later unmap there must not unregister them again.
-    func forgetUnmapped(_ pages: PageRange) {
+    /// After a hooked call that unmapped or replaced `pages` returned: forgets them again (a
+    /// watch that probed the old mapping may have validated them after the first forget:
+    /// `KnownMemory.Stamp`), and, where `inPieces` (`unregisterWatched`), takes them out of the
+    /// pieces of the granules they touch: they are registered no more, and a later unmap there
+    /// must not unregister them again.
+    func finishChange(_ pages: PageRange, inPieces: Bool) {
+        known.forget(start: pages.start, end: pages.end)
+        guard inPieces else { return }
         table.withLock { table in
             if table.shutDown || table.failure != nil { return }
             forEachRecord(overlapping: pages, in: &table) { start, record in
@@ -631,8 +644,8 @@ final class GranuleWatch: Sendable {
     /// since `before` (the insert is refused) or the worker's forget comes after the insert
     /// (and removes it): `KnownMemory.insert`.
     private func validate(_ start: UInt) {
-        let before = space.openWindowSequence
-        guard before & 1 == 0 else { return }  // an invalidation is running: ask next time
+        let before = known.stamp(in: space)
+        guard before.window & 1 == 0 else { return }  // an invalidation is running: ask next time
         let whole = PageRange(start: start, end: start &+ granuleSize)
         // Only private anonymous memory may skip later checks: a watch in a validated granule
         // does not look at what is mapped there.
@@ -643,7 +656,7 @@ final class GranuleWatch: Sendable {
             }
             return
         }
-        known.insert(granule: start, checkedAfter: before, in: space)
+        known.insert(whole, checkedAfter: before, in: space)
     }
 
     /// Errors are ignored: the range may be unmapped already, which unregistered it.

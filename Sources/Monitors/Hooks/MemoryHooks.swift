@@ -167,8 +167,8 @@ enum MemoryHooks {
                 interceptor.granules.reregisterWatched(pages)
                 if touchesTarget, let target { interceptor.granules.reregisterWatched(target) }
             } else {
-                if inPieces { interceptor.granules.forgetUnmapped(pages) }
-                if targetInPieces, let target { interceptor.granules.forgetUnmapped(target) }
+                interceptor.granules.finishChange(pages, inPieces: inPieces)
+                if touchesTarget, let target { interceptor.granules.finishChange(target, inPieces: targetInPieces) }
             }
             targetInvalidation?.end()
             invalidation?.end()
@@ -192,6 +192,7 @@ enum MemoryHooks {
             }
             let invalidation = try? interceptor.space.invalidateRangeStart(range, event: .unmap)
             handle(call, pages, range, slots: rest)
+            interceptor.granules.finishChange(pages, inPieces: false)
             invalidation?.end()
         }
     }
