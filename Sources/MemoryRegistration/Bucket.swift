@@ -1,9 +1,9 @@
 import Synchronization
 
-/// One granule's entries in one cache-line-aligned allocation: a header, then `capacity` slots of
-/// which the first `count` have been used. A slot is an entry's address plus its range relative
-/// to the granule (`Hint`: 16 bytes a slot), so a lookup compares ranges in the bucket and
-/// touches only the entry it wants.
+/// One granule's entries in one allocation: a header, then `capacity` entry addresses, then as
+/// many ranges relative to the granule (`Hint`, 4 bytes), of which the first `count` have been
+/// used; 12 bytes a slot, so a lookup compares ranges in the bucket and touches only the entry
+/// it wants (a bucket of 8 is one 128-byte heap chunk).
 ///
 /// Writers (serialized by the cache's state lock) fill a slot's range first and then store its entry with
 /// release ordering; clearing a slot stores 0 there; a cleared slot is reused in place. Readers
@@ -26,29 +26,24 @@ struct Bucket: Equatable, @unchecked Sendable {
         let count: Atomic<Int>
     }
 
-    struct Slot: ~Copyable {
-        /// The entry's address bits (`Unmanaged.toOpaque`), 0 when the slot is free.
-        let entry = Atomic<UInt>(0)
-        /// The entry's range relative to the granule (`Hint`).
-        let hint = Atomic<UInt64>(0)
-    }
-
-    static let alignment = 64
-
     /// A bucket with room for `capacity` entries, the first `count` slots copied from `old`.
     static func make(granule: UInt, capacity: Int, copying old: Bucket? = nil) -> Bucket {
         let capacity = max(1, capacity)
-        let bytes = MemoryLayout<BucketHeader>.stride + capacity * MemoryLayout<Slot>.stride
-        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: alignment)
+        let bytes = MemoryLayout<BucketHeader>.stride
+            + capacity * (MemoryLayout<Atomic<UInt>>.stride + MemoryLayout<Atomic<UInt32>>.stride)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: MemoryLayout<BucketHeader>.alignment)
         let header = raw.bindMemory(to: BucketHeader.self, capacity: 1)
         header.initialize(to: BucketHeader(granule: granule, capacity: capacity, count: Atomic(0)))
         let bucket = Bucket(header: header)
-        for index in 0..<capacity { (bucket.slots + index).initialize(to: Slot()) }
+        for index in 0..<capacity {
+            (bucket.entries + index).initialize(to: Atomic(0))
+            (bucket.hints + index).initialize(to: Atomic(0))
+        }
         var used = 0
         if let old {
-            for index in 0..<old.used where old.slots[index].entry.load(ordering: .relaxed) != 0 {
-                bucket.fill(used, entry: old.slots[index].entry.load(ordering: .relaxed),
-                            hint: old.slots[index].hint.load(ordering: .relaxed))
+            for index in 0..<old.used where old.entries[index].load(ordering: .relaxed) != 0 {
+                bucket.fill(used, entry: old.entries[index].load(ordering: .relaxed),
+                            hint: old.hints[index].load(ordering: .relaxed))
                 used += 1
             }
         }
@@ -67,8 +62,16 @@ struct Bucket: Equatable, @unchecked Sendable {
     var granule: UInt { header.pointee.granule }
     var capacity: Int { header.pointee.capacity }
 
-    var slots: UnsafeMutablePointer<Slot> {
-        UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: Slot.self)
+    /// The entries' addresses (`Unmanaged.toOpaque` bits), 0 where a slot is free.
+    @inline(__always)
+    var entries: UnsafeMutablePointer<Atomic<UInt>> {
+        UnsafeMutableRawPointer(header + 1).assumingMemoryBound(to: Atomic<UInt>.self)
+    }
+
+    /// The entries' ranges relative to the granule (`Hint`), slot for slot.
+    @inline(__always)
+    var hints: UnsafeMutablePointer<Atomic<UInt32>> {
+        UnsafeMutableRawPointer(entries + capacity).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
 
     /// Slots used so far (acquire: their contents are visible).
@@ -76,17 +79,17 @@ struct Bucket: Equatable, @unchecked Sendable {
     var used: Int { header.pointee.count.load(ordering: .acquiring) }
 
     /// Whether any slot holds an entry.
-    var isEmpty: Bool { (0..<used).allSatisfy { slots[$0].entry.load(ordering: .relaxed) == 0 } }
+    var isEmpty: Bool { (0..<used).allSatisfy { entries[$0].load(ordering: .relaxed) == 0 } }
 
-    private func fill(_ index: Int, entry: UInt, hint: UInt64) {
-        slots[index].hint.store(hint, ordering: .relaxed)
-        slots[index].entry.store(entry, ordering: .releasing)
+    private func fill(_ index: Int, entry: UInt, hint: UInt32) {
+        hints[index].store(hint, ordering: .relaxed)
+        entries[index].store(entry, ordering: .releasing)
     }
 
     /// Puts `entry` into a free slot; false when the bucket is full. Writers only.
-    func insert(entry: UInt, hint: UInt64) -> Bool {
+    func insert(entry: UInt, hint: UInt32) -> Bool {
         let count = header.pointee.count.load(ordering: .relaxed)
-        for index in 0..<count where slots[index].entry.load(ordering: .relaxed) == 0 {
+        for index in 0..<count where entries[index].load(ordering: .relaxed) == 0 {
             fill(index, entry: entry, hint: hint)
             return true
         }
@@ -100,41 +103,46 @@ struct Bucket: Equatable, @unchecked Sendable {
     @discardableResult
     func remove(entry: UInt) -> Bool {
         let count = header.pointee.count.load(ordering: .relaxed)
-        for index in 0..<count where slots[index].entry.load(ordering: .relaxed) == entry {
-            slots[index].entry.store(0, ordering: .releasing)
+        for index in 0..<count where entries[index].load(ordering: .relaxed) == entry {
+            entries[index].store(0, ordering: .releasing)
             return true
         }
         return false
     }
 
     /// Entries in use (writers, or a reader's estimate).
-    var liveCount: Int { (0..<used).reduce(0) { $0 + (slots[$1].entry.load(ordering: .relaxed) != 0 ? 1 : 0) } }
+    var liveCount: Int { (0..<used).reduce(0) { $0 + (entries[$1].load(ordering: .relaxed) != 0 ? 1 : 0) } }
 
     static func free(_ bucket: Bucket) {
-        bucket.slots.deinitialize(count: bucket.capacity)
+        bucket.hints.deinitialize(count: bucket.capacity)
+        bucket.entries.deinitialize(count: bucket.capacity)
         bucket.header.deinitialize(count: 1)
         UnsafeMutableRawPointer(bucket.header).deallocate()
     }
 }
 
-/// An entry's range relative to its bucket's granule, in one word: start and end offsets as 32-bit
-/// signed numbers, clamped (a start before the granule is -1, an end past 2^31 bytes beyond it is
-/// `Int32.max`). Clamping only widens the range, so a range check on hints never misses an
-/// entry that covers a request; the entry itself decides.
+/// An entry's range relative to its bucket's granule, in 4 bytes: start and end offsets in 4 KiB
+/// units as 16-bit signed numbers, clamped (a start before the granule is -1, an end more than
+/// 128 MiB beyond it is `Int16.max`). Entries are page-aligned, so their offsets are whole units;
+/// a request is widened to whole units, which cannot change whether a page-aligned range
+/// covers it. Clamping only widens the range, so a range check on hints never misses an entry
+/// that covers a request; the entry itself decides.
 enum Hint {
-    static func make(start: UInt, end: UInt, granuleStart: UInt) -> UInt64 {
-        let relativeStart: Int32 = start < granuleStart ? -1 : Int32(clamping: start - granuleStart)
-        let relativeEnd: Int32 = end < granuleStart ? -1 : Int32(clamping: end - granuleStart)
-        return UInt64(UInt32(bitPattern: relativeStart)) | UInt64(UInt32(bitPattern: relativeEnd)) << 32
+    private static let unitShift: UInt = 12
+
+    static func make(start: UInt, end: UInt, granuleStart: UInt) -> UInt32 {
+        let relativeStart: Int16 = start < granuleStart ? -1 : Int16(clamping: (start - granuleStart) >> unitShift)
+        let relativeEnd: Int16 = end < granuleStart ? -1 : Int16(clamping: (end - granuleStart) >> unitShift)
+        return UInt32(UInt16(bitPattern: relativeStart)) | UInt32(UInt16(bitPattern: relativeEnd)) << 16
     }
 
     /// Whether the hinted range may cover `[start, end)` (start inside the granule).
     @inline(__always)
-    static func mayCover(_ hint: UInt64, start: UInt, end: UInt, granuleStart: UInt) -> Bool {
-        let relativeStart = Int32(bitPattern: UInt32(truncatingIfNeeded: hint))
-        let relativeEnd = Int32(bitPattern: UInt32(truncatingIfNeeded: hint >> 32))
-        let wantedStart = Int32(truncatingIfNeeded: start &- granuleStart)
-        let wantedEnd = Int32(clamping: end &- granuleStart)
+    static func mayCover(_ hint: UInt32, start: UInt, end: UInt, granuleStart: UInt) -> Bool {
+        let relativeStart = Int16(bitPattern: UInt16(truncatingIfNeeded: hint))
+        let relativeEnd = Int16(bitPattern: UInt16(truncatingIfNeeded: hint >> 16))
+        let wantedStart = Int16(truncatingIfNeeded: (start &- granuleStart) >> unitShift)
+        let wantedEnd = Int16(clamping: (end &- granuleStart &+ (1 << unitShift) &- 1) >> unitShift)
         return relativeStart <= wantedStart && wantedEnd <= relativeEnd
     }
 }

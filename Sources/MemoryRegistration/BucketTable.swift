@@ -56,6 +56,10 @@ final class BucketTable: @unchecked Sendable {
         }
     }
 
+    /// The bucket in table slot `index`, if any (the eviction hand walks the table by slot).
+    @inline(__always)
+    func bucket(atSlot index: Int) -> Bucket? { Bucket(bits: slots[index].load(ordering: .acquiring)) }
+
     func forEachBucket(_ body: (Bucket) -> Void) {
         for index in 0..<capacity {
             if let bucket = Bucket(bits: slots[index].load(ordering: .acquiring)) {

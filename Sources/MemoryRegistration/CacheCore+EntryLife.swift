@@ -11,7 +11,7 @@ import Verbs
 /// | state | step (function) | thread | lock | kept alive by | guaranteed from here on |
 /// | --- | --- | --- | --- | --- | --- |
 /// | inserted | `MissAttempt.init`: `CacheEntry`, `insert` | missing | the tree's | the interval tree | every overlapping invalidation calls it and moves its sequence (a registration that raced one is never published) |
-/// | published | `MissAttempt.publish` → `publish` | missing | state | the tree; the index's reference (`holders` 1) plus one per `Registration` | lookups find it (index, then CLOCK ring) |
+/// | published | `MissAttempt.publish` → `publish` | missing | state | the tree; the index's reference (`holders` 1) plus one per `Registration` | lookups and the CLOCK hand find it (index) |
 /// | revoked | `invalidate` → `revoke` → `unpublish`, `retire` (also `close`) | invalidating: a hooked call's caller, the monitor's worker, an explicit caller | state | the cache's retain, taken in `unpublish` | no lookup finds it; holders see `isRevoked`; no invalidation calls it (out of the tree) |
 /// | evicted | `evictAtHand` → `unpublish`, `retireEvicted` | missing | state | the cache's retain | `holders` frozen at 0: no lookup can take a reference |
 /// | retired | `retire` (pending → sealed → ready) or `retireEvicted` (evicted) | same | teardown | `TeardownLists` | one grace period to wait: every reader that could see it in the index has left |
@@ -26,16 +26,14 @@ import Verbs
 extension CacheCore {
     // MARK: - Published, revoked, evicted (state lock held)
 
-    /// Makes `entry` findable: the index, then the CLOCK ring.
+    /// Makes `entry` findable (the index, which the CLOCK hand walks too).
     func publish(_ entry: CacheEntry, _ state: inout State) {
-        entry.clockSlot = Int32(state.clock.count)
-        state.clock.append(entry)
+        entry.published = true
         index.insert(entry)
         counters.cachedRegions.add(1, ordering: .relaxed)
     }
 
-    /// Takes `entry` out of the index and the CLOCK ring (swap-remove: the last entry takes its
-    /// slot), and out of the address space's interval tree.
+    /// Takes `entry` out of the index, and out of the address space's interval tree.
     ///
     /// Why the tree too, now and not at the teardown: an entry out of the cache has no use for
     /// later invalidations (it is never published again), yet until its teardown, a grace period
@@ -48,13 +46,7 @@ extension CacheCore {
     /// `freeable`.
     func unpublish(_ entry: CacheEntry, _ state: inout State) {
         index.remove(entry)
-        let slot = Int(entry.clockSlot)
-        let last = state.clock.removeLast()
-        if slot < state.clock.count {
-            state.clock[slot] = last
-            last.clockSlot = Int32(slot)
-        }
-        entry.clockSlot = -1
+        entry.published = false
         counters.cachedRegions.subtract(1, ordering: .relaxed)
         _ = Unmanaged.passUnretained(entry).retain()  // adopted by `finishTeardown`
         try? entry.removeWithoutWaiting()

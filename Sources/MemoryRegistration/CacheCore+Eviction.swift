@@ -77,10 +77,9 @@ extension CacheCore {
     /// until they are really gone before the retry.
     func evictAllIdle() {
         state.withLock { state in
-            var steps = 2 * state.clock.count
-            while steps > 0, !state.clock.isEmpty {
+            var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
+            while steps > 0, evictAtHand(&state, secondChance: false) != nil {
                 steps -= 1
-                _ = evictAtHand(&state, secondChance: false)
             }
         }
         try? waitForTeardowns()
@@ -89,7 +88,7 @@ extension CacheCore {
     /// The CLOCK hand (state lock held): evicts idle entries until what stays registered once
     /// the evictions in flight are torn down fits the limits minus the slack, with `bytes` more.
     /// An entry used since the hand last passed gets a second chance; one in use is skipped.
-    /// Bounded: at most two turns of the ring, the second only if the first freed nothing.
+    /// Bounded: at most two turns of the index, the second only if the first freed nothing.
     private func sweep(_ state: inout State, bytes: Int) {
         func fits() -> Bool {
             let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed)
@@ -97,28 +96,21 @@ extension CacheCore {
             return staying + state.reservedRegions + 1 <= limits.maxRegions - limits.regionSlack
                 && stayingBytes + state.reservedBytes + bytes <= limits.maxPinnedBytes - limits.byteSlack
         }
-        var steps = 2 * state.clock.count
-        while steps > 0, !state.clock.isEmpty, !fits() {
+        var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
+        while steps > 0, !fits(), evictAtHand(&state, secondChance: true) != nil {
             steps -= 1
-            _ = evictAtHand(&state, secondChance: true)
         }
     }
 
-    /// One step of the hand. Returns whether it evicted.
-    private func evictAtHand(_ state: inout State, secondChance: Bool) -> Bool {
-        if state.hand >= state.clock.count { state.hand = 0 }
-        let entry = state.clock[state.hand]
+    /// One step of the hand: whether it evicted the entry it met, nil when the cache is empty.
+    private func evictAtHand(_ state: inout State, secondChance: Bool) -> Bool? {
+        guard let entry = index.entry(at: &state.hand) else { return nil }
         if secondChance, entry.referenced.load(ordering: .relaxed) {
             entry.referenced.store(false, ordering: .relaxed)
-            state.hand += 1
             return false
         }
         // Only the index's reference: freeze it (1 -> 0), so no lookup can take it any more.
-        guard entry.holders.freeze(expected: 1) else {
-            state.hand += 1
-            return false
-        }
-        // The slot now holds another entry (swap-remove): the hand stays.
+        guard entry.holders.freeze(expected: 1) else { return false }
         unpublish(entry, &state)
         counters.evictions.add(1, ordering: .relaxed)
         retireEvicted(entry)

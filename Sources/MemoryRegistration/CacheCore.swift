@@ -35,9 +35,8 @@ final class CacheCore: Sendable {
     @usableFromInline let pageMask: UInt
 
     struct State: Sendable {
-        /// The CLOCK ring of cached entries (each knows its slot).
-        var clock: [CacheEntry] = []
-        var hand = 0
+        /// The CLOCK hand, walking the index (`RegionIndex.Hand`).
+        var hand = RegionIndex.Hand()
         /// Room taken by misses in flight (registered but not yet published).
         var reservedBytes = 0
         var reservedRegions = 0
@@ -179,17 +178,16 @@ final class CacheCore: Sendable {
     ///
     /// Under the state lock, which the miss holds around `readRetry` (the kernel's rule for
     /// `mmu_interval_set_seq`): the sequence is set first, so a miss racing this invalidation
-    /// discards its registration; then a published entry leaves the index and the CLOCK ring at
+    /// discards its registration; then a published entry leaves the index at
     /// once (no later lookup finds it) and is marked revoked; its deregistration waits for a
     /// grace period (readers of `withRegistration`) and for the last `Registration` holding it.
     /// A write-protect change keeps a published region that cannot write; a registration still
     /// in flight is made to retry whatever the event (its access may yet include write).
     func invalidate(_ entry: CacheEntry, _ invalidation: InvalidationRange, sequence: UInt64) {
         state.withLock { state in
-            let published = entry.clockSlot >= 0
-            if invalidation.event == .writeProtect, published, !entry.access.needsWritableMemory { return }
+            if invalidation.event == .writeProtect, entry.published, !entry.access.needsWritableMemory { return }
             entry.setSequence(sequence)
-            if published { revoke(entry, &state) }
+            if entry.published { revoke(entry, &state) }
         }
     }
 
@@ -201,7 +199,7 @@ final class CacheCore: Sendable {
             guard state.closedReason == nil else { return }
             state.closedReason = reason
             isClosed.store(true, ordering: .releasing)
-            while let entry = state.clock.last { revoke(entry, &state) }
+            while let entry = index.entry(at: &state.hand) { revoke(entry, &state) }
         }
     }
 

@@ -5,7 +5,7 @@ import Verbs
 /// One cached registration, in one allocation: it *is* the interval subscription that tells the
 /// cache when its range changes (tree links inside, as the kernel embeds its interval notifier
 /// in the driver's struct), and carries the device keys, the registrar's handle, the count of its
-/// users and its CLOCK slot. The index refers to it by address; nothing maps it by identity.
+/// users and its CLOCK bit. The index refers to it by address; nothing maps it by identity.
 ///
 /// Lifetime: inserted, published, revoked or evicted, retired, torn down, freed; the table in
 /// `CacheCore+EntryLife.swift` says which thread and lock moves it each step, what keeps it
@@ -20,7 +20,7 @@ import Verbs
 ///
 /// `@unchecked Sendable`: `core` never changes. `region`, `access` and `watched` are written by
 /// the missing thread before the entry is published (the index's release store) and never
-/// after; readers load them after the index's acquire load. `clockSlot` is read and written
+/// after; readers load them after the index's acquire load. `published` is read and written
 /// under the cache's state lock only. The rest is atomic. The base class's comment covers its
 /// own fields.
 final class CacheEntry: IntervalSubscription, @unchecked Sendable {
@@ -38,8 +38,8 @@ final class CacheEntry: IntervalSubscription, @unchecked Sendable {
     let tornDown = Atomic<Bool>(false)
     /// Whether the monitor watches the range for this entry (undone at teardown).
     @exclusivity(unchecked) var watched = false
-    /// Index in the CLOCK ring, -1 when not cached (never published, revoked or evicted).
-    @exclusivity(unchecked) var clockSlot: Int32 = -1
+    /// In the index: published, and not yet revoked or evicted.
+    @exclusivity(unchecked) var published = false
     let core: CacheCore
 
     init(core: CacheCore, range: AddressRange) throws(NotifierError) {

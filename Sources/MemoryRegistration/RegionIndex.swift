@@ -65,10 +65,11 @@ final class RegionIndex: Sendable {
             let granule = start >> UInt(granuleShift)
             guard let bucket = table.find(granule) else { return 0 }
             let granuleStart = granule << UInt(granuleShift)
-            let slots = bucket.slots
+            let entries = bucket.entries
+            let hints = bucket.hints
             for index in 0..<bucket.used {
-                let bits = slots[index].entry.load(ordering: .acquiring)
-                guard bits != 0, Hint.mayCover(slots[index].hint.load(ordering: .relaxed), start: start, end: end,
+                let bits = entries[index].load(ordering: .acquiring)
+                guard bits != 0, Hint.mayCover(hints[index].load(ordering: .relaxed), start: start, end: end,
                                                granuleStart: granuleStart) else { continue }
                 // The range read may be the next entry's (the slot was reused meanwhile): ask the
                 // entry itself. It is alive: freed only a grace period after leaving the index.
@@ -118,13 +119,47 @@ final class RegionIndex: Sendable {
         }
     }
 
+    /// A place in the index for the CLOCK hand: a slot of the table and a slot of its bucket.
+    /// The index is the ring: walking it meets every cached entry, so the cache keeps no list of
+    /// its own (a ring of entry references cost 8 bytes a region and as much again in growth).
+    /// A table replaced by a larger one leaves the hand somewhere else in the turn, which costs
+    /// CLOCK nothing but fairness for that turn.
+    struct Hand: Sendable {
+        var tableSlot = 0
+        var bucketSlot = 0
+    }
+
+    /// The next entry from `hand` on, which moves past it (writers only). Each entry is met once
+    /// a turn, in the bucket of its first granule. Nil when a whole turn met none.
+    func entry(at hand: inout Hand) -> CacheEntry? {
+        withCurrentTable { table -> CacheEntry? in
+            var tableSlotsLeft = table.capacity + 1
+            while tableSlotsLeft > 0 {
+                if hand.tableSlot >= table.capacity { hand = Hand() }
+                guard let bucket = table.bucket(atSlot: hand.tableSlot), hand.bucketSlot < bucket.used else {
+                    hand.tableSlot += 1
+                    hand.bucketSlot = 0
+                    tableSlotsLeft -= 1
+                    continue
+                }
+                let bits = bucket.entries[hand.bucketSlot].load(ordering: .relaxed)
+                hand.bucketSlot += 1
+                guard bits != 0 else { continue }
+                // Published, so the interval tree keeps it alive (and writers hold the state lock).
+                let entry = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits)).takeUnretainedValue()
+                if entry.start >> UInt(granuleShift) == bucket.granule { return entry }
+            }
+            return nil
+        }
+    }
+
     /// Entries in the index (each counted once).
     var count: Int {
         var entries = Set<UInt>()
         withCurrentTable { table in
             table.forEachBucket { bucket in
                 for index in 0..<bucket.used {
-                    let bits = bucket.slots[index].entry.load(ordering: .relaxed)
+                    let bits = bucket.entries[index].load(ordering: .relaxed)
                     if bits != 0 { entries.insert(bits) }
                 }
             }

@@ -83,7 +83,7 @@ struct EntryFactory {
         #expect(index.count == 1)
     }
 
-    @Test("requests longer than 2 GiB beyond the granule: the hint only widens, the entry decides")
+    @Test("requests and entries reaching more than 128 MiB beyond the granule: the hint only widens, the entry decides")
     func longRequests() throws {
         let index = RegionIndex(srcu: srcu)
         let big = try factory.entry(0x100_0000_0000, 8 << 30, key: 5)
@@ -126,6 +126,48 @@ struct EntryFactory {
             }
         }
         #expect(index.count == model.count, "seed \(seed)")
+    }
+
+    @Test("requests at any byte against page-aligned entries: found exactly when covered")
+    func byteGranularRequests() throws {
+        let index = RegionIndex(srcu: srcu, granuleShift: 16)
+        var kept: [CacheEntry] = []
+        var generator = SystemRandomNumberGenerator()
+        let seed = UInt64.random(in: 0...UInt64.max, using: &generator)
+        var random = SeededRandom(seed: seed)
+        for key in UInt32(1)...300 {
+            let start = 0x4000_0000 + (UInt(random.next() % 2048) << 12)
+            let entry = try factory.entry(start, UInt(1 + random.next() % 40) << 12, key: key)
+            kept.append(entry)
+            index.insert(entry)
+        }
+        for _ in 0..<20_000 {
+            let start = 0x4000_0000 + UInt(random.next() % (2100 << 12))
+            let length = UInt(1 + random.next() % (1 << 16))
+            let expected = kept.contains { $0.covers(start: start, end: start + length, access: 0b1) }
+            #expect((find(index, start, length) != nil) == expected, "seed \(seed), 0x\(String(start, radix: 16))+\(length)")
+        }
+    }
+
+    @Test("the CLOCK hand meets every entry once a turn, an entry over many granules too")
+    func handMeetsEachEntryOnce() throws {
+        let index = RegionIndex(srcu: srcu, granuleShift: 16, initialCapacity: 16)
+        var hand = RegionIndex.Hand()
+        #expect(index.entry(at: &hand) == nil, "an empty index")
+        let entries = try (0..<200).map { n in
+            try factory.entry(0x1_0000_0000 + UInt(n) * 0x3_0000, n % 10 == 0 ? 0x50000 : 0x1000, key: UInt32(n) + 1)
+        }
+        for entry in entries { index.insert(entry) }
+        var met: [UInt32: Int] = [:]
+        for _ in 0..<(2 * entries.count) {
+            let entry = try #require(index.entry(at: &hand))
+            met[entry.region.lkey, default: 0] += 1
+        }
+        #expect(met.count == entries.count && met.values.allSatisfy { $0 == 2 }, "two turns: each entry twice")
+        for entry in entries.dropFirst() { index.remove(entry) }
+        #expect(index.entry(at: &hand)?.region.lkey == 1)
+        index.remove(entries[0])
+        #expect(index.entry(at: &hand) == nil)
     }
 
     @Test("10^5 small entries: every one is found")
