@@ -9,7 +9,10 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <fcntl.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 // Private anonymous memory, as the monitor needs it: not shared, and no file behind it but
@@ -106,6 +109,46 @@ static void take_line(classify_scan *scan, const cmemhooks_vma *vma) {
     }
 }
 
+// Whether a mapping with a file behind it overlaps [start, end), from the names in
+// /proc/self/map_files ("start-end" in hex, one per such mapping): 0 none, 1 some, -errno when
+// the directory cannot be listed. Every kind of memory that is not private anonymous has a file
+// (the kernel's vm_file): files, and all shared memory (memfd, tmpfs, /dev/shm, MAP_SHARED |
+// MAP_ANONYMOUS, SysV); so do private /dev/zero and hugetlb memory, which the full scan then
+// names. Listing costs a fraction of reading /proc/self/maps (measured in the TCG VM on 6.1: 193
+// against 807 us with 600 anonymous mappings, 428 against 2305 us with 2000), since the kernel
+// formats only the mappings with a file, and only their addresses. Allocation-free.
+static int file_mapping_overlaps(uintptr_t start, uintptr_t end) {
+    int fd = open("/proc/self/map_files", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    _Alignas(8) char entries[8192];
+    int found = 0;
+    for (;;) {
+        long n = syscall(SYS_getdents64, fd, entries, sizeof entries);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            found = -errno;
+            break;
+        }
+        if (n == 0) break;
+        for (long offset = 0; offset < n && !found;) {
+            // struct linux_dirent64: d_ino (8), d_off (8), d_reclen (2), d_type (1), d_name.
+            unsigned short length;
+            memcpy(&length, entries + offset + 16, sizeof length);
+            const char *name = entries + offset + 19;
+            char *dash;
+            uintptr_t first = (uintptr_t)strtoull(name, &dash, 16);
+            if (dash != name && *dash == '-') {
+                uintptr_t last = (uintptr_t)strtoull(dash + 1, NULL, 16);
+                if (first < end && start < last) found = 1;
+            }
+            offset += length;
+        }
+        if (found) break;
+    }
+    close(fd);
+    return found;
+}
+
 int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
     uintptr_t cursor = start;
     if (cmemhooks_vma_query_is_fast()) {  // one ioctl per mapping
@@ -127,6 +170,12 @@ int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out) {
         // Only this answer is taken from the snapshot: a hole in it may be a mapping glibc made
         // since (malloc maps with its own mmap, which no hook sees), and a mapping of another
         // kind must be named from a fresh scan.
+        pthread_mutex_unlock(&snapshot_lock);
+        return CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
+    }
+    // No mapping with a file there: private anonymous memory, or holes, which the caller rules
+    // out first (mincore) on these kernels. Only a file mapping needs the full scan, to be named.
+    if (file_mapping_overlaps(start, end) == 0) {
         pthread_mutex_unlock(&snapshot_lock);
         return CMEMHOOKS_RANGE_PRIVATE_ANONYMOUS;
     }

@@ -168,8 +168,10 @@ enum cmemhooks_range_kind {
 };
 
 /// What is mapped over [start, end): an enum cmemhooks_range_kind, or -errno when
-/// /proc/self/maps could not be read. One read of /proc/self/maps for the whole range where the
-/// kernel lacks PROCMAP_QUERY (one ioctl per mapping where it has it). Allocation-free.
+/// /proc/self/maps could not be read. One ioctl per mapping where the kernel has PROCMAP_QUERY.
+/// Where it lacks it, the caller must have found no hole first (mincore): then one listing of
+/// /proc/self/map_files answers when no mapping with a file is there, else one read of
+/// /proc/self/maps for the whole range. Allocation-free.
 int cmemhooks_vma_classify(uintptr_t start, uintptr_t end, cmemhooks_vma *out);
 
 /// Tells the classification's snapshot of /proc/self/maps that mappings changed (the monitor

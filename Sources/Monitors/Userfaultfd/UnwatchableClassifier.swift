@@ -20,7 +20,8 @@ enum UnwatchableClassifier {
 
     /// Looks at every mapping over [start, end). Asked once per watched mapping or granule, never
     /// on a hit. Where the kernel answers PROCMAP_QUERY the same walk also finds holes (one ioctl
-    /// per mapping); elsewhere `mincore` finds them and /proc/self/maps says what is mapped.
+    /// per mapping); elsewhere `mincore` finds them, a listing of /proc/self/map_files says
+    /// whether any mapping with a file is there, and only then /proc/self/maps says which.
     ///
     /// Anything but private anonymous memory can change its pages with no event: a `MAP_SHARED`
     /// mapping of any kind (the kernel's VM_MAYSHARE: memfd, tmpfs, `/dev/shm`, `MAP_SHARED |
