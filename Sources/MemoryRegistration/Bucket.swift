@@ -21,7 +21,10 @@ struct Bucket: Equatable, @unchecked Sendable {
 
     struct BucketHeader: ~Copyable {
         let granule: UInt
-        let capacity: Int
+        let capacity: Int32
+        /// Slots holding an entry: for the CLOCK hand to pass an emptied bucket at once (a
+        /// bucket stays in the table, empty, until the table grows). Writers only.
+        let live: Atomic<Int32>
         /// Slots used so far (published with release ordering after the slot is filled).
         let count: Atomic<Int>
     }
@@ -33,7 +36,7 @@ struct Bucket: Equatable, @unchecked Sendable {
             + capacity * (MemoryLayout<Atomic<UInt>>.stride + MemoryLayout<Atomic<UInt32>>.stride)
         let raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: MemoryLayout<BucketHeader>.alignment)
         let header = raw.bindMemory(to: BucketHeader.self, capacity: 1)
-        header.initialize(to: BucketHeader(granule: granule, capacity: capacity, count: Atomic(0)))
+        header.initialize(to: BucketHeader(granule: granule, capacity: Int32(capacity), live: Atomic(0), count: Atomic(0)))
         let bucket = Bucket(header: header)
         for index in 0..<capacity {
             (bucket.entries + index).initialize(to: Atomic(0))
@@ -60,7 +63,9 @@ struct Bucket: Equatable, @unchecked Sendable {
 
     var bits: UInt { UInt(bitPattern: header) }
     var granule: UInt { header.pointee.granule }
-    var capacity: Int { header.pointee.capacity }
+    var capacity: Int { Int(header.pointee.capacity) }
+    /// Slots holding an entry (writers only).
+    var live: Int { Int(header.pointee.live.load(ordering: .relaxed)) }
 
     /// The entries' addresses (`Unmanaged.toOpaque` bits), 0 where a slot is free.
     @inline(__always)
@@ -78,10 +83,11 @@ struct Bucket: Equatable, @unchecked Sendable {
     @inline(__always)
     var used: Int { header.pointee.count.load(ordering: .acquiring) }
 
-    /// Whether any slot holds an entry.
-    var isEmpty: Bool { (0..<used).allSatisfy { entries[$0].load(ordering: .relaxed) == 0 } }
+    /// Whether no slot holds an entry (writers only).
+    var isEmpty: Bool { live == 0 }
 
     private func fill(_ index: Int, entry: UInt, hint: UInt32) {
+        header.pointee.live.add(1, ordering: .relaxed)
         hints[index].store(hint, ordering: .relaxed)
         entries[index].store(entry, ordering: .releasing)
     }
@@ -105,13 +111,12 @@ struct Bucket: Equatable, @unchecked Sendable {
         let count = header.pointee.count.load(ordering: .relaxed)
         for index in 0..<count where entries[index].load(ordering: .relaxed) == entry {
             entries[index].store(0, ordering: .releasing)
+            header.pointee.live.subtract(1, ordering: .relaxed)
             return true
         }
         return false
     }
 
-    /// Entries in use (writers, or a reader's estimate).
-    var liveCount: Int { (0..<used).reduce(0) { $0 + (entries[$1].load(ordering: .relaxed) != 0 ? 1 : 0) } }
 
     static func free(_ bucket: Bucket) {
         bucket.hints.deinitialize(count: bucket.capacity)

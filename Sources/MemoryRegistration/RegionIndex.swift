@@ -101,7 +101,7 @@ final class RegionIndex: Sendable {
                 let old = table.find(granule)
                 if let old, old.insert(entry: bits, hint: hint) { continue }
                 // Full (or new): a copy twice as large, so inserts stay amortized O(1).
-                let grown = Bucket.make(granule: granule, capacity: max(4, 2 * (old?.liveCount ?? 0)), copying: old)
+                let grown = Bucket.make(granule: granule, capacity: max(4, 2 * (old?.live ?? 0)), copying: old)
                 _ = grown.insert(entry: bits, hint: hint)
                 if let replaced = table.publish(grown) { retired.append(replaced) }
             }
@@ -136,7 +136,7 @@ final class RegionIndex: Sendable {
             var tableSlotsLeft = table.capacity + 1
             while tableSlotsLeft > 0 {
                 if hand.tableSlot >= table.capacity { hand = Hand() }
-                guard let bucket = table.bucket(atSlot: hand.tableSlot), hand.bucketSlot < bucket.used else {
+                guard let bucket = table.bucket(atSlot: hand.tableSlot), bucket.live > 0, hand.bucketSlot < bucket.used else {
                     hand.tableSlot += 1
                     hand.bucketSlot = 0
                     tableSlotsLeft -= 1
