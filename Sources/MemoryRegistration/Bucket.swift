@@ -88,7 +88,7 @@ struct Bucket: Equatable, @unchecked Sendable {
 
     private func fill(_ index: Int, entry: UInt, hint: UInt32) {
         header.pointee.live.add(1, ordering: .relaxed)
-        hints[index].store(hint, ordering: .relaxed)
+        hints[index].store(hint, ordering: .releasing)  // after a clear of the slot: see `RegionIndex.lookup`
         entries[index].store(entry, ordering: .releasing)
     }
 
@@ -141,13 +141,23 @@ enum Hint {
         return UInt32(UInt16(bitPattern: relativeStart)) | UInt32(UInt16(bitPattern: relativeEnd)) << 16
     }
 
-    /// Whether the hinted range may cover `[start, end)` (start inside the granule).
+    enum Verdict {
+        case cannotCover
+        /// The hinted range covers `[start, end)`: its end was not clamped (a start before the
+        /// granule is before any request's start, which is inside it).
+        case covers
+        /// Clamped: the entry's own range decides.
+        case mayCover
+    }
+
+    /// What the hinted range says about `[start, end)` (start inside the granule).
     @inline(__always)
-    static func mayCover(_ hint: UInt32, start: UInt, end: UInt, granuleStart: UInt) -> Bool {
+    static func verdict(_ hint: UInt32, start: UInt, end: UInt, granuleStart: UInt) -> Verdict {
         let relativeStart = Int16(bitPattern: UInt16(truncatingIfNeeded: hint))
         let relativeEnd = Int16(bitPattern: UInt16(truncatingIfNeeded: hint >> 16))
         let wantedStart = Int16(truncatingIfNeeded: (start &- granuleStart) >> unitShift)
         let wantedEnd = Int16(clamping: (end &- granuleStart &+ (1 << unitShift) &- 1) >> unitShift)
-        return relativeStart <= wantedStart && wantedEnd <= relativeEnd
+        guard relativeStart <= wantedStart && wantedEnd <= relativeEnd else { return .cannotCover }
+        return relativeEnd == .max ? .mayCover : .covers
     }
 }

@@ -41,6 +41,9 @@ final class RegionIndex: Sendable {
     }
 
     init(srcu: SRCUDomain, granuleShift: Int = 16, initialCapacity: Int = 1024) {
+        // A hint is exact only if granules start on 4 KiB units and a start inside one fits its
+        // 16 bits (`Hint`). Not an input: the cache's own constant.
+        precondition((12...27).contains(granuleShift), "granule shift \(granuleShift) outside what Hint encodes")
         self.srcu = srcu
         self.granuleShift = granuleShift
         let first = BucketTable(capacity: max(16, initialCapacity.nextPowerOfTwo))
@@ -69,12 +72,20 @@ final class RegionIndex: Sendable {
             let hints = bucket.hints
             for index in 0..<bucket.used {
                 let bits = entries[index].load(ordering: .acquiring)
-                guard bits != 0, Hint.mayCover(hints[index].load(ordering: .relaxed), start: start, end: end,
-                                               granuleStart: granuleStart) else { continue }
-                // The range read may be the next entry's (the slot was reused meanwhile): ask the
-                // entry itself. It is alive: freed only a grace period after leaving the index.
-                let covers = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))._withUnsafeGuaranteedRef {
-                    $0.covers(start: start, end: end, access: access)
+                guard bits != 0 else { continue }
+                let verdict = Hint.verdict(hints[index].load(ordering: .acquiring), start: start, end: end,
+                                           granuleStart: granuleStart)
+                if verdict == .cannotCover { continue }
+                // The entry is alive: freed only a grace period after leaving the index. The range
+                // read may be the next entry's (the slot was cleared and reused meanwhile). An
+                // exact one is the entry's own if the slot still holds it: the range is stored
+                // with release ordering after the clear, so a reader that read the next range
+                // reads the clear or the next entry here. Then only the access is left to check,
+                // and the entry's own range (another cache line) is never read.
+                let covers = Unmanaged<CacheEntry>.fromOpaque(rawPointer(bits))._withUnsafeGuaranteedRef { entry in
+                    verdict == .covers && entries[index].load(ordering: .relaxed) == bits
+                        ? entry.access.rawValue & access == access
+                        : entry.covers(start: start, end: end, access: access)
                 }
                 if covers { return bits }
             }
