@@ -95,9 +95,12 @@ struct Bucket: Equatable, @unchecked Sendable {
     /// Puts `entry` into a free slot; false when the bucket is full. Writers only.
     func insert(entry: UInt, hint: UInt32) -> Bool {
         let count = header.pointee.count.load(ordering: .relaxed)
-        for index in 0..<count where entries[index].load(ordering: .relaxed) == 0 {
-            fill(index, entry: entry, hint: hint)
-            return true
+        // A free slot below `count` only where one was cleared (a bucket filling in order has none).
+        if header.pointee.live.load(ordering: .relaxed) < Int32(count) {
+            for index in 0..<count where entries[index].load(ordering: .relaxed) == 0 {
+                fill(index, entry: entry, hint: hint)
+                return true
+            }
         }
         guard count < capacity else { return false }
         fill(count, entry: entry, hint: hint)

@@ -82,15 +82,18 @@ extension CacheCore {
     /// before the entry left the index. Nothing is allocated per entry (arrays grow amortized).
     func retire(_ entry: CacheEntry, evicted: Bool) {
         let retiring = counters.retiringRegions.add(1, ordering: .relaxed).newValue
-        counters.retiringBytes.add(entry.length, ordering: .relaxed)
+        let retiringBytes = counters.retiringBytes.add(entry.length, ordering: .relaxed).newValue
         let schedule = teardowns.withLock { lists -> Bool in
             lists.pending.append(RetiredEntry(entry: EntryReference(entry, retained: false), evicted: evicted))
             return sealBatch(&lists)
         }
         if schedule { srcu.call { [self] in runBatch() } }
-        // Half the slack is waiting: start the grace period now rather than after the batching
-        // delay, so that misses find the room before they run out of it.
-        if evicted, retiring >= max(1, limits.regionSlack * 3 / 4) { srcu.expedite() }
+        // Three quarters of the slack wait (evicted, or revoked and still pinned): start the grace
+        // period now rather than after the batching delay, so that misses find the room before
+        // they run out of it, and unmapped memory stays pinned no longer than the limits allow.
+        if retiring >= max(1, limits.regionSlack * 3 / 4) || retiringBytes >= max(1, limits.byteSlack * 3 / 4) {
+            srcu.expedite()
+        }
     }
 
     /// Seals the pending entries into a batch if none is in flight; true when one must be

@@ -102,15 +102,20 @@ struct IntervalTree {
             update(node)
             return node
         }
+        // Above the insertion point a link changes only where the node took a child's place, and
+        // a subtree's largest end only when the node's is larger: store nothing else, so the
+        // path's cache lines stay clean.
         if less(node, t) {
-            let left = insert(node, into: t._withUnsafeGuaranteedRef { $0.left })
-            t._withUnsafeGuaranteedRef { $0.left = left }
+            let old = t._withUnsafeGuaranteedRef { $0.left }
+            let left = insert(node, into: old)
+            if left.toOpaque() != old?.toOpaque() { t._withUnsafeGuaranteedRef { $0.left = left } }
         } else {
-            let right = insert(node, into: t._withUnsafeGuaranteedRef { $0.right })
-            t._withUnsafeGuaranteedRef { $0.right = right }
+            let old = t._withUnsafeGuaranteedRef { $0.right }
+            let right = insert(node, into: old)
+            if right.toOpaque() != old?.toOpaque() { t._withUnsafeGuaranteedRef { $0.right = right } }
         }
         let last = node._withUnsafeGuaranteedRef { $0.range.last }
-        t._withUnsafeGuaranteedRef { $0.maxLast = max($0.maxLast, last) }  // one more node below
+        t._withUnsafeGuaranteedRef { if last > $0.maxLast { $0.maxLast = last } }  // one more node below
         return t
     }
 
@@ -131,19 +136,27 @@ struct IntervalTree {
     }
 
     /// `t` without `node` (which is in it): `node`'s place goes to the merge of its children.
+    /// Above that place only the one changed link is stored, and a subtree's largest end is
+    /// recomputed only where it may have been `node`'s (`removedLast`).
     private static func remove(_ node: Link, from t: Link?) -> Link? {
+        remove(node, removedLast: node._withUnsafeGuaranteedRef { $0.range.last }, from: t)
+    }
+
+    private static func remove(_ node: Link, removedLast: UInt, from t: Link?) -> Link? {
         guard let t else { return nil }
         if t.toOpaque() == node.toOpaque() {
             return t._withUnsafeGuaranteedRef { merge($0.left, $0.right) }
         }
         if less(node, t) {
-            let left = remove(node, from: t._withUnsafeGuaranteedRef { $0.left })
-            t._withUnsafeGuaranteedRef { $0.left = left }
+            let old = t._withUnsafeGuaranteedRef { $0.left }
+            let left = remove(node, removedLast: removedLast, from: old)
+            if left?.toOpaque() != old?.toOpaque() { t._withUnsafeGuaranteedRef { $0.left = left } }
         } else {
-            let right = remove(node, from: t._withUnsafeGuaranteedRef { $0.right })
-            t._withUnsafeGuaranteedRef { $0.right = right }
+            let old = t._withUnsafeGuaranteedRef { $0.right }
+            let right = remove(node, removedLast: removedLast, from: old)
+            if right?.toOpaque() != old?.toOpaque() { t._withUnsafeGuaranteedRef { $0.right = right } }
         }
-        update(t)
+        if t._withUnsafeGuaranteedRef({ $0.maxLast == removedLast }) { update(t) }
         return t
     }
 

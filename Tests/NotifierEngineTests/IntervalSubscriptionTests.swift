@@ -301,6 +301,7 @@ struct IntervalTreeTests {
                 IntervalTree.forEachOverlap(tree.root, start: qs, last: ql) { got.append(ObjectIdentifier($0)); return true }
                 let want = live.filter { $0.range.start <= ql && qs <= $0.range.last }.map(ObjectIdentifier.init)
                 #expect(Set(got) == Set(want) && got.count == want.count, "step \(step)")
+                #expect(Self.exactMaxLast(tree.root) != nil, "step \(step): a subtree's largest end is stale")
             }
         }
         #expect(tree.count == live.count)
@@ -317,5 +318,15 @@ struct IntervalTreeTests {
         #expect(overlaps(UInt.max, UInt.max).count == 1 && overlaps(UInt.max, UInt.max).first === high)
         #expect(overlaps(0, UInt.max - 11).isEmpty)
         top.remove(high)
+    }
+
+    /// The largest end below `link`, or nil where a node's `maxLast` is not exactly that (the
+    /// insert and the remove store it only where it changes: a stale one, too large, would
+    /// still answer queries right and go unseen by the model above).
+    static func exactMaxLast(_ link: IntervalTree.Link?) -> UInt?? {
+        guard let node = link?.takeUnretainedValue() else { return .some(nil) }
+        guard case .some(let left) = exactMaxLast(node.left), case .some(let right) = exactMaxLast(node.right) else { return nil }
+        let largest = max(node.range.last, left ?? 0, right ?? 0)
+        return node.maxLast == largest ? .some(largest) : nil
     }
 }
