@@ -23,23 +23,23 @@ extension CacheCore {
     /// teardowns finished, the miss waits for them (bounded); if everything cached is held, it
     /// fails with `.limitReached`.
     func makeRoom(bytes: Int) throws(RegistrationError) {
+        // Far from the limits (the usual miss): reserve without the state lock.
+        if !isClosed.load(ordering: .acquiring),
+           counters.reserve(bytes: bytes, maxRegions: limits.maxRegions - limits.regionSlack,
+                            maxBytes: limits.maxPinnedBytes - limits.byteSlack) {
+            tearDownEvicted(threshold: max(1, limits.regionSlack / 2))
+            return
+        }
         var deadline: ContinuousClock.Instant?
         while true {
             let room = state.withLock { state -> Room in
                 if let reason = state.closedReason { return .closed(reason) }
-                // Teardowns lower the counts without this lock: read them afresh for each decision.
-                func needed() -> (regions: Int, pinned: Int) {
-                    (counters.cacheRegions + state.reservedRegions + 1, counters.cacheBytes + state.reservedBytes + bytes)
-                }
                 func reserveIfItFits() -> Bool {
-                    let (regions, pinned) = needed()
-                    guard regions <= limits.maxRegions && pinned <= limits.maxPinnedBytes else { return false }
-                    state.reservedRegions += 1
-                    state.reservedBytes += bytes
-                    return true
+                    counters.reserve(bytes: bytes, maxRegions: limits.maxRegions, maxBytes: limits.maxPinnedBytes)
                 }
-                let (regions, pinned) = needed()
-                if regions > limits.maxRegions - limits.regionSlack || pinned > limits.maxPinnedBytes - limits.byteSlack {
+                // Teardowns lower the counts without this lock: read them afresh for each decision.
+                if counters.cacheRegions + counters.reservedRegions + 1 > limits.maxRegions - limits.regionSlack
+                    || counters.cacheBytes + counters.reservedBytes + bytes > limits.maxPinnedBytes - limits.byteSlack {
                     sweep(&state, bytes: bytes)
                 }
                 if reserveIfItFits() { return .reserved }
@@ -47,8 +47,8 @@ extension CacheCore {
                 // it sees every teardown that finished.
                 if counters.retiringRegions.load(ordering: .acquiring) > 0 { return .waitForTeardowns }
                 if reserveIfItFits() { return .reserved }
-                let (heldRegions, heldBytes) = needed()
-                return .full(regions: heldRegions - 1, bytes: heldBytes - bytes)
+                return .full(regions: counters.cacheRegions + counters.reservedRegions,
+                             bytes: counters.cacheBytes + counters.reservedBytes)
             }
             switch room {
             case .reserved:
@@ -93,8 +93,8 @@ extension CacheCore {
         func fits() -> Bool {
             let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed)
             let stayingBytes = counters.cacheBytes - counters.retiringBytes.load(ordering: .relaxed)
-            return staying + state.reservedRegions + 1 <= limits.maxRegions - limits.regionSlack
-                && stayingBytes + state.reservedBytes + bytes <= limits.maxPinnedBytes - limits.byteSlack
+            return staying + counters.reservedRegions + 1 <= limits.maxRegions - limits.regionSlack
+                && stayingBytes + counters.reservedBytes + bytes <= limits.maxPinnedBytes - limits.byteSlack
         }
         var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
         while steps > 0, !fits(), evictAtHand(&state, secondChance: true) != nil {

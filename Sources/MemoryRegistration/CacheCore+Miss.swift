@@ -77,8 +77,8 @@ extension CacheCore {
                 attempt.entry.region = region
                 attempt.entry.access = registeredAccess
                 try? attempt.entry.holders.unfreeze(2)  // the index's reference and the caller's
+                counters.registered(regions: 1, bytes: length)  // before the room goes back: see `reserve`
                 attempt.publish(&state)
-                counters.registered(regions: 1, bytes: length)
                 return .published
             }
             switch outcome {
@@ -135,10 +135,7 @@ extension CacheCore {
 
     /// Gives back room a miss reserved and did not use (`MissAttempt`).
     func unreserve(bytes: Int) {
-        state.withLock { state in
-            state.reservedBytes -= bytes
-            state.reservedRegions -= 1
-        }
+        counters.unreserve(bytes: bytes)
         teardownEvents.wakeAll()
     }
 }

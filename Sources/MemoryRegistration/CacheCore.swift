@@ -37,9 +37,6 @@ final class CacheCore: Sendable {
     struct State: Sendable {
         /// The CLOCK hand, walking the index (`RegionIndex.Hand`).
         var hand = RegionIndex.Hand()
-        /// Room taken by misses in flight (registered but not yet published).
-        var reservedBytes = 0
-        var reservedRegions = 0
         /// Set by `close(reason:)`: later calls fail with it.
         var closedReason: String?
     }

@@ -23,6 +23,10 @@ final class CacheCounters: @unchecked Sendable {
     /// Regions the cache registered (cached, or out of the cache and not yet deregistered).
     private let cacheRegionCount = Atomic<Int>(0)
     private let cacheByteCount = Atomic<Int>(0)
+    /// Room taken by misses in flight (reserved, registered, not yet published): atomics, so
+    /// that a miss far from the limits reserves without the state lock (`CacheCore.makeRoom`).
+    private let reservedRegionCount = Atomic<Int>(0)
+    private let reservedByteCount = Atomic<Int>(0)
     /// Regions registered for one handle alone.
     private let uncachedRegionCount = Atomic<Int>(0)
     private let uncachedByteCount = Atomic<Int>(0)
@@ -64,6 +68,28 @@ final class CacheCounters: @unchecked Sendable {
     func registered(regions: Int, bytes: Int) {
         cacheRegionCount.add(regions, ordering: .relaxed)
         cacheByteCount.add(bytes, ordering: .relaxed)
+    }
+
+    var reservedRegions: Int { reservedRegionCount.load(ordering: .acquiring) }
+    var reservedBytes: Int { reservedByteCount.load(ordering: .acquiring) }
+
+    /// Reserves room for one region of `bytes` if what is registered and reserved, with it, stays
+    /// within `maxRegions` and `maxBytes`; otherwise takes nothing. The add comes first, so two
+    /// misses that reserve at once each count the other's room: the limits hold without a lock.
+    /// Acquiring: a publish counts its region before it gives its reservation back (releasing),
+    /// so a reservation that sees the room given back also sees the region counted.
+    func reserve(bytes: Int, maxRegions: Int, maxBytes: Int) -> Bool {
+        let regions = reservedRegionCount.add(1, ordering: .acquiringAndReleasing).newValue
+        let reserved = reservedByteCount.add(bytes, ordering: .acquiringAndReleasing).newValue
+        if cacheRegions + regions <= maxRegions && cacheBytes + reserved <= maxBytes { return true }
+        unreserve(bytes: bytes)
+        return false
+    }
+
+    /// Gives back the room `reserve` took (the miss published: after `registered` counted it).
+    func unreserve(bytes: Int) {
+        reservedRegionCount.subtract(1, ordering: .releasing)
+        reservedByteCount.subtract(bytes, ordering: .releasing)
     }
 
     func uncachedRegistered(regions: Int, bytes: Int) {

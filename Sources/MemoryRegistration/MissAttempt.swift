@@ -62,10 +62,7 @@ struct MissAttempt: ~Copyable {
     /// them back), and nothing is undone.
     mutating func publish(_ state: inout CacheCore.State) {
         entry.watched = watched
-        if let reservedBytes {
-            state.reservedBytes -= reservedBytes
-            state.reservedRegions -= 1
-        }
+        if let reservedBytes { core.counters.unreserve(bytes: reservedBytes) }
         reservedBytes = nil
         published = true
         core.publish(entry, &state)

@@ -566,10 +566,13 @@ final class GranuleWatch: Sendable {
     /// event its thread waits for; `idleLimit` bounds how much address space that concerns.
     /// `keepingIdle` false: a watch that failed gives back what it registered at once.
     private func release(_ start: UInt, in table: inout WatchTable, keepingIdle: Bool = true) {
-        guard var record = table.records[start] else { return }
-        record.buffers -= 1
-        table.records[start] = record
-        if record.buffers > 0 { return }
+        var buffersLeft = 0
+        // In place: a copy out and back retained and released the record's pieces each time.
+        guard table.records.update(start, { record in
+            record.buffers -= 1
+            buffersLeft = record.buffers
+        }) else { return }
+        if buffersLeft > 0 { return }
         table.idleCount += 1
         if keepingIdle && idleLimit > 0 && !table.shutDown {
             table.idle.append(start)
