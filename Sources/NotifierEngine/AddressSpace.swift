@@ -128,6 +128,11 @@ public final class AddressSpace: Sendable {
     }
 
     let notifiers = Locked(NotifierState())
+    /// `NotifierState.list.count`, stored under the notifier lock after each change: an
+    /// invalidation with no notifier to call skips the read section and the lock (the kernel's
+    /// `mm_has_notifiers`). One that reads 0 while a notifier registers is ordered as if it had
+    /// copied the list just before the register, as a locked copy could be.
+    private let listedNotifiers = Atomic<Int>(0)
     let intervals = Locked(IntervalState())
     /// Copy of `IntervalState.sequence` for waiters that test it under the wait queue's lock.
     @usableFromInline let intervalSequence = Atomic<UInt64>(2)
@@ -174,6 +179,7 @@ public final class AddressSpace: Sendable {
             let entry = NotifierEntry(notifier)
             s.members[id] = entry
             s.list.append(entry)
+            listedNotifiers.store(s.list.count, ordering: .releasing)
         }
     }
 
@@ -203,6 +209,7 @@ public final class AddressSpace: Sendable {
                 throw .notRegistered
             }
             s.list.removeAll { $0 === entry }
+            listedNotifiers.store(s.list.count, ordering: .releasing)
             for (kind, record) in s.shared where record.entry === entry { s.shared[kind] = nil }
             entry.registered.store(false, ordering: .releasing)
             return entry
@@ -231,6 +238,7 @@ public final class AddressSpace: Sendable {
             let entry = NotifierEntry(made)
             s.members[id] = entry
             s.list.append(entry)
+            listedNotifiers.store(s.list.count, ordering: .releasing)
             s.shared[key] = (entry, 1)
             return made
         }
@@ -252,6 +260,7 @@ public final class AddressSpace: Sendable {
             s.shared[key] = nil
             s.members[ObjectIdentifier(notifier)] = nil
             s.list.removeAll { $0 === record.entry }
+            listedNotifiers.store(s.list.count, ordering: .releasing)
             record.entry.registered.store(false, ordering: .releasing)
             _ = record.entry.claimRelease()
             return true
@@ -281,6 +290,7 @@ public final class AddressSpace: Sendable {
         notifiers.withLock { s in
             for entry in s.list { entry.registered.store(false, ordering: .releasing) }
             s.list = []
+            listedNotifiers.store(s.list.count, ordering: .releasing)
         }
         try srcu.synchronize()
     }
@@ -525,7 +535,8 @@ public final class AddressSpace: Sendable {
     /// Notifier starts inside one read section; nil if a non-blockable start was refused
     /// (the ones already started get their end, as the kernel does).
     func notifiersStart(_ r: InvalidationRange) -> [NotifierEntry]? {
-        srcu.withReadLock {
+        if listedNotifiers.load(ordering: .acquiring) == 0 { return [] }
+        return srcu.withReadLock {
             cmmu_callback_depth_enter()
             defer { cmmu_callback_depth_leave() }
             let entries = notifiers.withLock { $0.list }
