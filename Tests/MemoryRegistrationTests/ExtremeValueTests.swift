@@ -11,7 +11,12 @@ import Testing
 /// arithmetic: 0, 1, `Int.min`, -1, `Int.max`, `UInt.max - k`, unaligned ones. None may trap;
 /// each refusal is the typed error naming the call and the argument; nothing registered before
 /// is lost. (The C entry points of the libfabric monitor: LibfabricMonitorTests.)
-@Suite("Extreme values at every public entry")
+///
+/// Serialized: the cache's misses on the low addresses count a buffer in the process monitor's
+/// first granule for the moment their watch takes, and the monitor test's `unwatch` of a range
+/// there, expected to throw (never watched), then found that count and dropped it instead
+/// (failed once in five host runs).
+@Suite("Extreme values at every public entry", .serialized)
 struct ExtremeValueTests {
     static let page = UInt(sysconf(Int32(_SC_PAGESIZE)))
     static let addresses: [UInt] = [0, 1, 0x10, page - 1, page + 1, UInt(Int.max), UInt(Int.max) + 1,
