@@ -68,7 +68,25 @@ public final class AddressSpace: Sendable {
             return walkedOverflow.overlaps(range) || walked.contains { $0.overlaps(range) }
         }
 
-        /// The deferred inserts of `insertIntervalWithoutWaiting` that overlap `range` and were
+        /// Inserts `sub`, which no invalidation in flight has looked for (`overlapsWalked` is
+        /// false), without making anyone wait: deferred while the tree is walked (reached meanwhile
+        /// by `markDeferred`), else into the tree. Its sequence is one no invalidation sets (an
+        /// odd one from the past, or an even one), which it returns: `readBegin` does not wait,
+        /// and the first call makes `readRetry` true.
+        mutating func insertUnrelated(_ sub: IntervalSubscription) -> UInt64 {
+            sub.insertedWithoutWaiting = true
+            if sequence & 1 == 1 {
+                defer_(sub)
+                sub.membership = .pendingInsert
+            } else {
+                tree.insert(sub)
+                sub.membership = .inTree
+            }
+            sub.sequence.store(sequence - 1, ordering: .releasing)
+            return sequence - 1
+        }
+
+        /// The deferred inserts of `insertUnrelated` that overlap `range` and were
         /// not called yet: each gets `sequence` now (its owner's `readRetry` turns true at once)
         /// and is returned, retained, in a list linked through `left` for the caller to call
         /// after the lock (`callMarked`). A deferred insert is not in the tree, so `left` is
@@ -588,15 +606,7 @@ public final class AddressSpace: Sendable {
                 if s.released { throw .spaceReleased }
                 guard sub.membership == .notInserted else { throw .alreadyInserted }
                 if s.activeInvalidations > 0 && !insideCallback && !s.overlapsWalked(sub.range) {
-                    sub.insertedWithoutWaiting = true
-                    if s.sequence & 1 == 1 {
-                        s.defer_(sub)
-                        sub.membership = .pendingInsert
-                    } else {
-                        s.tree.insert(sub)
-                        sub.membership = .inTree
-                    }
-                    sub.sequence.store(s.sequence - 1, ordering: .releasing)
+                    _ = s.insertUnrelated(sub)
                 } else if s.activeInvalidations > 0 {
                     // The sequence a new subscription starts with must differ from the space's,
                     // so its first readBegin waits for the invalidation in flight.
@@ -644,16 +654,7 @@ public final class AddressSpace: Sendable {
             guard sub.membership == .notInserted else { throw .alreadyInserted }
             if s.overlapsWalked(sub.range) { return nil }
             _ = Unmanaged.passRetained(sub)  // the tree's, dropped after removal
-            sub.insertedWithoutWaiting = true
-            if s.sequence & 1 == 1 {
-                s.defer_(sub)
-                sub.membership = .pendingInsert
-            } else {
-                s.tree.insert(sub)
-                sub.membership = .inTree
-            }
-            sub.sequence.store(s.sequence - 1, ordering: .releasing)
-            return s.sequence - 1
+            return s.insertUnrelated(sub)
         }
     }
 

@@ -60,8 +60,9 @@ open class IntervalSubscription: @unchecked Sendable {
     // entry, which is a subscription, stays one small allocation.
     public let range: AddressRange
     @exclusivity(unchecked) var membership: Membership = .notInserted
-    /// Inserted by `AddressSpace.insertIntervalWithoutWaiting`: an invalidation that finds it
-    /// still deferred calls it at once (`markDeferred`), since its owner never waits.
+    /// Inserted while invalidations that never looked at its range were in flight
+    /// (`IntervalState.insertUnrelated`): an invalidation that finds it still deferred calls it
+    /// at once (`markDeferred`), since its owner does not wait for the deferred insert.
     @exclusivity(unchecked) var insertedWithoutWaiting = false
     /// Called already while its insert was deferred (once is enough: the owner knows).
     @exclusivity(unchecked) var calledWhileDeferred = false

@@ -1,4 +1,3 @@
-import Synchronization
 import Testing
 @testable import NotifierEngine
 
@@ -10,16 +9,6 @@ import Testing
 /// tests (the subscription's sequence equals the space's odd one).
 @Suite("Inserts during unrelated invalidations")
 struct InsertDuringInvalidationTests {
-    final class Counting: IntervalSubscription, @unchecked Sendable {
-        // @unchecked: adds one atomic to a base class whose comment proves the rest.
-        let calls = Atomic<Int>(0)
-        override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
-            setSequence(currentSequence)
-            calls.add(1, ordering: .relaxed)
-            return true
-        }
-    }
-
     /// Whether `readBegin` of `sub` would wait now (no window is open in these tests).
     func wouldWait(_ sub: IntervalSubscription, in space: AddressSpace) -> Bool {
         sub.sequence.load(ordering: .acquiring) == space.intervalSequence.load(ordering: .acquiring)
@@ -27,12 +16,12 @@ struct InsertDuringInvalidationTests {
 
     @Test func anUnrelatedInsertStartsAtOnceAndSeesLaterChanges() throws {
         let space = AddressSpace()
-        let busy = try Counting(space: space, range: range(0x10_0000, 0x1000))
+        let busy = try CountingSubscription(space: space, range: range(0x10_0000, 0x1000))
         try space.insertInterval(busy)
         let inFlight = try space.invalidateRangeStart(range(0x10_0000, 0x1000), event: .unmap)
         #expect(space.intervalSequence.load(ordering: .acquiring) & 1 == 1, "the tree is being walked")
 
-        let unrelated = try Counting(space: space, range: range(0x40_0000, 0x1000))
+        let unrelated = try CountingSubscription(space: space, range: range(0x40_0000, 0x1000))
         try space.insertInterval(unrelated)
         // Checked first: a readBegin that waited would wait here for good (the test holds the
         // invalidation open).
@@ -60,10 +49,10 @@ struct InsertDuringInvalidationTests {
 
     @Test func anInsertWhereAnInvalidationLookedWaitsForItsEnd() throws {
         let space = AddressSpace()
-        let busy = try Counting(space: space, range: range(0x10_0000, 0x2000))
+        let busy = try CountingSubscription(space: space, range: range(0x10_0000, 0x2000))
         try space.insertInterval(busy)
         let inFlight = try space.invalidateRangeStart(range(0x10_0000, 0x2000), event: .unmap)
-        let overlapping = try Counting(space: space, range: range(0x10_1000, 0x2000))
+        let overlapping = try CountingSubscription(space: space, range: range(0x10_1000, 0x2000))
         try space.insertInterval(overlapping)
         #expect(wouldWait(overlapping, in: space), "the invalidation in flight looked there already")
         #expect(overlapping.calls.load(ordering: .relaxed) == 0, "and will not call it")
@@ -79,10 +68,10 @@ struct InsertDuringInvalidationTests {
         let space = AddressSpace()
         let inFlight = try space.invalidateRangeStart(range(0x20_0000, 0x1000), event: .unmap)
         #expect(space.intervalSequence.load(ordering: .acquiring) & 1 == 0)
-        let unrelated = try Counting(space: space, range: range(0x30_0000, 0x1000))
+        let unrelated = try CountingSubscription(space: space, range: range(0x30_0000, 0x1000))
         try space.insertInterval(unrelated)
         #expect(space.intervalCount == 1 && !wouldWait(unrelated, in: space))
-        let overlapping = try Counting(space: space, range: range(0x20_0000, 0x1000))
+        let overlapping = try CountingSubscription(space: space, range: range(0x20_0000, 0x1000))
         try space.insertInterval(overlapping)
         #expect(wouldWait(overlapping, in: space))
         inFlight.end()

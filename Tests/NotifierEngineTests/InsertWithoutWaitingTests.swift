@@ -9,19 +9,8 @@ import Testing
 /// each invalidation is held open by the test itself.
 @Suite("Inserts that never wait")
 struct InsertWithoutWaitingTests {
-    /// Counts its calls and sets the sequence, as an owner's callback must.
-    final class Counting: IntervalSubscription, @unchecked Sendable {
-        // @unchecked: adds one atomic to a base class whose comment proves the rest.
-        let calls = Atomic<Int>(0)
-        override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
-            setSequence(currentSequence)
-            calls.add(1, ordering: .relaxed)
-            return true
-        }
-    }
-
-    func subscription(_ space: AddressSpace, _ start: UInt, _ length: UInt) throws -> Counting {
-        try Counting(space: space, range: range(start, length))
+    func subscription(_ space: AddressSpace, _ start: UInt, _ length: UInt) throws -> CountingSubscription {
+        try CountingSubscription(space: space, range: range(start, length))
     }
 
     @Test func refusedOnlyWhereAnInvalidationInFlightOverlaps() throws {

@@ -79,3 +79,14 @@ func range(_ start: UInt, _ length: UInt) -> AddressRange {
     // Test ranges are chosen small; a bad one is a test bug.
     (try? AddressRange(start: start, length: length)) ?? AddressRange(unchecked: 0, last: 0)
 }
+
+/// A subscription that counts its calls and sets the sequence, as an owner's callback must.
+final class CountingSubscription: IntervalSubscription, @unchecked Sendable {
+    // @unchecked: adds one atomic to a base class whose comment proves the rest.
+    let calls = Atomic<Int>(0)
+    override func invalidate(_ invalidation: InvalidationRange, currentSequence: UInt64) -> Bool {
+        setSequence(currentSequence)
+        calls.add(1, ordering: .relaxed)
+        return true
+    }
+}
