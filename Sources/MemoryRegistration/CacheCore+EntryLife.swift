@@ -13,8 +13,8 @@ import Verbs
 /// | inserted | `MissAttempt.init`: `CacheEntry`, `insert` | missing | the tree's | the interval tree | every overlapping invalidation calls it and moves its sequence (a registration that raced one is never published) |
 /// | published | `MissAttempt.publish` → `publish` | missing | state | the tree; the index's reference (`holders` 1) plus one per `Registration` | lookups and the CLOCK hand find it (index) |
 /// | revoked | `invalidate` → `revoke` → `unpublish`, `retire` (also `close`) | invalidating: a hooked call's caller, the monitor's worker, an explicit caller | state | the cache's retain, taken in `unpublish` | no lookup finds it; holders see `isRevoked`; no invalidation calls it (out of the tree) |
-/// | evicted | `evictAtHand` → `unpublish`, `retireEvicted` | missing | state | the cache's retain | `holders` frozen at 0: no lookup can take a reference |
-/// | retired | `retire` (pending → sealed → ready) or `retireEvicted` (evicted) | same | teardown | `TeardownLists` | one grace period to wait: every reader that could see it in the index has left |
+/// | evicted | `evictAtHand` → `unpublish`, then `retireEvictions` for the sweep's batch | missing | state | the cache's retain | `holders` frozen at 0: no lookup can take a reference |
+/// | retired | `retire` (pending → sealed → ready) or `retireEvictions` (evicted) | same | teardown | `TeardownLists` | one grace period to wait: every reader that could see it in the index has left |
 /// | torn down | `tearDown` (evicted: `reapRetired`, `tearDownEvicted`, `runBatch`'s leftovers; revoked: the last `put`) | missing, reclaim, or last holder's | none across `ibv_dereg_mr` | `freeable` | deregistered once (`tornDown`), unwatched, bytes uncounted; a refused deregistration keeps it in `failed` for a retry |
 /// | freed | `releaseFreeable`, or `finishTeardown` on a missing thread | missing | teardown (to take it) | nothing | the memory goes back to the allocator on the thread that allocates entries |
 ///
@@ -43,13 +43,14 @@ extension CacheCore {
     /// an invalidation's callback the removal takes effect when that invalidation ends, and its
     /// callbacks may still reach the entry until then (the tree keeps it alive). From here on
     /// the cache's own reference, taken here, keeps it alive until its teardown hands it to
-    /// `freeable`.
-    func unpublish(_ entry: CacheEntry, _ state: inout State) {
+    /// `freeable`. `removingSubscription` false: the caller takes it out of the tree with others
+    /// before it lets go of the state lock (`retireEvictions`).
+    func unpublish(_ entry: CacheEntry, _ state: inout State, removingSubscription: Bool = true) {
         index.remove(entry)
         entry.published = false
         counters.cachedRegions.subtract(1, ordering: .relaxed)
         _ = Unmanaged.passUnretained(entry).retain()  // adopted by `finishTeardown`
-        try? entry.removeWithoutWaiting()
+        if removingSubscription { try? entry.removeWithoutWaiting() }
     }
 
     /// Takes a published entry out of the cache for good (state lock held): no later lookup
@@ -146,16 +147,23 @@ extension CacheCore {
         if schedule { srcu.call { [self] in runBatch() } }
     }
 
-    /// Queues an entry the CLOCK hand just evicted (state lock held) for `tearDownEvicted`.
-    func retireEvicted(_ entry: CacheEntry) {
-        counters.retiringRegions.add(1, ordering: .relaxed)
-        counters.retiringBytes.add(entry.length, ordering: .relaxed)
+    /// Takes the entries the CLOCK hand just evicted (state lock held) out of the interval tree
+    /// and queues them for `tearDownEvicted`: one acquisition of each lock for the whole sweep,
+    /// where one per entry cost an evicting miss two lock round trips.
+    func retireEvictions(_ state: inout State) {
+        guard !state.evicting.isEmpty else { return }
+        space.removeIntervalsWithoutWaiting(state.evicting)  // an upcast: no copy
+        counters.retiringRegions.add(state.evicting.count, ordering: .relaxed)
+        counters.retiringBytes.add(state.evicting.reduce(0) { $0 + $1.length }, ordering: .relaxed)
         teardowns.withLock { lists in
-            lists.evicted.append(EntryReference(entry, retained: false))  // the reference `unpublish` took
+            for entry in state.evicting {
+                lists.evicted.append(EntryReference(entry, retained: false))  // the reference `unpublish` took
+            }
             // Under the lock, as where the list is taken: the hint is the list's count whenever
             // the lock is free (a stale 0 would leave evicted entries nobody takes).
             counters.evictedWaiting.store(lists.evicted.count, ordering: .relaxed)
         }
+        state.evicting.removeAll(keepingCapacity: true)
     }
 
     /// Tears down the evicted entries on this thread once at least `threshold` wait, after one

@@ -16,12 +16,12 @@ extension CacheCore {
     /// The limits count what is registered with the device: cached regions, and those taken out
     /// of the cache that still wait for their teardown (a grace period; readers may use their
     /// keys until it ends). Evicting frees nothing at once, so eviction works ahead: once the
-    /// cache comes within a slack (1/8) of a limit, idle regions are evicted down to the limit
-    /// minus the slack, and their teardowns finish while the next misses fill the slack. Each
-    /// miss evicts about one region (O(1) amortized, CLOCK), the cache is never emptied for one
-    /// region, and no miss registers beyond a limit: if the slack is used up before the
-    /// teardowns finished, the miss waits for them (bounded); if everything cached is held, it
-    /// fails with `.limitReached`.
+    /// cache comes within a slack (1/8) of a limit, idle regions are evicted in a batch down to
+    /// the limit minus one and a half slacks (`sweep`), and torn down after one grace period
+    /// while the next misses fill the batch's room. Each miss evicts about one region (O(1)
+    /// amortized, CLOCK), the cache is never emptied for one region, and no miss registers
+    /// beyond a limit: if the slack is used up before the teardowns finished, the miss waits for
+    /// them (bounded); if everything cached is held, it fails with `.limitReached`.
     func makeRoom(bytes: Int) throws(RegistrationError) {
         // Far from the limits (the usual miss): reserve without the state lock.
         if !isClosed.load(ordering: .acquiring),
@@ -81,25 +81,37 @@ extension CacheCore {
             while steps > 0, evictAtHand(&state, secondChance: false) != nil {
                 steps -= 1
             }
+            retireEvictions(&state)
         }
         try? waitForTeardowns()
     }
 
     /// The CLOCK hand (state lock held): evicts idle entries until what stays registered once
-    /// the evictions in flight are torn down fits the limits minus the slack, with `bytes` more.
-    /// An entry used since the hand last passed gets a second chance; one in use is skipped.
-    /// Bounded: at most two turns of the index, the second only if the first freed nothing.
+    /// the evictions in flight are torn down fits the limits minus the slack and minus a batch
+    /// (half the slack), with `bytes` more. An entry used since the hand last passed gets a
+    /// second chance; one in use is skipped. Bounded: at most two turns of the index, the second
+    /// only if the first freed nothing.
+    ///
+    /// Why a batch: the miss that evicts it tears it down at once (`tearDownEvicted`, one grace
+    /// period for all of it), and the misses that follow reserve without this lock until they
+    /// used the batch's room. Evicting one region per miss made every miss at the limit take
+    /// this lock, fail the lock-free reservation first and run the hand's set-up for one step.
     private func sweep(_ state: inout State, bytes: Int) {
-        func fits() -> Bool {
-            let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed)
-            let stayingBytes = counters.cacheBytes - counters.retiringBytes.load(ordering: .relaxed)
-            return staying + counters.reservedRegions + 1 <= limits.maxRegions - limits.regionSlack
-                && stayingBytes + counters.reservedBytes + bytes <= limits.maxPinnedBytes - limits.byteSlack
+        let maxStaying = limits.maxRegions - limits.regionSlack - limits.regionSlack / 2
+        let maxStayingBytes = limits.maxPinnedBytes - limits.byteSlack - limits.byteSlack / 2
+        var evictedBytes = 0  // of the entries in `state.evicting`, not yet counted as retiring
+        func fits(_ state: inout State) -> Bool {
+            let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed) - state.evicting.count
+            let stayingBytes = counters.cacheBytes - counters.retiringBytes.load(ordering: .relaxed) - evictedBytes
+            return staying + counters.reservedRegions + 1 <= maxStaying
+                && stayingBytes + counters.reservedBytes + bytes <= maxStayingBytes
         }
         var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
-        while steps > 0, !fits(), evictAtHand(&state, secondChance: true) != nil {
+        while steps > 0, !fits(&state), let evicted = evictAtHand(&state, secondChance: true) {
+            if evicted, let last = state.evicting.last { evictedBytes += last.length }
             steps -= 1
         }
+        retireEvictions(&state)
     }
 
     /// One step of the hand: whether it evicted the entry it met, nil when the cache is empty.
@@ -111,9 +123,9 @@ extension CacheCore {
         }
         // Only the index's reference: freeze it (1 -> 0), so no lookup can take it any more.
         guard entry.holders.freeze(expected: 1) else { return false }
-        unpublish(entry, &state)
+        unpublish(entry, &state, removingSubscription: false)
         counters.evictions.add(1, ordering: .relaxed)
-        retireEvicted(entry)
+        state.evicting.append(entry)  // out of the tree in `retireEvictions`
         return true
     }
 }

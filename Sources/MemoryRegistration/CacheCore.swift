@@ -39,6 +39,9 @@ final class CacheCore: Sendable {
         var hand = RegionIndex.Hand()
         /// Set by `close(reason:)`: later calls fail with it.
         var closedReason: String?
+        /// Evicted by the hand in this sweep, still in the interval tree: they leave it and are
+        /// queued for teardown together (`retireEvictions`). Empty outside a sweep.
+        var evicting: [CacheEntry] = []
     }
 
     init(registrar: any MemoryRegistrar, options: RegistrationCache.Options, monitor: MemoryMonitor?) {

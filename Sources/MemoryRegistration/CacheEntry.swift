@@ -32,8 +32,10 @@ final class CacheEntry: IntervalSubscription, @unchecked Sendable {
     /// Set once, when an invalidation revoked the entry: holders see `isRevoked`.
     let revoked = Atomic<Bool>(false)
     /// The CLOCK bit: set by lookups (only when clear, so a hot entry is not written on every
-    /// hit), cleared by the eviction hand.
-    let referenced = Atomic<Bool>(true)
+    /// hit), cleared by the eviction hand. Clear at first: a region never found again since its
+    /// miss goes before one that was (and costs the hand one visit, not two: set at first, every
+    /// entry of a cache that misses more than it hits got a second chance it never used).
+    let referenced = Atomic<Bool>(false)
     /// Set by whichever path deregisters the region, so it happens once.
     let tornDown = Atomic<Bool>(false)
     /// Whether the monitor watches the range for this entry (undone at teardown).

@@ -693,36 +693,61 @@ public final class AddressSpace: Sendable {
         _ = try detachInterval(sub, mayWait: nil)
     }
 
+    /// `removeIntervalWithoutWaiting` for several subscriptions of this space under one
+    /// acquisition of the interval lock: a cache evicting a batch of entries paid a lock round
+    /// trip for each. A subscription not in the space (never inserted, already removed, of
+    /// another space) is skipped. Returns how many were removed or had their removal deferred.
+    @discardableResult
+    public func removeIntervalsWithoutWaiting(_ subs: [IntervalSubscription]) -> Int {
+        intervals.withLock { s in
+            var detached = 0
+            for sub in subs where sub.space === self {
+                guard let (_, dropReference) = try? Self.detach(sub, from: &s, mayWait: nil) else { continue }
+                // The caller holds `sub`: never the last reference, so nothing is freed here.
+                if dropReference { Unmanaged.passUnretained(sub).release() }
+                detached += 1
+            }
+            return detached
+        }
+    }
+
     /// Takes `sub` out of the tree, or defers that to the end of the invalidation in flight;
     /// returns the sequence to wait for in the latter case when `mayWait` is true. `mayWait`
     /// false throws `.wouldDeadlock` where waiting would be needed; nil never waits.
     private func detachInterval(_ sub: IntervalSubscription, mayWait: Bool?) throws(NotifierError) -> UInt64? {
         guard sub.space === self else { throw .foreignSubscription }
-        let (waitFor, dropReference) = try intervals.withLock { s throws(NotifierError) -> (UInt64?, Bool) in
-            switch sub.membership {
-            case .notInserted:
-                throw .notInserted
-            case .removed, .pendingRemove:
-                throw .alreadyRemoved
-            case .pendingInsert:
-                s.undefer(sub)
-                sub.membership = .removed
-                return (nil, true)
-            case .inTree:
-                if s.sequence & 1 == 1 {
-                    if mayWait == false { throw .wouldDeadlock("removeInterval() inside a callback") }
-                    s.defer_(sub)
-                    sub.membership = .pendingRemove
-                    return (mayWait == true ? s.sequence : nil, false)
-                }
-                s.tree.remove(sub)
-                sub.membership = .removed
-                return (nil, true)
-            }
+        let (waitFor, dropReference) = try intervals.withLock { s throws(NotifierError) in
+            try Self.detach(sub, from: &s, mayWait: mayWait)
         }
         // The caller holds `sub`, so this is never the last reference.
         if dropReference { Unmanaged.passUnretained(sub).release() }
         return waitFor
+    }
+
+    /// `detachInterval` under the interval lock: the sequence to wait for, and whether the
+    /// tree's reference is to be dropped.
+    private static func detach(_ sub: IntervalSubscription, from s: inout IntervalState,
+                               mayWait: Bool?) throws(NotifierError) -> (UInt64?, Bool) {
+        switch sub.membership {
+        case .notInserted:
+            throw .notInserted
+        case .removed, .pendingRemove:
+            throw .alreadyRemoved
+        case .pendingInsert:
+            s.undefer(sub)
+            sub.membership = .removed
+            return (nil, true)
+        case .inTree:
+            if s.sequence & 1 == 1 {
+                if mayWait == false { throw .wouldDeadlock("removeInterval() inside a callback") }
+                s.defer_(sub)
+                sub.membership = .pendingRemove
+                return (mayWait == true ? s.sequence : nil, false)
+            }
+            s.tree.remove(sub)
+            sub.membership = .removed
+            return (nil, true)
+        }
     }
 
     /// The space's invalidate sequence: even when idle, odd while an invalidation runs.
