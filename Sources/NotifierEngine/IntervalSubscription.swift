@@ -113,6 +113,18 @@ open class IntervalSubscription: @unchecked Sendable {
     public final func readBegin() throws(NotifierError) -> UInt64 {
         // Before the lock: in a fork() child a parent thread may have held it at the fork.
         if AddressSpace.isForkedChild { throw .forkedChild }
+        // The usual answer, nothing in flight here, without the lock (a cache miss took it twice,
+        // here and to insert). The kernel reads the two sequences under its lock for the wait
+        // alone: a read that races an invalidation starting returns the old sequence, as a read
+        // under the lock just before it would, and the owner's `readRetry` (under its own lock)
+        // catches the change, as it catches any invalidation after `readBegin`
+        // (mmu_interval_read_begin: "any races here are closed by an eventual
+        // mmu_interval_read_retry()"). Ours loaded first with acquire: if an invalidation's
+        // callback set it, the space's sequence loaded next is that invalidation's or later.
+        let mine = sequence.load(ordering: .acquiring)
+        if mine != space.intervalSequence.load(ordering: .acquiring) && space.openWindowSequence & 1 == 0 {
+            return mine
+        }
         while true {
             let (seq, busy) = space.intervals.withLock { s -> (UInt64, UInt64?) in
                 let mine = sequence.load(ordering: .relaxed)
