@@ -194,13 +194,15 @@ extension CacheCore {
             if schedule { srcu.call { [self] in runBatch() } }
             return false
         }
+        var bytes = 0
         for reference in taken {
             let entry = reference.entry
-            let length = entry.length
+            bytes += entry.length
             tearDown(entry, freeingHere: true)
-            counters.retiringRegions.subtract(1, ordering: .relaxed)
-            counters.retiringBytes.subtract(length, ordering: .relaxed)
         }
+        // Once for the batch, after every registered count dropped (see `makeRoom`).
+        counters.retiringRegions.subtract(taken.count, ordering: .relaxed)
+        counters.retiringBytes.subtract(bytes, ordering: .relaxed)
         teardownEvents.wakeAll()
         return true
     }
