@@ -108,7 +108,7 @@ extension CacheCore {
         }
         var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
         while steps > 0, !fits(&state), let evicted = evictAtHand(&state, secondChance: true) {
-            if evicted, let last = state.evicting.last { evictedBytes += last.length }
+            if evicted, let last = state.evicting.last { evictedBytes += last._withUnsafeGuaranteedRef { Int($0.range.last - $0.range.start) + 1 } }
             steps -= 1
         }
         retireEvictions(&state)
@@ -125,7 +125,7 @@ extension CacheCore {
         guard entry.holders.freeze(expected: 1) else { return false }
         unpublish(entry, &state, removingSubscription: false)
         counters.evictions.add(1, ordering: .relaxed)
-        state.evicting.append(entry)  // out of the tree in `retireEvictions`
+        state.evicting.append(.passUnretained(entry))  // out of the tree in `retireEvictions`
         return true
     }
 }

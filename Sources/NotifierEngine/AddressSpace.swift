@@ -697,14 +697,21 @@ public final class AddressSpace: Sendable {
     /// acquisition of the interval lock: a cache evicting a batch of entries paid a lock round
     /// trip for each. A subscription not in the space (never inserted, already removed, of
     /// another space) is skipped. Returns how many were removed or had their removal deferred.
+    /// Unmanaged: the caller keeps each alive, so the batch costs no reference counting (an
+    /// array of strong references cost the evicting miss a retain and a release per entry, and
+    /// an upcast copy of it).
     @discardableResult
-    public func removeIntervalsWithoutWaiting(_ subs: [IntervalSubscription]) -> Int {
+    public func removeIntervalsWithoutWaiting(_ subs: [Unmanaged<IntervalSubscription>]) -> Int {
         intervals.withLock { s in
             var detached = 0
-            for sub in subs where sub.space === self {
-                guard let (_, dropReference) = try? Self.detach(sub, from: &s, mayWait: nil) else { continue }
+            for link in subs {
+                let dropReference = link._withUnsafeGuaranteedRef { sub -> Bool? in
+                    guard sub.space === self else { return nil }
+                    return (try? Self.detach(sub, from: &s, mayWait: nil))?.1
+                }
+                guard let dropReference else { continue }
                 // The caller holds `sub`: never the last reference, so nothing is freed here.
-                if dropReference { Unmanaged.passUnretained(sub).release() }
+                if dropReference { link.release() }
                 detached += 1
             }
             return detached
