@@ -342,7 +342,8 @@ final class GranuleWatch: Sendable {
         try table.withLock { table throws(MonitorError) in
             if table.shutDown || table.failure != nil { return }
             let starts = granuleStarts(pages)
-            for start in starts where table.records[start] == nil { throw .notWatched(range: range) }
+            // `contains`: no copy of the record (a lookup copied its pieces out and back).
+            for start in starts where !table.records.contains(start) { throw .notWatched(range: range) }
             for start in starts { release(start, in: &table) }
         }
     }
