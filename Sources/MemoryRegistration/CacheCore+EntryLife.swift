@@ -152,23 +152,19 @@ extension CacheCore {
     /// where one per entry cost an evicting miss two lock round trips.
     func retireEvictions(_ state: inout State) {
         guard !state.evicting.isEmpty else { return }
-        space.removeIntervalsWithoutWaiting(state.evicting)
-        var bytes = 0
+        space.removeIntervalsWithoutWaiting(state.evicting.subscriptions)
         teardowns.withLock { lists in
-            for link in state.evicting {
-                // Only cache entries are evicted (`evictAtHand`).
-                let entry = link._withUnsafeGuaranteedRef { unsafeDowncast($0, to: CacheEntry.self) }
-                bytes += entry.length
+            state.evicting.forEachEntry { entry in
                 lists.evicted.append(EntryReference(entry, retained: false))  // the reference `unpublish` took
             }
             // Counted before the list's hint says they wait (the hint is read without the lock).
             counters.retiringRegions.add(state.evicting.count, ordering: .relaxed)
-            counters.retiringBytes.add(bytes, ordering: .relaxed)
+            counters.retiringBytes.add(state.evicting.bytes, ordering: .relaxed)
             // Under the lock, as where the list is taken: the hint is the list's count whenever
             // the lock is free (a stale 0 would leave evicted entries nobody takes).
             counters.evictedWaiting.store(lists.evicted.count, ordering: .relaxed)
         }
-        state.evicting.removeAll(keepingCapacity: true)
+        state.evicting.removeAll()
     }
 
     /// Tears down the evicted entries on this thread once at least `threshold` wait, after one

@@ -99,16 +99,15 @@ extension CacheCore {
     private func sweep(_ state: inout State, bytes: Int) {
         let maxStaying = limits.maxRegions - limits.regionSlack - limits.regionSlack / 2
         let maxStayingBytes = limits.maxPinnedBytes - limits.byteSlack - limits.byteSlack / 2
-        var evictedBytes = 0  // of the entries in `state.evicting`, not yet counted as retiring
         func fits(_ state: inout State) -> Bool {
-            let staying = counters.cacheRegions - counters.retiringRegions.load(ordering: .relaxed) - state.evicting.count
-            let stayingBytes = counters.cacheBytes - counters.retiringBytes.load(ordering: .relaxed) - evictedBytes
-            return staying + counters.reservedRegions + 1 <= maxStaying
-                && stayingBytes + counters.reservedBytes + bytes <= maxStayingBytes
+            // This sweep's batch is not counted as retiring yet.
+            let retiring = counters.retiringRegions.load(ordering: .relaxed) + state.evicting.count
+            let retiringBytes = counters.retiringBytes.load(ordering: .relaxed) + state.evicting.bytes
+            return counters.cacheRegions - retiring + counters.reservedRegions + 1 <= maxStaying
+                && counters.cacheBytes - retiringBytes + counters.reservedBytes + bytes <= maxStayingBytes
         }
         var steps = 2 * counters.cachedRegions.load(ordering: .relaxed)
-        while steps > 0, !fits(&state), let evicted = evictAtHand(&state, secondChance: true) {
-            if evicted, let last = state.evicting.last { evictedBytes += last._withUnsafeGuaranteedRef { Int($0.range.last - $0.range.start) + 1 } }
+        while steps > 0, !fits(&state), evictAtHand(&state, secondChance: true) != nil {
             steps -= 1
         }
         retireEvictions(&state)
@@ -125,7 +124,7 @@ extension CacheCore {
         guard entry.holders.freeze(expected: 1) else { return false }
         unpublish(entry, &state, removingSubscription: false)
         counters.evictions.add(1, ordering: .relaxed)
-        state.evicting.append(.passUnretained(entry))  // out of the tree in `retireEvictions`
+        state.evicting.append(entry)  // out of the tree in `retireEvictions`
         return true
     }
 }

@@ -39,10 +39,8 @@ final class CacheCore: Sendable {
         var hand = RegionIndex.Hand()
         /// Set by `close(reason:)`: later calls fail with it.
         var closedReason: String?
-        /// Entries evicted by the hand in this sweep, still in the interval tree: they leave it
-        /// and are queued for teardown together (`retireEvictions`). Empty outside a sweep.
-        /// Unretained: each is kept alive by the reference `unpublish` took.
-        var evicting: [Unmanaged<IntervalSubscription>] = []
+        /// What the hand evicted in this sweep (`EvictionBatch`). Empty outside a sweep.
+        var evicting = EvictionBatch()
     }
 
     init(registrar: any MemoryRegistrar, options: RegistrationCache.Options, monitor: MemoryMonitor?) {
