@@ -59,18 +59,38 @@ public final class AnonymousMapping {
     /// One `mmap(MAP_FIXED)` over the live mapping: the kernel unmaps the old pages and maps
     /// fresh ones at the same address in one step. Use this where other threads run: between
     /// the two steps of `replaceWithFreshMapping()` another thread (malloc, a sanitizer's
-    /// runtime) may map something into the hole, which the second step then destroys.
+    /// runtime) may map something into the hole, and `mapAgain()` then fails with EEXIST.
     public func replaceInPlace() throws {
-        guard isMapped else { return try mapAgain() }
-        try mapAgain()
+        try map(flags: isMapped ? MAP_FIXED : Self.fixedNoReplace)
     }
 
-    /// `mmap(MAP_FIXED)` at the old address after an `unmap()` (or an unmap done elsewhere).
+    /// `mmap` at the old address after an `unmap()` (or an unmap done elsewhere). Throws
+    /// EEXIST when something else was mapped into the hole meanwhile: mapping over it
+    /// (`MAP_FIXED`) would destroy another thread's memory. ThreadSanitizer's runtime maps its
+    /// 64 KiB metadata slabs into such holes, and a test that did this crashed it in its
+    /// allocator, in another thread, much later.
     public func mapAgain() throws {
-        let pointer = mmap(UnsafeMutableRawPointer(bitPattern: address), length, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_POPULATE, -1, 0)
-        guard pointer != MAP_FAILED else {
+        try map(flags: Self.fixedNoReplace)
+    }
+
+    /// The caller unmapped the range itself (a raw system call): the mapping no longer owns
+    /// it, and its `deinit` leaves whatever is mapped there now alone.
+    public func forgetUnmapped() {
+        isMapped = false
+    }
+
+    /// `MAP_FIXED_NOREPLACE` (Linux 4.17; glibc's headers name it only with _GNU_SOURCE).
+    private static let fixedNoReplace: Int32 = 0x100000
+
+    private func map(flags fixed: Int32) throws {
+        let wanted = UnsafeMutableRawPointer(bitPattern: address)
+        let pointer = mmap(wanted, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | fixed | MAP_POPULATE, -1, 0)
+        guard let pointer, pointer != MAP_FAILED else {
             throw MappingError.fromErrno("mmap", argument: describe())
+        }
+        guard pointer == wanted else {  // a kernel before 4.17 takes NOREPLACE as a hint
+            munmap(pointer, length)
+            throw MappingError(call: "mmap", argument: describe(), errno: .fileExists)
         }
         isMapped = true
     }

@@ -93,7 +93,7 @@ struct CallbackDeadlockTests {
                 registration.release()
             }
         })
-        try watched.mapAgain()
+        watched.forgetUnmapped()  // mapping it again could destroy what another thread mapped there since
     }
 
     @Test("a callback in a hooked munmap (calling thread): a miss of an unrelated buffer throws .wouldDeadlock, a hit works, nothing leaks")
@@ -124,7 +124,7 @@ struct CallbackDeadlockTests {
         let regions = cache.statistics.cachedRegions
         // A hooked munmap in this thread: the callbacks run here, inside it. (A hang here hangs
         // the test; the worker case above is the bounded one.)
-        try watched.replaceWithFreshMapping()
+        try watched.unmap()
         let lines = outcome.lines
         // A hit needs no wait, unless a monitor's window happens to be open for another test's
         // unmap running beside this one (the process's one monitor): then it may not wait either.
